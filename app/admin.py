@@ -1,0 +1,60 @@
+"""Create every topic the app uses before the consumer subscribes.
+
+Faust declares internal topics only after the first assignment, so a fresh
+cluster's first worker would join with "missing" topics, own no partitions and
+wait minutes for a metadata refresh. Creating them up front avoids that.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+log = logging.getLogger("orderstream.admin")
+
+
+def bootstrap_servers(broker_url: str) -> str:
+    """Turn ``kafka://a:9092;kafka://b:9092`` or ``kafka://a:9092,b:9092`` into ``a:9092,b:9092``."""
+    hosts = []
+    for part in broker_url.replace(";", ",").split(","):
+        part = part.strip()
+        if part:
+            hosts.append(part.split("://", 1)[-1].rstrip("/"))
+    return ",".join(hosts)
+
+
+async def ensure_topics(
+    broker_url: str,
+    names: Iterable[str],
+    partitions: int,
+    replication: int,
+    compacted: Iterable[str] = (),
+) -> None:
+    """Create the topics that do not exist yet (idempotent)."""
+    compacted = set(compacted)
+    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(broker_url))
+    await client.start()
+    try:
+        existing = set(await client.list_topics())
+        missing = [n for n in names if n not in existing]
+        if not missing:
+            return
+        new = [
+            NewTopic(
+                n,
+                num_partitions=partitions,
+                replication_factor=replication,
+                topic_configs={"cleanup.policy": "compact"} if n in compacted else {},
+            )
+            for n in missing
+        ]
+        try:
+            await client.create_topics(new)
+        except TopicAlreadyExistsError:
+            pass
+        log.info("created topics: %s", ", ".join(missing))
+    finally:
+        await client.close()

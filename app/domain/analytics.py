@@ -1,0 +1,107 @@
+"""Analytics as pure functions over per-partition partial aggregates.
+
+Each partition keeps its own totals and one-minute tumbling windows; the summary
+adds the partials of every partition across the cluster, so no single partition
+is a hot spot and every partial moves with its partition on rebalance.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import Any
+
+from app.domain.common import from_cents
+from schemas.envelope import parse_ts
+
+Partial = dict[str, Any]
+WINDOW_SECONDS = 60
+
+
+def empty_partial() -> Partial:
+    """Return an empty per-partition aggregate."""
+    return {"orders": 0, "revenue_cents": 0, "currency": None, "windows": {}, "products": {}}
+
+
+def window_start(timestamp: str) -> str:
+    """Return the start of the one-minute tumbling window holding ``timestamp``."""
+    ts = parse_ts(timestamp).astimezone(UTC)
+    start = ts.replace(second=0, microsecond=0)
+    return start.isoformat().replace("+00:00", "Z")
+
+
+def record(partial: Partial, payload: dict[str, Any]) -> Partial:
+    """Add one confirmed order to a partition's aggregate."""
+    out = {
+        **partial,
+        "windows": dict(partial["windows"]),
+        "products": dict(partial["products"]),
+    }
+    total = int(payload["total_cents"])
+    out["orders"] += 1
+    out["revenue_cents"] += total
+    out["currency"] = out["currency"] or payload.get("currency")
+    w = window_start(payload["confirmed_at"])
+    win = out["windows"].get(w, {"orders": 0, "revenue_cents": 0})
+    out["windows"][w] = {"orders": win["orders"] + 1, "revenue_cents": win["revenue_cents"] + total}
+    for item in payload["items"]:
+        pid = str(item["product_id"])
+        prev = out["products"].get(pid, {"units": 0, "revenue_cents": 0})
+        qty = int(item["quantity"])
+        out["products"][pid] = {
+            "units": prev["units"] + qty,
+            "revenue_cents": prev["revenue_cents"] + qty * int(item["price_cents"]),
+        }
+    return out
+
+
+def merge(partials: list[Partial]) -> Partial:
+    """Add partials from many partitions into one."""
+    out = empty_partial()
+    for p in partials:
+        out["orders"] += p["orders"]
+        out["revenue_cents"] += p["revenue_cents"]
+        out["currency"] = out["currency"] or p.get("currency")
+        for w, v in p["windows"].items():
+            cur = out["windows"].get(w, {"orders": 0, "revenue_cents": 0})
+            out["windows"][w] = {k: cur[k] + v[k] for k in cur}
+        for pid, v in p["products"].items():
+            cur = out["products"].get(pid, {"units": 0, "revenue_cents": 0})
+            out["products"][pid] = {k: cur[k] + v[k] for k in cur}
+    return out
+
+
+def merge_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    """Add status counters from many partitions."""
+    out: dict[str, int] = {}
+    for c in counts:
+        for status, n in c.items():
+            out[status] = out.get(status, 0) + n
+    return {k: v for k, v in sorted(out.items()) if v}
+
+
+def summary(partial: Partial, by_status: dict[str, int], top: int = 10, minutes: int = 60) -> dict[str, Any]:
+    """Render the cluster-wide aggregate as ``GET /analytics/summary`` returns it."""
+    windows = sorted(partial["windows"].items())[-minutes:]
+    products = sorted(partial["products"].items(), key=lambda kv: (-kv[1]["revenue_cents"], kv[0]))[:top]
+    return {
+        "orders_by_status": by_status,
+        "revenue": {"total": from_cents(partial["revenue_cents"]), "currency": partial["currency"] or "USD"},
+        "orders_recorded": partial["orders"],
+        "revenue_per_minute": [
+            {"window_start": w, "orders": v["orders"], "revenue": from_cents(v["revenue_cents"])} for w, v in windows
+        ],
+        "top_products": [
+            {"product_id": pid, "units": v["units"], "revenue": from_cents(v["revenue_cents"])} for pid, v in products
+        ],
+    }
+
+
+def status_delta(counts: dict[str, int], old: str | None, new: str) -> dict[str, int]:
+    """Move one order from status ``old`` to ``new`` in a partition's counters."""
+    out = dict(counts)
+    if old == new:
+        return out
+    if old is not None:
+        out[old] = out.get(old, 0) - 1
+    out[new] = out.get(new, 0) + 1
+    return out

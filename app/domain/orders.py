@@ -1,0 +1,370 @@
+"""The order saga as pure functions: ``(state, event) -> (state, emits)``.
+
+The same :func:`decide` drives the live agent and the ``as_of`` replay, so live
+state and rebuilt state cannot drift. Time comes only from event timestamps.
+
+Inputs (all keyed by order id, on the orders topic): ``order.placed``, the per-line
+``inventory.reserved`` / ``inventory.rejected`` results, ``payment.processed`` /
+``payment.failed``, and the commands ``order.cancel`` / ``order.ship`` /
+``order.deliver``. Everything else correlated to the order is history only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.domain.common import (
+    ANALYTICS,
+    FINAL_STATUSES,
+    INVENTORY,
+    NOTIFICATIONS,
+    ORDERS,
+    PAYMENTS,
+    Emit,
+    from_cents,
+)
+from schemas.envelope import Envelope, parse_ts
+
+OrderState = dict[str, Any]
+
+CANCELLABLE = frozenset({"pending", "reserved"})
+
+
+@dataclass
+class Decision:
+    """The new state (``None`` when unchanged) and what to send."""
+
+    state: OrderState | None
+    emits: list[Emit] = field(default_factory=list)
+
+
+def _event(order: OrderState, type_: str, **payload: Any) -> Emit:
+    return Emit(ORDERS, order["order_id"], type_, "order", order["order_id"], {"order_id": order["order_id"], **payload})
+
+
+def _line_command(order: OrderState, type_: str, product_id: str, quantity: int) -> Emit:
+    payload = {"order_id": order["order_id"], "product_id": product_id, "quantity": quantity}
+    return Emit(INVENTORY, product_id, type_, "product", product_id, payload)
+
+
+def _quantities(order: OrderState) -> dict[str, int]:
+    return {item["product_id"]: int(item["quantity"]) for item in order["items"]}
+
+
+def _release(order: OrderState, lines: list[str]) -> list[Emit]:
+    qty = _quantities(order)
+    emits = []
+    for pid in lines:
+        order["lines"][pid] = "releasing"
+        emits.append(_line_command(order, "inventory.release", pid, qty[pid]))
+    return emits
+
+
+def _reserved_lines(order: OrderState) -> list[str]:
+    return [pid for pid, st in order["lines"].items() if st == "reserved"]
+
+
+def _copy(state: OrderState) -> OrderState:
+    out = dict(state)
+    out["lines"] = dict(state["lines"])
+    if state.get("payment") is not None:
+        out["payment"] = dict(state["payment"])
+    return out
+
+
+def _touch(order: OrderState, env: Envelope, status: str | None = None) -> None:
+    order["updated_at"] = env["timestamp"]
+    if status is not None:
+        order["status"] = status
+
+
+def place(env: Envelope) -> Decision:
+    """Create the order from ``order.placed`` and ask every line's product partition to reserve."""
+    p = env["payload"]
+    items = [
+        {"product_id": str(i["product_id"]), "quantity": int(i["quantity"]), "price_cents": int(i["price_cents"])}
+        for i in p["items"]
+    ]
+    if not items or any(i["quantity"] <= 0 or i["price_cents"] < 0 for i in items):
+        raise ValueError("order.placed needs at least one line with positive quantity and non-negative price")
+    if len({i["product_id"] for i in items}) != len(items):
+        raise ValueError("order.placed lists a product twice")
+    payment = p.get("payment") or {}
+    order: OrderState = {
+        "order_id": p["order_id"],
+        "user_id": str(p["user_id"]),
+        "user_email": p.get("user_email"),
+        "status": "pending",
+        "items": items,
+        "total_cents": sum(i["price_cents"] * i["quantity"] for i in items),
+        "currency": p.get("currency", "USD"),
+        "created_at": env["timestamp"],
+        "updated_at": env["timestamp"],
+        "reason": None,
+        "details": None,
+        "payment": {
+            "status": "pending",
+            "last4": payment.get("last4"),
+            "payment_id": None,
+            "token": payment.get("token"),
+        },
+        "lines": {i["product_id"]: "pending" for i in items},
+        "deadline": None,
+        "shipment": None,
+    }
+    emits = [_line_command(order, "inventory.reserve", i["product_id"], i["quantity"]) for i in items]
+    return Decision(order, emits)
+
+
+def _all_answered(order: OrderState) -> bool:
+    return all(st != "pending" for st in order["lines"].values())
+
+
+def _gather(order: OrderState, env: Envelope, payment_timeout: float) -> list[Emit]:
+    """Once every line answered: go on to payment, or release what was reserved and reject."""
+    if not _all_answered(order):
+        return []
+    rejected = [pid for pid, st in order["lines"].items() if st == "rejected"]
+    if rejected:
+        order["status"] = "rejected"
+        order["reason"] = "out_of_stock"
+        order["details"] = [
+            {"product_id": pid, **order.get("shortages", {}).get(pid, {})} for pid in sorted(rejected)
+        ]
+        order["payment"]["status"] = "not_charged"
+        emits = _release(order, _reserved_lines(order))
+        emits.append(_event(order, "order.rejected", reason="out_of_stock", details=order["details"]))
+        return emits
+    order["status"] = "reserved"
+    order["deadline"] = parse_ts(env["timestamp"]).timestamp() + payment_timeout
+    payment_id = f"pay_{order['order_id']}"
+    order["payment"]["payment_id"] = payment_id
+    order["payment"]["status"] = "charging"
+    charge = {
+        "order_id": order["order_id"],
+        "payment_id": payment_id,
+        "token": order["payment"]["token"],
+        "last4": order["payment"]["last4"],
+        "amount_cents": order["total_cents"],
+        "currency": order["currency"],
+    }
+    return [Emit(PAYMENTS, order["order_id"], "payment.charge", "payment", payment_id, charge)]
+
+
+def line_answered(state: OrderState, env: Envelope, payment_timeout: float) -> Decision:
+    """Record one line's reservation result and gather."""
+    order = _copy(state)
+    p = env["payload"]
+    pid = str(p["product_id"])
+    if order["lines"].get(pid) != "pending":
+        return Decision(None)  # a late duplicate; the line already has its answer
+    _touch(order, env)
+    if env["type"] == "inventory.reserved":
+        if order["status"] != "pending":
+            # Cancelled while this line was in flight: give it straight back.
+            order["lines"][pid] = "reserved"
+            return Decision(order, _release(order, [pid]))
+        order["lines"][pid] = "reserved"
+    else:
+        order["lines"][pid] = "rejected"
+        order.setdefault("shortages", {})[pid] = {
+            "requested": p.get("requested"),
+            "available": p.get("available"),
+        }
+        if order["status"] != "pending":
+            return Decision(order)
+    return Decision(order, _gather(order, env, payment_timeout))
+
+
+def payment_answered(state: OrderState, env: Envelope) -> Decision:
+    """Confirm on ``payment.processed``; cancel and release on ``payment.failed``."""
+    p = env["payload"]
+    if state["status"] != "reserved":
+        if env["type"] == "payment.processed" and state["payment"]["status"] != "charged":
+            # Paid after the order was cancelled (timeout or customer): refund it.
+            order = _copy(state)
+            _touch(order, env)
+            order["payment"].update(status="refunded", charge_id=p.get("charge_id"))
+            refund = {**p, "reason": "order_" + state["status"]}
+            return Decision(order, [Emit(PAYMENTS, order["order_id"], "payment.refund", "payment", p["payment_id"], refund)])
+        return Decision(None)
+    order = _copy(state)
+    order["deadline"] = None
+    if env["type"] == "payment.processed":
+        _touch(order, env, "confirmed")
+        order["payment"].update(status="charged", payment_id=p["payment_id"], charge_id=p.get("charge_id"))
+        emits = [_event(order, "order.confirmed", total=from_cents(order["total_cents"]), currency=order["currency"])]
+        qty = _quantities(order)
+        for pid in order["lines"]:
+            order["lines"][pid] = "committing"
+            emits.append(_line_command(order, "inventory.commit", pid, qty[pid]))
+        emits.append(
+            Emit(
+                NOTIFICATIONS,
+                order["user_id"],
+                "notification.send",
+                "notification",
+                order["order_id"],
+                {
+                    "order_id": order["order_id"],
+                    "user_id": order["user_id"],
+                    "email": order["user_email"],
+                    "total": from_cents(order["total_cents"]),
+                    "currency": order["currency"],
+                    "kind": "order_confirmed",
+                },
+            )
+        )
+        emits.append(
+            Emit(
+                ANALYTICS,
+                order["order_id"],
+                "analytics.record",
+                "order",
+                order["order_id"],
+                {
+                    "order_id": order["order_id"],
+                    "total_cents": order["total_cents"],
+                    "currency": order["currency"],
+                    "items": order["items"],
+                    "confirmed_at": env["timestamp"],
+                },
+            )
+        )
+        return Decision(order, emits)
+    reason = str(p.get("reason") or "payment_failed")
+    _touch(order, env, "cancelled")
+    order["reason"] = reason
+    order["payment"].update(status="failed", payment_id=p.get("payment_id"))
+    emits = _release(order, _reserved_lines(order))
+    emits.append(_event(order, "order.cancelled", reason=reason))
+    return Decision(order, emits)
+
+
+def can_cancel(state: OrderState) -> bool:
+    """Whether a customer may still cancel."""
+    return state["status"] in CANCELLABLE
+
+
+def can_ship(state: OrderState) -> bool:
+    """Whether the order may be shipped."""
+    return state["status"] == "confirmed"
+
+
+def can_deliver(state: OrderState) -> bool:
+    """Whether the order may be marked delivered."""
+    return state["status"] == "shipped"
+
+
+def cancel(state: OrderState, env: Envelope) -> Decision:
+    """Cancel while pending or reserved, releasing what is reserved; otherwise nothing."""
+    reason = str(env["payload"].get("reason") or "customer_cancelled")
+    if not can_cancel(state):
+        return Decision(None)
+    if reason == "payment_timeout" and state["status"] != "reserved":
+        return Decision(None)
+    order = _copy(state)
+    _touch(order, env, "cancelled")
+    order["reason"] = reason
+    order["deadline"] = None
+    if order["payment"]["status"] in ("pending", "charging"):
+        order["payment"]["status"] = "cancelled"
+    emits = _release(order, _reserved_lines(order))
+    emits.append(_event(order, "order.cancelled", reason=reason))
+    return Decision(order, emits)
+
+
+def ship(state: OrderState, env: Envelope) -> Decision:
+    """Mark a confirmed order shipped."""
+    if not can_ship(state):
+        return Decision(None)
+    order = _copy(state)
+    _touch(order, env, "shipped")
+    p = env["payload"]
+    order["shipment"] = {"carrier": p.get("carrier"), "tracking_number": p.get("tracking_number")}
+    return Decision(order, [_event(order, "order.shipped", **order["shipment"])])
+
+
+def deliver(state: OrderState, env: Envelope) -> Decision:
+    """Mark a shipped order delivered."""
+    if not can_deliver(state):
+        return Decision(None)
+    order = _copy(state)
+    _touch(order, env, "delivered")
+    return Decision(order, [_event(order, "order.delivered")])
+
+
+def line_settled(state: OrderState, env: Envelope) -> Decision:
+    """Note a released or committed line (history bookkeeping; no status change)."""
+    pid = str(env["payload"].get("product_id"))
+    if pid not in state["lines"]:
+        return Decision(None)
+    order = _copy(state)
+    order["lines"][pid] = "released" if env["type"] == "inventory.released" else "committed"
+    return Decision(order)
+
+
+def decide(state: OrderState | None, env: Envelope, payment_timeout: float) -> Decision:
+    """Route one input of the saga to its transition."""
+    type_ = env["type"]
+    if type_ == "order.placed":
+        return place(env) if state is None else Decision(None)
+    if state is None:
+        # A result for an order this partition never saw placed: nothing to apply it to.
+        return Decision(None)
+    if type_ in ("inventory.reserved", "inventory.rejected"):
+        return line_answered(state, env, payment_timeout)
+    if type_ in ("payment.processed", "payment.failed"):
+        return payment_answered(state, env)
+    if type_ == "order.cancel":
+        return cancel(state, env)
+    if type_ == "order.ship":
+        return ship(state, env)
+    if type_ == "order.deliver":
+        return deliver(state, env)
+    if type_ in ("inventory.released", "inventory.committed"):
+        return line_settled(state, env)
+    return Decision(None)
+
+
+def fold(events: list[Envelope], payment_timeout: float) -> OrderState | None:
+    """Rebuild an order from its history with the live transitions."""
+    state: OrderState | None = None
+    for env in events:
+        decision = decide(state, env, payment_timeout)
+        if decision.state is not None:
+            state = decision.state
+    return state
+
+
+def is_final(state: OrderState) -> bool:
+    """Whether the order reached a terminal or fulfilment state."""
+    return state["status"] in FINAL_STATUSES
+
+
+def to_view(state: OrderState) -> dict[str, Any]:
+    """Render the read model as the API returns it (money as decimal strings)."""
+    view: dict[str, Any] = {
+        "order_id": state["order_id"],
+        "user_id": state["user_id"],
+        "status": state["status"],
+        "items": [
+            {"product_id": i["product_id"], "quantity": i["quantity"], "price": from_cents(i["price_cents"])}
+            for i in state["items"]
+        ],
+        "total": from_cents(state["total_cents"]),
+        "currency": state["currency"],
+        "created_at": state["created_at"],
+        "updated_at": state["updated_at"],
+    }
+    if state.get("reason"):
+        view["reason"] = state["reason"]
+    if state.get("details"):
+        view["details"] = state["details"]
+    pay = state.get("payment")
+    if pay and (pay.get("last4") or pay.get("payment_id")):
+        view["payment"] = {"status": pay["status"], "last4": pay.get("last4"), "payment_id": pay.get("payment_id")}
+    if state.get("shipment"):
+        view["shipment"] = state["shipment"]
+    return view

@@ -1,0 +1,65 @@
+"""The Faust app, built once from the settings; ``faust -A app worker`` runs it."""
+
+from __future__ import annotations
+
+import faust
+
+from app import codec, transactions
+from app.settings import Settings, load
+
+settings: Settings = load()
+codec.register()
+transactions.install()
+
+
+class OrderstreamApp(faust.App):
+    """The Faust app, plus creating our topics before the first subscription."""
+
+    async def on_first_start(self) -> None:
+        """Create every declared topic and changelog up front."""
+        from app.admin import ensure_topics
+        from app.topics import BY_NAME, DEAD_LETTERS
+
+        names = {t.get_topic_name() for t in [*BY_NAME.values(), *DEAD_LETTERS.values()]}
+        changelogs = {table.changelog_topic.get_topic_name() for table in self.tables.values()}
+        await ensure_topics(
+            str(self.conf.broker[0]) if len(self.conf.broker) == 1 else ",".join(map(str, self.conf.broker)),
+            sorted(names | changelogs),
+            settings.partitions,
+            settings.replication_factor,
+            compacted=changelogs,
+        )
+        await super().on_first_start()
+
+
+def create_app(s: Settings) -> faust.App:
+    """Build the Faust app from the settings."""
+    options: dict[str, object] = {}
+    if s.datadir:
+        options["datadir"] = s.datadir
+    return OrderstreamApp(
+        s.app_id,
+        broker=s.broker,
+        store="rocksdb://",
+        processing_guarantee=s.processing_guarantee,
+        topic_partitions=s.partitions,
+        topic_replication_factor=s.replication_factor,
+        key_serializer="raw",
+        value_serializer=codec.CODEC_NAME,
+        web_enabled=True,
+        web_host=s.web_host,
+        web_port=s.web_port,
+        web_bind=s.web_host,
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_application_options={"client_max_size": s.max_body_bytes},
+        broker_commit_interval=s.commit_interval,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        table_standby_replicas=1,
+        stream_wait_empty=False,
+        **options,
+    )
+
+
+app = create_app(settings)

@@ -1,0 +1,187 @@
+"""The loop every stage's agent runs: decode → dedupe → handle → record → send, or dead-letter.
+
+Faust's exactly-once alone is not enough (duplicates after SIGKILL, rebalance
+fencing), so every stage is idempotent on the input event id: the outputs of each
+handled event are stored in ``event_to_outputs`` in the same table write as the
+state change, and a replayed input re-sends exactly those outputs (same ids) instead
+of deciding again. Downstream handlers dedupe by id, so a re-send is harmless and a
+crash between the table write and the send strands nothing.
+
+A message that is not JSON, not an envelope, of an unknown type or version, or whose
+handler keeps failing after bounded retries goes to the stage's dead-letter topic
+with the error, a short stack summary and its source topic/partition/offset; the
+input offset then moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from faust.types import EventT, StreamT
+
+from app import metrics
+from app.codec import Undecodable
+from app.domain.common import Emit
+from schemas.envelope import Envelope, EnvelopeError, derived_id, make, validate
+from schemas.registry import UnknownMessageError, current_version, upcast
+
+log = logging.getLogger("orderstream.processing")
+
+#: One message to send: (logical topic, key, envelope).
+Out = tuple[str, str, Envelope]
+Handler = Callable[[Envelope, EventT], Awaitable[list[Out] | None]]
+Sender = Callable[[str, str, Envelope], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What the loop needs to know about one stage."""
+
+    name: str
+    source_topic: str
+    attempts: int = 3
+    backoff: float = 0.05
+
+
+class PermanentError(Exception):
+    """A handler failure that retrying cannot fix."""
+
+
+def envelopes(emits: Iterable[Emit], cause: Envelope, *, start: int = 0) -> list[Out]:
+    """Wrap a decision's emits in envelopes whose ids derive from the cause (stable on replay)."""
+    out: list[Out] = []
+    for i, e in enumerate(emits, start=start):
+        env = make(
+            e.type,
+            e.entity_type,
+            e.entity_id,
+            e.payload,
+            correlation_id=cause.get("correlation_id") or cause["entity_id"],
+            causation_id=cause["id"],
+            event_id=derived_id(cause["id"], i),
+            version=current_version(e.type),
+        )
+        out.append((e.topic, e.key, env))
+    return out
+
+
+def decode(value: Any) -> Envelope:
+    """Turn a decoded message value into a current-version envelope or raise why not."""
+    if isinstance(value, Undecodable):
+        raise EnvelopeError(value.error)
+    return upcast(validate(value))
+
+
+def dead_letter(stage: Stage, event: EventT, error: BaseException, attempts: int) -> Envelope:
+    """Describe a message that could not be processed as an ``event.processing.failed`` envelope."""
+    msg = event.message
+    value = event.value
+    if isinstance(value, Undecodable):
+        original: Any = value.raw.decode("utf-8", errors="replace")
+        original_kind = "text"
+    else:
+        original, original_kind = value, "json"
+    key = msg.key.decode("utf-8", errors="replace") if isinstance(msg.key, bytes) else msg.key
+    stack = traceback.format_exception(type(error), error, error.__traceback__, limit=4)
+    source_id = value.get("id") if isinstance(value, dict) and isinstance(value.get("id"), str) else None
+    dl_id = derived_id(f"{msg.topic}/{msg.partition}/{msg.offset}", 0)
+    payload = {
+        "dlq_id": dl_id,
+        "stage": stage.name,
+        "error": f"{type(error).__name__}: {error}",
+        "stack": "".join(stack)[-2000:],
+        "source_topic": msg.topic,
+        "partition": msg.partition,
+        "offset": msg.offset,
+        "key": key,
+        "attempts": attempts,
+        "original": original,
+        "original_kind": original_kind,
+        "original_id": source_id,
+    }
+    return make(
+        "event.processing.failed",
+        "dead_letter",
+        dl_id,
+        payload,
+        correlation_id=(value.get("correlation_id") if isinstance(value, dict) else None) or dl_id,
+        causation_id=source_id,
+        event_id=dl_id,
+    )
+
+
+async def run(
+    stage: Stage,
+    stream: StreamT[Any],
+    handle: Handler,
+    *,
+    processed: Any,
+    send: Sender,
+    send_dead_letter: Callable[[Envelope], Awaitable[Any]],
+) -> None:
+    """Consume ``stream`` forever with dedupe, retries and dead-lettering."""
+    async for event in stream.events():
+        started = time.perf_counter()
+        try:
+            env = decode(event.value)
+        except (EnvelopeError, UnknownMessageError, KeyError, TypeError, ValueError) as exc:
+            await _to_dlq(stage, event, exc, 1, send_dead_letter)
+            continue
+        dedupe_key = f"{stage.name}:{env['id']}"
+        prior = processed.get(dedupe_key)
+        if prior is not None:
+            metrics.EVENTS.labels(stage.name, "replayed").inc()
+            for topic, key, out_env in prior:
+                await send(topic, key, out_env)
+            continue
+        outputs: list[Out] | None = None
+        error: BaseException | None = None
+        attempt = 0
+        for attempt in range(1, stage.attempts + 1):
+            try:
+                outputs = await handle(env, event)
+                error = None
+                break
+            except PermanentError as exc:
+                error = exc
+                break
+            except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
+                error = exc
+                if attempt < stage.attempts:
+                    await asyncio.sleep(stage.backoff * 2 ** (attempt - 1))
+        if error is not None:
+            await _to_dlq(stage, event, error, attempt, send_dead_letter)
+            continue
+        outs = outputs or []
+        processed[dedupe_key] = [[t, k, e] for t, k, e in outs]
+        for topic, key, out_env in outs:
+            await send(topic, key, out_env)
+        metrics.EVENTS.labels(stage.name, env["type"]).inc()
+        metrics.HANDLE_SECONDS.labels(stage.name).observe(time.perf_counter() - started)
+
+
+async def _to_dlq(
+    stage: Stage,
+    event: EventT,
+    error: BaseException,
+    attempts: int,
+    send_dead_letter: Callable[[Envelope], Awaitable[Any]],
+) -> None:
+    msg = event.message
+    log.warning(
+        "dead-lettering %s[%s]@%s in stage %s after %d attempt(s): %s",
+        msg.topic,
+        msg.partition,
+        msg.offset,
+        stage.name,
+        attempts,
+        error,
+    )
+    metrics.DEAD_LETTERS.labels(stage.name).inc()
+    await send_dead_letter(dead_letter(stage, event, error, attempts))

@@ -1,0 +1,51 @@
+"""Exactly-once done per source partition, as Kafka Streams does it.
+
+faust-streaming 0.15 picks the transactional producer by the *destination*
+partition of each send (``{app id}-{group}-{destination partition}``) but commits
+offsets through the producer of the *source* partition. A send to a partition that
+another worker owns then fails with ``No transaction producer found``, and a send
+to one this worker owns lands in another partition's transaction. We send through
+the producer of the partition whose event is being processed, so outputs, changelog
+writes and the input offset commit in one transaction; sends made outside stream
+processing (HTTP edge, timers, finished gateway calls) go through the plain
+idempotent producer and carry their own dedupe keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from faust.streams import current_event
+from faust.transport.consumer import TransactionManager
+from faust.types import TP, RecordMetadata
+from faust.types.tuples import HeadersArg
+
+
+class SourcePartitionTransactionManager(TransactionManager):
+    """Send within the transaction of the source partition of the current event."""
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: HeadersArg | None,
+        *,
+        transactional_id: str | None = None,
+    ) -> Awaitable[RecordMetadata]:
+        """Route to the current source partition's transactional producer, else the plain one."""
+        event = current_event()
+        tid: str | None = None
+        if event is not None:
+            tp: TP = event.message.tp
+            group = self.app.assignor.group_for_topic(tp.topic)
+            tid = f"{self.app.conf.id}-{group}-{tp.partition}"
+        return await self.producer.send(topic, key, value, partition, timestamp, headers, transactional_id=tid)
+
+
+def install() -> None:
+    """Make the aiokafka transport build our transaction manager."""
+    from faust.transport.drivers import aiokafka
+
+    aiokafka.Transport.TransactionManager = SourcePartitionTransactionManager  # type: ignore[misc]

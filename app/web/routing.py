@@ -1,0 +1,133 @@
+"""Answer any key on any worker: find the key's owner and forward the whole request there.
+
+Faust's ``table_route`` drops the request body and has multi-worker bugs, so we
+route ourselves: hash the key the way the producer does (murmur2), look up which
+worker the partition assignor gave that partition to, and proxy method, path,
+query, headers and body. A request that arrives forwarded is never forwarded again:
+if ownership moved meanwhile the answer is a 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiokafka.partitioner import murmur2
+from faust.types import TP
+
+from app import codec
+from app.main import app, settings
+
+log = logging.getLogger("orderstream.routing")
+
+FORWARDED = "X-Orderstream-Forwarded"
+RETRY_AFTER = "1"
+_session: aiohttp.ClientSession | None = None
+
+
+class Unavailable(Exception):
+    """The answer cannot be given yet (owner unknown, rebalancing, recovering)."""
+
+
+def session() -> aiohttp.ClientSession:
+    """Return the shared client session for worker-to-worker calls."""
+    global _session
+    if _session is None or _session.closed:
+        _session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=35))
+    return _session
+
+
+def my_url() -> str:
+    """Return this worker's canonical URL."""
+    return str(app.conf.canonical_url).rstrip("/")
+
+
+def partition_for(key: str) -> int:
+    """Return the partition ``key`` hashes to (the producer's default partitioner)."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % settings.partitions
+
+
+def _tps_url() -> Mapping[TP, str]:
+    return getattr(app.assignor, "_tps_url", {}) or {}
+
+
+def _owner_table_changelog(topic: str) -> str:
+    """The changelog whose partition assignment tells who owns ``topic``'s keys.
+
+    The assignor publishes owners only for changelog partitions; every topic is
+    co-partitioned with the tables its agent writes, so partition p of the
+    changelog is active wherever partition p of the topic is consumed.
+    """
+    from app.domain.common import INVENTORY, ORDERS, USERS
+    from tables import order_to_state, product_to_stock, user_to_profile
+
+    table = {ORDERS: order_to_state, INVENTORY: product_to_stock, USERS: user_to_profile}[topic]
+    return table.changelog_topic.get_topic_name()
+
+
+def owner_of(topic: str, key: str) -> str:
+    """Return the URL of the worker that owns ``key`` of logical ``topic``, or raise :class:`Unavailable`."""
+    if app.rebalancing:
+        raise Unavailable("the cluster is rebalancing")
+    url = _tps_url().get(TP(_owner_table_changelog(topic), partition_for(key)))
+    if not url:
+        raise Unavailable("the owner of this key is not known yet")
+    return str(url).rstrip("/")
+
+
+def is_ready() -> bool:
+    """Whether this worker has its assignment and its tables are recovered."""
+    if app.rebalancing or not _tps_url():
+        return False
+    recovery = app.tables.recovery
+    return bool(recovery.completed.is_set()) and not recovery.in_recovery
+
+
+def workers() -> list[str]:
+    """Return the URLs of every worker in the group (this one included)."""
+    urls = {str(u).rstrip("/") for u in _tps_url().values()}
+    urls.add(my_url())
+    return sorted(urls)
+
+
+async def forward(request: web.Request, owner: str, *, path: str | None = None) -> web.Response:
+    """Proxy ``request`` to ``owner`` (optionally to another ``path``) and relay its answer."""
+    body = await request.read()
+    headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization", "idempotency-key")}
+    headers[FORWARDED] = my_url()
+    url = owner + (path or request.rel_url.path_qs)
+    try:
+        async with session().request(request.method, url, data=body or None, headers=headers) as resp:
+            payload = await resp.read()
+            out_headers = {k: v for k, v in resp.headers.items() if k in ("Location", "Retry-After", "Content-Type")}
+            return web.Response(body=payload, status=resp.status, headers=out_headers)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        log.warning("forwarding %s %s to %s failed: %s", request.method, request.rel_url, owner, exc)
+        raise Unavailable(f"the owner {owner} did not answer") from exc
+
+
+async def gather_json(path_qs: str) -> list[Any]:
+    """GET ``path_qs`` from every worker's local endpoint; raise :class:`Unavailable` if one fails."""
+    if app.rebalancing:
+        raise Unavailable("the cluster is rebalancing")
+
+    async def one(url: str) -> Any:
+        async with session().get(url + path_qs, headers={FORWARDED: my_url()}) as resp:
+            if resp.status != 200:
+                raise Unavailable(f"worker {url} answered {resp.status}")
+            return codec.loads(await resp.read())
+
+    try:
+        return list(await asyncio.gather(*(one(u) for u in workers())))
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise Unavailable(f"a worker did not answer: {exc}") from exc
+
+
+async def close() -> None:
+    """Close the client session."""
+    if _session is not None and not _session.closed:
+        await _session.close()

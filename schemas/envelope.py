@@ -1,0 +1,159 @@
+"""The one envelope every message on every topic travels in.
+
+``id, type, entity_type, entity_id, timestamp, version, correlation_id, causation_id,
+payload, metadata`` — see SPEC §3. Events are named in the past tense
+(``order.placed``); commands, which only travel between our own stages, in the
+imperative (``inventory.reserve``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, TypedDict
+
+NAMESPACE = uuid.UUID("6f1c2a4e-6b1d-4c55-9a53-0f5d7e1b2c3a")
+
+EVENT_TYPES = frozenset(
+    {
+        "order.placed",
+        "order.confirmed",
+        "order.rejected",
+        "order.cancelled",
+        "order.shipped",
+        "order.delivered",
+        "inventory.reserved",
+        "inventory.rejected",
+        "inventory.released",
+        "inventory.committed",
+        "inventory.restocked",
+        "payment.processed",
+        "payment.failed",
+        "notification.sent",
+        "analytics.order_recorded",
+        "user.created",
+        "user.updated",
+        "event.processing.failed",
+    }
+)
+
+COMMAND_TYPES = frozenset(
+    {
+        "order.cancel",
+        "order.ship",
+        "order.deliver",
+        "inventory.reserve",
+        "inventory.release",
+        "inventory.commit",
+        "inventory.restock",
+        "inventory.set_stock",
+        "payment.charge",
+        "payment.refund",
+        "notification.send",
+        "analytics.record",
+        "dead_letter.redrive",
+    }
+)
+
+ENVELOPE_FIELDS = (
+    "id",
+    "type",
+    "entity_type",
+    "entity_id",
+    "timestamp",
+    "version",
+    "correlation_id",
+    "causation_id",
+    "payload",
+    "metadata",
+)
+
+
+class Envelope(TypedDict):
+    """The wire shape of every message."""
+
+    id: str
+    type: str
+    entity_type: str
+    entity_id: str
+    timestamp: str
+    version: int
+    correlation_id: str
+    causation_id: str | None
+    payload: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+class EnvelopeError(ValueError):
+    """A message is not a well-formed envelope."""
+
+
+def now_iso() -> str:
+    """Return the current UTC time in ISO-8601 with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_ts(value: str) -> datetime:
+    """Parse an ISO-8601 timestamp (``Z`` or offset); naive means UTC."""
+    ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def derived_id(cause_id: str, index: int) -> str:
+    """Return the id of the ``index``-th message caused by ``cause_id``; the same on every replay."""
+    return str(uuid.uuid5(NAMESPACE, f"{cause_id}/{index}"))
+
+
+def make(
+    type_: str,
+    entity_type: str,
+    entity_id: str,
+    payload: dict[str, Any],
+    *,
+    correlation_id: str,
+    causation_id: str | None = None,
+    event_id: str | None = None,
+    timestamp: str | None = None,
+    version: int = 1,
+    metadata: dict[str, Any] | None = None,
+) -> Envelope:
+    """Build an envelope."""
+    return Envelope(
+        id=event_id or str(uuid.uuid4()),
+        type=type_,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        timestamp=timestamp or now_iso(),
+        version=version,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+        payload=payload,
+        metadata=metadata or {},
+    )
+
+
+def validate(obj: Any) -> Envelope:
+    """Check the envelope's shape (not its payload); raise :class:`EnvelopeError` if wrong."""
+    if not isinstance(obj, dict):
+        raise EnvelopeError(f"message is a JSON {type(obj).__name__}, not an object")
+    missing = [f for f in ("id", "type", "entity_id", "version", "payload") if f not in obj]
+    if missing:
+        raise EnvelopeError(f"envelope lacks field(s): {', '.join(missing)}")
+    for name in ("id", "type", "entity_id"):
+        if not isinstance(obj[name], str) or not obj[name]:
+            raise EnvelopeError(f"envelope field {name!r} must be a non-empty string")
+    if not isinstance(obj["version"], int) or isinstance(obj["version"], bool):
+        raise EnvelopeError("envelope field 'version' must be an integer")
+    if not isinstance(obj["payload"], dict):
+        raise EnvelopeError("envelope field 'payload' must be an object")
+    for name in ("correlation_id", "causation_id", "entity_type", "timestamp"):
+        if obj.get(name) is not None and not isinstance(obj[name], str):
+            raise EnvelopeError(f"envelope field {name!r} must be a string")
+    if obj.get("metadata") is not None and not isinstance(obj["metadata"], dict):
+        raise EnvelopeError("envelope field 'metadata' must be an object")
+    obj.setdefault("entity_type", obj["type"].split(".", 1)[0])
+    obj.setdefault("correlation_id", obj["entity_id"])
+    obj.setdefault("causation_id", None)
+    obj.setdefault("timestamp", now_iso())
+    obj.setdefault("metadata", {})
+    return obj  # type: ignore[return-value]  # checked field by field above
