@@ -75,9 +75,7 @@ def java_pids_under(path: Path) -> list[int]:
     return pids
 
 
-def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 180
-) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """Run the launcher CLI with the test's Python and capture its output."""
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args],
@@ -101,31 +99,29 @@ def read_line(stream: IO[str], timeout: float) -> str:
         pytest.fail(f"no output line within {timeout:.0f}s")
 
 
-async def roundtrip(
-    bootstrap: str, topic: str, replication: int, count: int
-) -> tuple[list[bytes], list[int]]:
+async def roundtrip(bootstrap: str, topic: str, replication: int, count: int) -> tuple[list[bytes], list[int]]:
     """Create a topic, produce `count` records with acks=all, consume them back."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        created = await admin.create_topics(
-            [NewTopic(topic, num_partitions=3, replication_factor=replication)]
-        )
+        created = await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=replication)])
         assert [e[1] for e in created.topic_errors] == [0], created
-        described = await admin.describe_topics([topic])
-        replicas = [len(p["replicas"]) for p in described[0]["partitions"]]
+        # Each broker learns about the new topic from the metadata log a moment later.
+        deadline = time.monotonic() + 30
+        replicas: list[int] = []
+        while len(replicas) < 3 and time.monotonic() < deadline:
+            described = await admin.describe_topics([topic])
+            replicas = [len(p["replicas"]) for p in described[0]["partitions"]]
+            if len(replicas) < 3:
+                await asyncio.sleep(0.1)
     finally:
         await admin.close()
 
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True
-    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
         for i in range(count):
-            await producer.send_and_wait(
-                topic, f"order-{i}".encode(), key=str(i).encode()
-            )
+            await producer.send_and_wait(topic, f"order-{i}".encode(), key=str(i).encode())
     finally:
         await producer.stop()
 
@@ -218,13 +214,10 @@ def test_port_in_use_is_one_clear_sentence(tmp_path: Path, taken_offset: int) ->
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
         blocker.bind(("127.0.0.1", taken))
         blocker.listen()
-        result = run_cli(
-            "start", "--port", str(port), "--data-dir", str(tmp_path / "k")
-        )
+        result = run_cli("start", "--port", str(port), "--data-dir", str(tmp_path / "k"))
     assert result.returncode != 0
     assert result.stderr.strip() == (
-        f"Port {taken} is already in use; choose another with --port "
-        "or stop what is listening there."
+        f"Port {taken} is already in use; choose another with --port or stop what is listening there."
     )
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
@@ -338,9 +331,7 @@ def test_broker_dies_with_its_owner(tmp_path: Path) -> None:
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=10)
 
-        wait_until(
-            lambda: not java_pids_under(data_dir), 30, "the orphaned JVM to be stopped"
-        )
+        wait_until(lambda: not java_pids_under(data_dir), 30, "the orphaned JVM to be stopped")
         wait_until(lambda: not kl.pid_alive(watchdog_pid), 10, "the watchdog to exit")
         wait_until(lambda: kl.port_is_free(port), 10, "the client port to be released")
     finally:
@@ -367,11 +358,7 @@ def test_testcontainers_kafka_roundtrip() -> None:
     for key, value in kl.docker_kafka_env(port).items():
         container = container.with_env(key, value)
     with container:
-        assert kl.wait_until_ready([("127.0.0.1", port)], 1, 120), (
-            "Kafka container never answered"
-        )
-        received, replicas = asyncio.run(
-            roundtrip(f"127.0.0.1:{port}", f"tc-{uuid.uuid4().hex[:8]}", 1, 20)
-        )
+        assert kl.wait_until_ready([("127.0.0.1", port)], 1, 120), "Kafka container never answered"
+        received, replicas = asyncio.run(roundtrip(f"127.0.0.1:{port}", f"tc-{uuid.uuid4().hex[:8]}", 1, 20))
     assert replicas == [1, 1, 1]
     assert sorted(received) == expected_values(20)
