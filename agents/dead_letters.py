@@ -16,8 +16,8 @@ from faust.types import StreamT
 
 from app import codec, metrics
 from app.main import app
-from app.topics import DEAD_LETTERS, LOGICAL
 from app.topics import BY_NAME as TOPICS
+from app.topics import DEAD_LETTERS, LOGICAL
 from schemas.envelope import EnvelopeError, validate
 from tables import dead_letter_to_state
 

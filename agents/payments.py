@@ -88,7 +88,7 @@ def _start(command: Envelope) -> None:
 async def _guarded(command: Envelope) -> None:
     try:
         await _charge(command)
-    except Exception:  # noqa: BLE001 - the recovery timer retries a charge whose call died
+    except Exception:
         log.exception("gateway call for order %s failed; will be retried", command["payload"]["order_id"])
 
 

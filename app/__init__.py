@@ -4,10 +4,9 @@
 builds the app from the settings, then registers the agents and the web routes.
 """
 
-from app.main import app, settings
-
 # Registration imports; `from ... import` so the name `app` keeps meaning the Faust app.
-from agents import orders as _orders  # noqa: E402,F401
-from app import web as _web  # noqa: E402,F401
+from agents import orders as _orders  # noqa: F401
+from app import web as _web  # noqa: F401
+from app.main import app, settings
 
 __all__ = ["app", "settings"]

@@ -13,7 +13,7 @@ CODEC_NAME = "orjson"
 class Undecodable:
     """A message body that is not valid JSON; kept whole so it can be dead-lettered."""
 
-    __slots__ = ("raw", "error")
+    __slots__ = ("error", "raw")
 
     def __init__(self, raw: bytes, error: str) -> None:
         self.raw = raw

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 
 from app import codec, transactions
-from app.settings import Settings, load
+from app.settings import Settings, SettingsError, load
 
-settings: Settings = load()
+try:
+    settings: Settings = load()
+except SettingsError as exc:
+    raise SystemExit(f"orderstream: bad configuration: {exc}") from None
 codec.register()
 transactions.install()
 
@@ -34,7 +39,7 @@ class OrderstreamApp(faust.App):
 
 def create_app(s: Settings) -> faust.App:
     """Build the Faust app from the settings."""
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {}
     if s.datadir:
         options["datadir"] = s.datadir
     return OrderstreamApp(

@@ -14,6 +14,7 @@ idempotent producer and carry their own dedupe keys.
 from __future__ import annotations
 
 from collections.abc import Awaitable
+
 from faust.streams import current_event
 from faust.transport.consumer import TransactionManager
 from faust.types import TP, RecordMetadata

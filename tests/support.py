@@ -36,7 +36,7 @@ def eventually(check: Callable[[], T | None], timeout: float = 30.0, interval: f
     while True:
         try:
             last = check()
-        except Exception as exc:  # noqa: BLE001 - keep polling; report the last error on timeout
+        except Exception as exc:
             last = exc
         else:
             if last:

@@ -36,11 +36,11 @@ class MoneyError(ValueError):
 def to_cents(value: Any) -> int:
     """Parse ``"12.50"``, ``12.5`` or ``12`` into integer cents; reject more than 2 decimals."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise MoneyError("must be a decimal string such as \"12.50\"")
+        raise MoneyError('must be a decimal string such as "12.50"')
     try:
         amount = Decimal(str(value).strip())
     except InvalidOperation:
-        raise MoneyError("must be a decimal string such as \"12.50\"") from None
+        raise MoneyError('must be a decimal string such as "12.50"') from None
     if not amount.is_finite() or amount < 0:
         raise MoneyError("must be a non-negative amount")
     cents = amount * 100

@@ -40,7 +40,9 @@ class Decision:
 
 
 def _event(order: OrderState, type_: str, **payload: Any) -> Emit:
-    return Emit(ORDERS, order["order_id"], type_, "order", order["order_id"], {"order_id": order["order_id"], **payload})
+    return Emit(
+        ORDERS, order["order_id"], type_, "order", order["order_id"], {"order_id": order["order_id"], **payload}
+    )
 
 
 def _line_command(order: OrderState, type_: str, product_id: str, quantity: int) -> Emit:
@@ -82,7 +84,7 @@ def _touch(order: OrderState, env: Envelope, status: str | None = None) -> None:
 def place(env: Envelope) -> Decision:
     """Create the order from ``order.placed`` and ask every line's product partition to reserve."""
     p = env["payload"]
-    items = [
+    items: list[dict[str, Any]] = [
         {"product_id": str(i["product_id"]), "quantity": int(i["quantity"]), "price_cents": int(i["price_cents"])}
         for i in p["items"]
     ]
@@ -129,9 +131,7 @@ def _gather(order: OrderState, env: Envelope, payment_timeout: float) -> list[Em
     if rejected:
         order["status"] = "rejected"
         order["reason"] = "out_of_stock"
-        order["details"] = [
-            {"product_id": pid, **order.get("shortages", {}).get(pid, {})} for pid in sorted(rejected)
-        ]
+        order["details"] = [{"product_id": pid, **order.get("shortages", {}).get(pid, {})} for pid in sorted(rejected)]
         order["payment"]["status"] = "not_charged"
         emits = _release(order, _reserved_lines(order))
         emits.append(_event(order, "order.rejected", reason="out_of_stock", details=order["details"]))
@@ -187,7 +187,9 @@ def payment_answered(state: OrderState, env: Envelope) -> Decision:
             _touch(order, env)
             order["payment"].update(status="refunded", charge_id=p.get("charge_id"))
             refund = {**p, "reason": "order_" + state["status"]}
-            return Decision(order, [Emit(PAYMENTS, order["order_id"], "payment.refund", "payment", p["payment_id"], refund)])
+            return Decision(
+                order, [Emit(PAYMENTS, order["order_id"], "payment.refund", "payment", p["payment_id"], refund)]
+            )
         return Decision(None)
     order = _copy(state)
     order["deadline"] = None

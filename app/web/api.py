@@ -25,7 +25,7 @@ from app.domain import analytics as analytics_domain
 from app.domain import inventory as inventory_domain
 from app.domain import orders as orders_domain
 from app.domain.common import INVENTORY, ORDERS, USERS
-from app.main import app, settings
+from app.main import settings
 from app.topics import BY_NAME, DEAD_LETTERS, LOGICAL, kafka_name
 from app.web import routing, validation
 from app.web.routing import FORWARDED, Unavailable
@@ -83,7 +83,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(413, "too_large", f"the body is larger than {settings.max_body_bytes} bytes")
     except web.HTTPException as exc:
         response = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-    except Exception:  # noqa: BLE001 - the client gets a clean 500, the log gets the stack
+    except Exception:
         log.exception("unhandled error in %s %s", request.method, request.rel_url.path)
         response = error_response(500, "internal", "internal error")
     metrics.HTTP_REQUESTS.labels(route, str(response.status)).inc()
@@ -118,7 +118,7 @@ def require_admin(request: web.Request) -> None:
 
 async def produce(topic: str, key: str, env: Envelope) -> None:
     """Send an envelope and wait until the broker has it."""
-    result = await BY_NAME[topic].send(key=key.encode(), value=env)
+    result: Any = await BY_NAME[topic].send(key=key.encode(), value=env)
     while inspect.isawaitable(result):
         result = await result
 
@@ -130,7 +130,9 @@ def _limit(request: web.Request, default: int = 50) -> int:
     return int(raw)
 
 
-def _routed(topic: str, key_param: str) -> Callable[[Callable[[web.Request, str], Awaitable[web.StreamResponse]]], Handler]:
+def _routed(
+    topic: str, key_param: str
+) -> Callable[[Callable[[web.Request, str], Awaitable[web.StreamResponse]]], Handler]:
     """Run the handler on the worker that owns the key; forward the request there otherwise."""
 
     def deco(local: Callable[[web.Request, str], Awaitable[web.StreamResponse]]) -> Handler:
@@ -161,10 +163,8 @@ async def place_order(request: web.Request) -> web.Response:
     idem = request.headers.get("Idempotency-Key")
     if idem is not None and not 1 <= len(idem) <= 200:
         raise validation.Invalid([{"field": "Idempotency-Key", "message": "must be 1-200 characters"}])
-    if idem:
-        order_id = str(uuid.uuid5(IDEMPOTENCY_NS, f"{order.user_id}\n{idem}"))
-    else:
-        order_id = str(uuid.uuid4())
+    # The same key from the same user names the same order: a retried POST creates nothing new.
+    order_id = str(uuid.uuid5(IDEMPOTENCY_NS, f"{order.user_id}\n{idem}")) if idem else str(uuid.uuid4())
     from agents.payments import gateway
 
     card = gateway.tokenize(order.card_number)
@@ -254,7 +254,9 @@ def _order_command(kind: str) -> Handler:
         if state is None:
             raise ApiError(404, "not_found", f"order {order_id} not found")
         if not check(state):
-            raise ApiError(409, "conflict", f"cannot {kind} an order that is {state['status']}", [{"status": state["status"]}])
+            raise ApiError(
+                409, "conflict", f"cannot {kind} an order that is {state['status']}", [{"status": state["status"]}]
+            )
         env = make(f"order.{kind}", "order", order_id, payload, correlation_id=order_id)
         await produce(ORDERS, order_id, env)
         return json_response({"order_id": order_id, "status": state["status"], "accepted": kind}, 202)
@@ -284,7 +286,9 @@ async def local_orders(request: web.Request) -> web.Response:
     rows = sorted(
         (oid, s)
         for oid, s in local_items(order_to_state)
-        if (not cursor or oid > cursor) and (not status or s["status"] == status) and (not user_id or s["user_id"] == user_id)
+        if (not cursor or oid > cursor)
+        and (not status or s["status"] == status)
+        and (not user_id or s["user_id"] == user_id)
     )
     page = [orders_domain.to_view(s) for _, s in rows[:limit]]
     return json_response({"orders": page, "more": len(rows) > limit})
@@ -308,7 +312,13 @@ async def set_stock(request: web.Request, product_id: str) -> web.Response:
     stock = product_to_stock.get(product_id) or inventory_domain.empty_stock()
     if on_hand < stock["reserved"]:
         raise ApiError(409, "conflict", f"{stock['reserved']} units are reserved; on_hand cannot go below that")
-    env = make("inventory.set_stock", "product", product_id, {"product_id": product_id, "on_hand": on_hand}, correlation_id=product_id)
+    env = make(
+        "inventory.set_stock",
+        "product",
+        product_id,
+        {"product_id": product_id, "on_hand": on_hand},
+        correlation_id=product_id,
+    )
     await produce(INVENTORY, product_id, env)
     return json_response({"product_id": product_id, "on_hand": on_hand, "status": "accepted"}, 202)
 
@@ -319,14 +329,22 @@ async def restock(request: web.Request) -> web.Response:
     product_id = request.match_info["product_id"]
     _product_id_ok(product_id)
     quantity = validation.non_negative_int(await read_json(request), "quantity", minimum=1)
-    env = make("inventory.restock", "product", product_id, {"product_id": product_id, "quantity": quantity}, correlation_id=product_id)
+    env = make(
+        "inventory.restock",
+        "product",
+        product_id,
+        {"product_id": product_id, "quantity": quantity},
+        correlation_id=product_id,
+    )
     await produce(INVENTORY, product_id, env)
     return json_response({"product_id": product_id, "quantity": quantity, "status": "accepted"}, 202)
 
 
 def _product_id_ok(product_id: str) -> None:
     if not validation.IDENT.match(product_id):
-        raise validation.Invalid([{"field": "product_id", "message": "must be 1-128 letters, digits or ._:- characters"}])
+        raise validation.Invalid(
+            [{"field": "product_id", "message": "must be 1-128 letters, digits or ._:- characters"}]
+        )
 
 
 async def list_stock(request: web.Request) -> web.Response:
@@ -384,7 +402,9 @@ async def update_user(request: web.Request, user_id: str) -> web.Response:
     fields = validation.user_request(await read_json(request), partial=True)
     if user_to_profile.get(user_id) is None:
         raise ApiError(404, "not_found", f"user {user_id} not found")
-    await produce(USERS, user_id, make("user.updated", "user", user_id, {"user_id": user_id, **fields}, correlation_id=user_id))
+    await produce(
+        USERS, user_id, make("user.updated", "user", user_id, {"user_id": user_id, **fields}, correlation_id=user_id)
+    )
     return json_response({"user_id": user_id, **fields}, 202)
 
 
@@ -459,9 +479,11 @@ async def redrive(request: web.Request) -> web.Response:
     letters = await _all_dead_letters(source)
     chosen = [m for m in letters if m["status"] == "dead" and (ids is None or m["id"] in ids)]
     for letter in chosen:
-        env = make("dead_letter.redrive", "dead_letter", letter["id"], {"dlq_id": letter["id"]}, correlation_id=letter["id"])
+        env = make(
+            "dead_letter.redrive", "dead_letter", letter["id"], {"dlq_id": letter["id"]}, correlation_id=letter["id"]
+        )
         topic = DEAD_LETTERS[LOGICAL[letter["source_topic"]]]
-        result = await topic.send(key=letter["id"].encode(), value=env)
+        result: Any = await topic.send(key=letter["id"].encode(), value=env)
         while inspect.isawaitable(result):
             result = await result
     return json_response({"redriven": len(chosen), "ids": [m["id"] for m in chosen]}, 202)

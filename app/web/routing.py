@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiohttp import web
@@ -83,7 +83,7 @@ def is_ready() -> bool:
     """Whether this worker has its assignment and its tables are recovered."""
     if app.rebalancing or not _tps_url():
         return False
-    recovery = app.tables.recovery
+    recovery = cast(Any, app.tables).recovery
     return bool(recovery.completed.is_set()) and not recovery.in_recovery
 
 
@@ -97,7 +97,9 @@ def workers() -> list[str]:
 async def forward(request: web.Request, owner: str, *, path: str | None = None) -> web.Response:
     """Proxy ``request`` to ``owner`` (optionally to another ``path``) and relay its answer."""
     body = await request.read()
-    headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization", "idempotency-key")}
+    headers = {
+        k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization", "idempotency-key")
+    }
     headers[FORWARDED] = my_url()
     url = owner + (path or request.rel_url.path_qs)
     try:
@@ -105,7 +107,7 @@ async def forward(request: web.Request, owner: str, *, path: str | None = None) 
             payload = await resp.read()
             out_headers = {k: v for k, v in resp.headers.items() if k in ("Location", "Retry-After", "Content-Type")}
             return web.Response(body=payload, status=resp.status, headers=out_headers)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         log.warning("forwarding %s %s to %s failed: %s", request.method, request.rel_url, owner, exc)
         raise Unavailable(f"the owner {owner} did not answer") from exc
 
@@ -123,7 +125,7 @@ async def gather_json(path_qs: str) -> list[Any]:
 
     try:
         return list(await asyncio.gather(*(one(u) for u in workers())))
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         raise Unavailable(f"a worker did not answer: {exc}") from exc
 
 

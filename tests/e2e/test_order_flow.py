@@ -36,7 +36,9 @@ def test_card_table(cluster2: Cluster, card: str, status: str, reason: str | Non
     assert order["total"] == "25.00"
     assert order["payment"]["last4"] == card[-4:]
 
-    expected = {"on_hand": 3, "reserved": 0, "sold": 2} if status == "confirmed" else {"on_hand": 5, "reserved": 0, "sold": 0}
+    expected = (
+        {"on_hand": 3, "reserved": 0, "sold": 2} if status == "confirmed" else {"on_hand": 5, "reserved": 0, "sold": 0}
+    )
     eventually(
         lambda: {k: cluster2.get(f"/inventory/{product}").body[k] for k in expected} == expected,
         20,
@@ -64,8 +66,10 @@ def test_multi_item_with_one_short_line_releases_everything(cluster2: Cluster) -
     assert [d["product_id"] for d in order["details"]] == [c]
     for p, on_hand in ((a, 10), (b, 10), (c, 1)):
         eventually(
-            lambda p=p, on_hand=on_hand: cluster2.get(f"/inventory/{p}", 1).body
-            == {"product_id": p, "on_hand": on_hand, "reserved": 0, "sold": 0, "available": on_hand},
+            lambda p=p, on_hand=on_hand: (
+                cluster2.get(f"/inventory/{p}", 1).body
+                == {"product_id": p, "on_hand": on_hand, "reserved": 0, "sold": 0, "available": on_hand}
+            ),
             20,
             what=f"{p} fully released",
         )
@@ -92,9 +96,7 @@ def test_twenty_orders_race_for_the_last_seven_units(cluster2: Cluster) -> None:
     outcomes = [cluster2.final(order_id, i=n % 2)["status"] for n, order_id in enumerate(ids)]
     assert outcomes.count("confirmed") == 7
     assert outcomes.count("rejected") == 13
-    stock = eventually(
-        lambda: (s := cluster2.get(f"/inventory/{product}").body)["sold"] == 7 and s, 20, what="7 sold"
-    )
+    stock = eventually(lambda: (s := cluster2.get(f"/inventory/{product}").body)["sold"] == 7 and s, 20, what="7 sold")
     assert stock == {"product_id": product, "on_hand": 0, "reserved": 0, "sold": 7, "available": 0}
 
 

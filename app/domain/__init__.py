@@ -1,0 +1,1 @@
+"""Pure decision functions, one module per stage; nothing here imports Faust."""

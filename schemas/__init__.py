@@ -1,0 +1,1 @@
+"""Versioned message records: the envelope, payload versions and upcasters."""

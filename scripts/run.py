@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""``make run``: a broker, a worker and demo stock, then the dashboard URL; Ctrl-C stops it all.
+
+Kafka comes from ``docker/compose.yml`` when a Docker engine answers, otherwise
+from the local KRaft broker (``scripts/kafka_local.py``). An already reachable
+broker named by ``ORDERSTREAM_BROKER`` is used as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts import kafka_local  # noqa: E402
+
+DEMO_PRODUCTS = {"widget": 100, "gadget": 50, "gizmo": 25, "doohickey": 10, "sprocket": 200}
+
+
+def _say(msg: str) -> None:
+    print(f"[run] {msg}", flush=True)
+
+
+def _request(method: str, url: str, body: object | None = None, token: str = "") -> int:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+    except OSError:
+        return 0
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the worker exited with code {proc.returncode}; see its log above")
+        if _request("GET", url + "/ready") == 200:
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"the worker did not become ready within {timeout:.0f}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo until interrupted."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("KAFKA_PORT", "9092")), help="Kafka port")
+    parser.add_argument("--web-port", type=int, default=int(os.environ.get("WEB_PORT", "6066")))
+    parser.add_argument("--data-dir", type=Path, default=ROOT / ".data")
+    parser.add_argument("--no-demo", action="store_true", help="do not load demo stock")
+    args = parser.parse_args(argv)
+
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    cluster: kafka_local.Cluster | None = None
+    compose = False
+    broker = os.environ.get("ORDERSTREAM_BROKER", "")
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        if broker:
+            _say(f"using the broker at {broker}")
+        elif kafka_local.docker_available():
+            _say("Docker answers: starting Kafka with docker/compose.yml")
+            subprocess.run(
+                ["docker", "compose", "-f", str(ROOT / "docker/compose.yml"), "up", "-d", "kafka"], check=True
+            )
+            compose = True
+            broker = "kafka://127.0.0.1:9092"
+            kafka_local.wait_until_ready([("127.0.0.1", 9092)], expected_brokers=1, timeout=90)
+        else:
+            _say(f"no Docker engine: starting the local KRaft broker (Apache Kafka {kafka_local.KAFKA_VERSION})")
+            cluster = kafka_local.start(
+                port=args.port, nodes=1, data_dir=args.data_dir / "kafka", owner_pid=os.getpid()
+            )
+            broker = f"kafka://{cluster.bootstrap}"
+        env = {**os.environ, "ORDERSTREAM_BROKER": broker}
+        cmd = [sys.executable, "-m", "faust", "--datadir", str(args.data_dir / "worker1"), "-A", "app", "worker"]
+        cmd += ["-l", "info", "--web-port", str(args.web_port)]
+        _say("starting a worker: " + " ".join(cmd[2:]))
+        worker = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+        url = f"http://127.0.0.1:{args.web_port}"
+        _wait_ready(url, worker)
+        if not args.no_demo:
+            token = os.environ.get("ORDERSTREAM_ADMIN_TOKEN", "")
+            for product, on_hand in DEMO_PRODUCTS.items():
+                _request("PUT", f"{url}/inventory/{product}", {"on_hand": on_hand}, token)
+            _say(f"demo stock loaded: {', '.join(DEMO_PRODUCTS)}")
+        print(f"\n  orderstream is running. Open {url}/  (Ctrl-C to stop)\n", flush=True)
+        while not stopping and worker.poll() is None:
+            time.sleep(0.2)
+        return 0 if stopping else (worker.returncode or 1)
+    except kafka_local.KafkaLocalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if worker is not None and worker.poll() is None:
+            _say("stopping the worker")
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        if cluster is not None:
+            _say("stopping the broker")
+            cluster.stop()
+        if compose:
+            subprocess.run(["docker", "compose", "-f", str(ROOT / "docker/compose.yml"), "down"], check=False)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
