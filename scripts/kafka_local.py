@@ -85,11 +85,7 @@ def _say(message: str) -> None:
 def cache_root() -> Path:
     """Return the cache directory, `$ORDERSTREAM_KAFKA_CACHE` or ~/.cache/orderstream."""
     configured = os.environ.get("ORDERSTREAM_KAFKA_CACHE")
-    return (
-        Path(configured).expanduser()
-        if configured
-        else Path.home() / ".cache" / "orderstream"
-    )
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "orderstream"
 
 
 def kafka_home() -> Path:
@@ -111,18 +107,18 @@ def default_data_dir() -> Path:
 
 
 def _override_or_path(env_var: str, name: str) -> tuple[str, str]:
-    """Return the binary to run and how to describe it in an error."""
+    """Return the binary to run and the phrase saying it is missing, e.g. "`java` was not found on PATH"."""
     override = os.environ.get(env_var)
     if override:
-        return override, f"`{override}` (from {env_var})"
-    return shutil.which(name) or name, f"`{name}`"
+        return override, f"`{override}` (from {env_var}) was not found"
+    return shutil.which(name) or name, f"`{name}` was not found on PATH"
 
 
 def find_java() -> str:
     """Return a Java 17+ binary (`$ORDERSTREAM_JAVA` or `java` on PATH), or raise a clear error."""
-    java, described = _override_or_path("ORDERSTREAM_JAVA", "java")
+    java, not_found = _override_or_path("ORDERSTREAM_JAVA", "java")
+    described = not_found.removesuffix(" on PATH").removesuffix(" was not found")
     prefix = f"Java {MIN_JAVA} or newer is required to run the local Kafka broker, but"
-    where = "on PATH" if "ORDERSTREAM_JAVA" not in described else ""
     try:
         result = subprocess.run(
             [java, "-version"],
@@ -133,20 +129,14 @@ def find_java() -> str:
             check=False,
         )
     except FileNotFoundError:
-        raise KafkaLocalError(
-            f"{prefix} {described} was not found{' ' + where if where else ''}."
-        ) from None
+        raise KafkaLocalError(f"{prefix} {not_found}.") from None
     except PermissionError:
         raise KafkaLocalError(f"{prefix} {described} is not executable.") from None
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise KafkaLocalError(
-            f"{prefix} running `{java} -version` failed ({exc})."
-        ) from None
+        raise KafkaLocalError(f"{prefix} running `{java} -version` failed ({exc}).") from None
     major = parse_java_major(result.stderr + result.stdout)
     if major is None:
-        raise KafkaLocalError(
-            f"{prefix} the version printed by `{java} -version` could not be understood."
-        )
+        raise KafkaLocalError(f"{prefix} the version printed by `{java} -version` could not be understood.")
     if major < MIN_JAVA:
         raise KafkaLocalError(f"{prefix} {described} is Java {major}.")
     return java
@@ -164,7 +154,7 @@ def parse_java_major(text: str) -> int | None:
 
 
 def _find_mvn() -> tuple[str, str]:
-    """Return the Maven binary (`$ORDERSTREAM_MVN` or `mvn` on PATH) and its description."""
+    """Return the Maven binary (`$ORDERSTREAM_MVN` or `mvn` on PATH) and the phrase saying it is missing."""
     return _override_or_path("ORDERSTREAM_MVN", "mvn")
 
 
@@ -231,21 +221,15 @@ def fetch(log: Logger = _quiet) -> Path:
     with _file_lock(home / ".lock", log):
         if is_fetched():
             return libs_dir()
-        mvn, described = _find_mvn()
-        missing = KafkaLocalError(
-            f"Maven is required to fetch the Kafka {KAFKA_VERSION} jars once, "
-            f"but {described} was not found"
-            f"{' on PATH' if 'ORDERSTREAM_MVN' not in described else ''}."
-        )
+        mvn, not_found = _find_mvn()
+        missing = KafkaLocalError(f"Maven is required to fetch the Kafka {KAFKA_VERSION} jars once, but {not_found}.")
         if shutil.which(mvn) is None:
             raise missing
         pom = home / "pom.xml"
         pom.write_text(_pom())
         staging = Path(tempfile.mkdtemp(prefix="libs-", dir=home))
         mvn_log = home / "mvn.log"
-        log(
-            f"Fetching Apache Kafka {KAFKA_VERSION} jars from Maven Central (once, ~45 MB)..."
-        )
+        log(f"Fetching Apache Kafka {KAFKA_VERSION} jars from Maven Central (once, ~45 MB)...")
         command = [
             mvn,
             "-B",
@@ -275,15 +259,14 @@ def fetch(log: Logger = _quiet) -> Path:
         if code != 0 or f"kafka_{SCALA_VERSION}-{KAFKA_VERSION}.jar" not in jars:
             shutil.rmtree(staging, ignore_errors=True)
             raise KafkaLocalError(
-                f"Maven could not resolve the Kafka {KAFKA_VERSION} jars from Maven Central; see {mvn_log} for details.",
+                f"Maven could not resolve the Kafka {KAFKA_VERSION} jars from Maven Central; "
+                f"see {mvn_log} for details.",
                 _tail(mvn_log, 15),
             )
         shutil.rmtree(libs_dir(), ignore_errors=True)
         staging.rename(libs_dir())
         tmp_marker = _marker().with_suffix(".tmp")
-        tmp_marker.write_text(
-            json.dumps({"version": KAFKA_VERSION, "jars": jars}, indent=1)
-        )
+        tmp_marker.write_text(json.dumps({"version": KAFKA_VERSION, "jars": jars}, indent=1))
         os.replace(tmp_marker, _marker())
         log(f"Fetched {len(jars)} jars into {libs_dir()}.")
     return libs_dir()
@@ -310,18 +293,14 @@ def free_port(count: int = 1) -> int:
         base = rng.randrange(20000, 32000 - count)
         if all(port_is_free(base + offset) for offset in range(count)):
             return base
-    raise KafkaLocalError(
-        f"Could not find {count} consecutive free TCP ports on {HOST}."
-    )
+    raise KafkaLocalError(f"Could not find {count} consecutive free TCP ports on {HOST}.")
 
 
 def _check_ports(ports: Sequence[int]) -> None:
     """Raise a clear error for the first port that something else already uses."""
     for port in ports:
         if not 0 < port < 65536:
-            raise KafkaLocalError(
-                f"Port {port} is not a valid TCP port; choose another with --port."
-            )
+            raise KafkaLocalError(f"Port {port} is not a valid TCP port; choose another with --port.")
         if not port_is_free(port):
             raise KafkaLocalError(
                 f"Port {port} is already in use; choose another with --port or stop what is listening there."
@@ -346,15 +325,10 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
     return bytes(chunks)
 
 
-def _kafka_request(
-    host: str, port: int, api_key: int, api_version: int, body: bytes, timeout: float
-) -> bytes:
+def _kafka_request(host: str, port: int, api_key: int, api_version: int, body: bytes, timeout: float) -> bytes:
     """Send one request with a v1 header and return the response body after the correlation id."""
     correlation_id = random.randrange(1, 2**31 - 1)
-    header = (
-        struct.pack(">hhih", api_key, api_version, correlation_id, len(CLIENT_ID))
-        + CLIENT_ID
-    )
+    header = struct.pack(">hhih", api_key, api_version, correlation_id, len(CLIENT_ID)) + CLIENT_ID
     payload = header + body
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.settimeout(timeout)
@@ -369,13 +343,9 @@ def _kafka_request(
     return data[4:]
 
 
-def api_versions(
-    host: str, port: int, timeout: float = 2.0
-) -> dict[int, tuple[int, int]]:
+def api_versions(host: str, port: int, timeout: float = 2.0) -> dict[int, tuple[int, int]]:
     """Send ApiVersionsRequest v0 and return {api_key: (min_version, max_version)}, raising on an error code."""
-    body = _kafka_request(
-        host, port, api_key=18, api_version=0, body=b"", timeout=timeout
-    )
+    body = _kafka_request(host, port, api_key=18, api_version=0, body=b"", timeout=timeout)
     error_code, count = struct.unpack_from(">hi", body, 0)
     if error_code != 0:
         raise KafkaProtocolError(f"ApiVersions error code {error_code}")
@@ -397,17 +367,13 @@ def broker_count(host: str, port: int, timeout: float = 2.0) -> int:
         body += b"\x00"
     if version >= 8:
         body += b"\x00\x00"
-    response = _kafka_request(
-        host, port, api_key=3, api_version=version, body=body, timeout=timeout
-    )
+    response = _kafka_request(host, port, api_key=3, api_version=version, body=body, timeout=timeout)
     offset = 4 if version >= 3 else 0
     (count,) = struct.unpack_from(">i", response, offset)
     return int(count)
 
 
-def is_ready(
-    host: str, port: int, expected_brokers: int = 1, timeout: float = 2.0
-) -> bool:
+def is_ready(host: str, port: int, expected_brokers: int = 1, timeout: float = 2.0) -> bool:
     """Tell whether a broker answers ApiVersions and its metadata lists `expected_brokers` brokers."""
     try:
         return broker_count(host, port, timeout) >= expected_brokers
@@ -415,9 +381,7 @@ def is_ready(
         return False
 
 
-def wait_until_ready(
-    addresses: Sequence[tuple[str, int]], expected_brokers: int, timeout: float
-) -> bool:
+def wait_until_ready(addresses: Sequence[tuple[str, int]], expected_brokers: int, timeout: float) -> bool:
     """Poll every address until it is ready or `timeout` seconds pass; return whether all became ready."""
     deadline = time.monotonic() + timeout
     pending = list(addresses)
@@ -594,9 +558,7 @@ class Node:
         return "\n".join(parts) or f"(no log output in {self.directory})"
 
 
-def plan_nodes(
-    port: int, nodes: int, data_dir: Path, controller_port: int | None = None
-) -> list[Node]:
+def plan_nodes(port: int, nodes: int, data_dir: Path, controller_port: int | None = None) -> list[Node]:
     """Lay out client ports PORT.. and controller ports after them (or from `controller_port`)."""
     first_controller = controller_port if controller_port is not None else port + nodes
     return [
@@ -715,12 +677,8 @@ class Cluster:
     data_dir: Path
     nodes: list[Node]
     cluster_id: str
-    processes: list[subprocess.Popen[bytes]] = dataclasses.field(
-        default_factory=list, repr=False
-    )
-    watchdog: subprocess.Popen[bytes] | None = dataclasses.field(
-        default=None, repr=False
-    )
+    processes: list[subprocess.Popen[bytes]] = dataclasses.field(default_factory=list, repr=False)
+    watchdog: subprocess.Popen[bytes] | None = dataclasses.field(default=None, repr=False)
 
     @property
     def bootstrap(self) -> str:
@@ -729,11 +687,7 @@ class Cluster:
 
     def pids(self) -> list[int]:
         """Return the pids of this cluster's JVMs that are still running."""
-        return [
-            pid
-            for pid in (node.running_pid() for node in self.nodes)
-            if pid is not None
-        ]
+        return [pid for pid in (node.running_pid() for node in self.nodes) if pid is not None]
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """Stop every node (SIGTERM, then SIGKILL after `grace` seconds) and the watchdog."""
@@ -782,9 +736,7 @@ class Cluster:
                 )
                 for n in state["nodes"]
             ]
-            return cls(
-                data_dir=data_dir, nodes=nodes, cluster_id=str(state["cluster_id"])
-            )
+            return cls(data_dir=data_dir, nodes=nodes, cluster_id=str(state["cluster_id"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -806,9 +758,7 @@ def _pdeathsig_preexec(parent_pid: int) -> Callable[[], None]:
     return preexec
 
 
-def _java_command(
-    java: str, libs: Path, log4j: Path, extra: Sequence[str], main: Sequence[str]
-) -> list[str]:
+def _java_command(java: str, libs: Path, log4j: Path, extra: Sequence[str], main: Sequence[str]) -> list[str]:
     """Return a java command line running a Kafka main class with the cached jars."""
     user_opts = os.environ.get("ORDERSTREAM_KAFKA_JVM_OPTS", "").split()
     return [
@@ -822,9 +772,7 @@ def _java_command(
     ]
 
 
-def _format_storage(
-    java: str, libs: Path, nodes: Sequence[Node], cluster_id: str
-) -> None:
+def _format_storage(java: str, libs: Path, nodes: Sequence[Node], cluster_id: str) -> None:
     """Format every node's KRaft storage in parallel, raising with the tool's output on failure."""
     running: list[tuple[Node, subprocess.Popen[str]]] = []
     for node in nodes:
@@ -870,9 +818,7 @@ def _format_storage(
 def _clear_old_nodes(data_dir: Path) -> None:
     """Remove node directories left by an earlier run so every start gets a fresh cluster."""
     for child in data_dir.glob("node-*"):
-        if child.is_dir() and (
-            (child / "server.properties").exists() or (child / "data").exists()
-        ):
+        if child.is_dir() and ((child / "server.properties").exists() or (child / "data").exists()):
             shutil.rmtree(child)
     for leftover in (_state_file(data_dir), _watchdog_pid_file(data_dir)):
         leftover.unlink(missing_ok=True)
@@ -923,11 +869,7 @@ def start(
     """Format and start a 1- or 3-node KRaft cluster; return once every node serves metadata."""
     if nodes not in (1, 3):
         raise KafkaLocalError(f"A local cluster has 1 or 3 nodes, not {nodes}.")
-    data_path = (
-        Path(data_dir).expanduser().resolve()
-        if data_dir is not None
-        else default_data_dir().resolve()
-    )
+    data_path = Path(data_dir).expanduser().resolve() if data_dir is not None else default_data_dir().resolve()
     java = find_java()
     existing = running_cluster(data_path)
     if existing is not None:
@@ -950,11 +892,7 @@ def start(
     log(f"Formatting KRaft storage for {nodes} node(s) in {data_path}...")
     _format_storage(java, libs, layout, cluster.cluster_id)
 
-    preexec = (
-        _pdeathsig_preexec(os.getpid())
-        if foreground and sys.platform.startswith("linux")
-        else None
-    )
+    preexec = _pdeathsig_preexec(os.getpid()) if foreground and sys.platform.startswith("linux") else None
     try:
         for node in layout:
             command = _java_command(
@@ -973,15 +911,13 @@ def start(
                     cwd=node.directory,
                     start_new_session=True,
                     # Only the main thread spawns here; the hook just calls prctl.
-                    preexec_fn=preexec,  # noqa: PLW1509
+                    preexec_fn=preexec,
                 )
             cluster.processes.append(process)
             node.pid_file.write_text(f"{process.pid}\n")
         if owner_pid is not None:
             cluster.watchdog = _spawn_watchdog(data_path, owner_pid)
-        log(
-            f"Starting Kafka {KAFKA_VERSION} ({nodes} node(s)) on {cluster.bootstrap}; logs in {data_path}..."
-        )
+        log(f"Starting Kafka {KAFKA_VERSION} ({nodes} node(s)) on {cluster.bootstrap}; logs in {data_path}...")
         _wait_for_cluster(cluster, timeout)
     except BaseException:
         cluster.stop(grace=5.0)
@@ -998,8 +934,7 @@ def _wait_for_cluster(cluster: Cluster, timeout: float) -> None:
             code = process.poll()
             if code is not None:
                 raise KafkaLocalError(
-                    f"Kafka node {node.node_id} exited with code {code} during startup; "
-                    f"the end of its logs follows.",
+                    f"Kafka node {node.node_id} exited with code {code} during startup; the end of its logs follows.",
                     node.log_excerpt(),
                 )
         pending = [n for n in pending if not is_ready(HOST, n.port, len(cluster.nodes))]
@@ -1008,8 +943,7 @@ def _wait_for_cluster(cluster: Cluster, timeout: float) -> None:
         if time.monotonic() >= deadline:
             node = pending[0]
             raise KafkaLocalError(
-                f"Kafka did not answer on {node.address} within {timeout:.0f} seconds; "
-                f"the end of its logs follows.",
+                f"Kafka did not answer on {node.address} within {timeout:.0f} seconds; the end of its logs follows.",
                 node.log_excerpt(),
             )
         time.sleep(0.25)
@@ -1017,17 +951,9 @@ def _wait_for_cluster(cluster: Cluster, timeout: float) -> None:
 
 def stop(data_dir: Path | str | None = None, grace: float = STOP_GRACE) -> int:
     """Stop the nodes recorded in a data directory and their watchdog; return how many JVMs were stopped."""
-    data_path = (
-        Path(data_dir).expanduser().resolve()
-        if data_dir is not None
-        else default_data_dir().resolve()
-    )
+    data_path = Path(data_dir).expanduser().resolve() if data_dir is not None else default_data_dir().resolve()
     cluster = Cluster.load(data_path)
-    node_dirs = (
-        [n.directory for n in cluster.nodes]
-        if cluster
-        else sorted(data_path.glob("node-*"))
-    )
+    node_dirs = [n.directory for n in cluster.nodes] if cluster else sorted(data_path.glob("node-*"))
     nodes = [Node(0, 0, 0, directory) for directory in node_dirs]
     pids = [pid for pid in (n.running_pid() for n in nodes) if pid is not None]
     survivors = terminate(pids, grace) if pids else []
@@ -1036,9 +962,7 @@ def stop(data_dir: Path | str | None = None, grace: float = STOP_GRACE) -> int:
             node.pid_file.unlink(missing_ok=True)
     _stop_watchdog(data_path)
     if survivors:
-        raise KafkaLocalError(
-            f"Kafka processes {survivors} in {data_path} did not exit even after SIGKILL."
-        )
+        raise KafkaLocalError(f"Kafka processes {survivors} in {data_path} did not exit even after SIGKILL.")
     return len(pids)
 
 
@@ -1058,11 +982,7 @@ def _stop_watchdog(data_path: Path) -> None:
 
 def status(data_dir: Path | str | None = None) -> tuple[bool, list[str]]:
     """Return whether every node is up, and one line per node describing it."""
-    data_path = (
-        Path(data_dir).expanduser().resolve()
-        if data_dir is not None
-        else default_data_dir().resolve()
-    )
+    data_path = Path(data_dir).expanduser().resolve() if data_dir is not None else default_data_dir().resolve()
     cluster = Cluster.load(data_path)
     if cluster is None:
         return False, [f"down: no local Kafka cluster recorded in {data_path}"]
@@ -1072,9 +992,7 @@ def status(data_dir: Path | str | None = None) -> tuple[bool, list[str]]:
         pid = node.running_pid()
         up = pid is not None and is_ready(HOST, node.port, 1)
         all_up = all_up and up
-        state = (
-            "up" if up else ("starting or unresponsive" if pid is not None else "down")
-        )
+        state = "up" if up else ("starting or unresponsive" if pid is not None else "down")
         lines.append(
             f"node {node.node_id}: {state}  client {node.address}  controller {HOST}:{node.controller_port}"
             + (f"  pid {pid}" if pid is not None else "")
@@ -1130,7 +1048,7 @@ def docker_available(timeout: float = 5.0) -> bool:
     return result.returncode == 0 and bool(result.stdout.strip())
 
 
-def docker_kafka_env(port: int, advertised_host: str = "localhost") -> dict[str, str]:
+def docker_kafka_env(port: int, advertised_host: str = HOST) -> dict[str, str]:
     """Return env settings for a single-node KRaft `apache/kafka` container published on the same host port."""
     return {
         "KAFKA_NODE_ID": "1",
@@ -1198,9 +1116,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     data_help = f"cluster data directory (default {default_data_dir()})"
 
-    start_cmd = commands.add_parser(
-        "start", help="format and start a fresh cluster; prints the bootstrap servers"
-    )
+    start_cmd = commands.add_parser("start", help="format and start a fresh cluster; prints the bootstrap servers")
     start_cmd.add_argument(
         "--port",
         type=int,
@@ -1214,18 +1130,14 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="number of nodes (default 1)",
     )
-    start_cmd.add_argument(
-        "--controller-port", type=int, help="first controller port (default PORT+NODES)"
-    )
+    start_cmd.add_argument("--controller-port", type=int, help="first controller port (default PORT+NODES)")
     start_cmd.add_argument("--data-dir", type=Path, help=data_help)
     start_cmd.add_argument(
         "--foreground",
         action="store_true",
         help="stay attached; stop Kafka on Ctrl-C or exit",
     )
-    start_cmd.add_argument(
-        "--owner-pid", type=int, help="stop Kafka automatically when this process dies"
-    )
+    start_cmd.add_argument("--owner-pid", type=int, help="stop Kafka automatically when this process dies")
     start_cmd.add_argument(
         "--timeout",
         type=float,
@@ -1267,19 +1179,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             foreground=args.foreground,
             log=_say,
         )
-        _say(
-            f"Kafka is up; stop it with: python {sys.argv[0]} stop --data-dir {cluster.data_dir}"
-        )
+        _say(f"Kafka is up; stop it with: python {sys.argv[0]} stop --data-dir {cluster.data_dir}")
         print(cluster.bootstrap, flush=True)
         return _run_foreground(cluster) if args.foreground else 0
     if args.command == "stop":
         stopped = stop(args.data_dir)
         where = args.data_dir or default_data_dir()
-        _say(
-            f"Stopped {stopped} Kafka node(s) in {where}."
-            if stopped
-            else f"No Kafka node was running in {where}."
-        )
+        _say(f"Stopped {stopped} Kafka node(s) in {where}." if stopped else f"No Kafka node was running in {where}.")
         return 0
     if args.command == "status":
         all_up, lines = status(args.data_dir)

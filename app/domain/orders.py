@@ -72,6 +72,8 @@ def _copy(state: OrderState) -> OrderState:
     out["lines"] = dict(state["lines"])
     if state.get("payment") is not None:
         out["payment"] = dict(state["payment"])
+    if state.get("shortages") is not None:
+        out["shortages"] = dict(state["shortages"])  # line_answered adds to it; never touch the input
     return out
 
 
@@ -181,7 +183,7 @@ def payment_answered(state: OrderState, env: Envelope) -> Decision:
     """Confirm on ``payment.processed``; cancel and release on ``payment.failed``."""
     p = env["payload"]
     if state["status"] != "reserved":
-        if env["type"] == "payment.processed" and state["payment"]["status"] != "charged":
+        if env["type"] == "payment.processed" and state["payment"]["status"] not in ("charged", "refunded"):
             # Paid after the order was cancelled (timeout or customer): refund it.
             order = _copy(state)
             _touch(order, env)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.domain.common import ORDERS, Emit
+from app.domain.common import ORDERS, Emit, from_cents
 from app.gateway import Charged, Declined, PaymentGateway, TransientGatewayError
 from schemas.envelope import Envelope
 
@@ -68,7 +68,7 @@ def result_payload(command: dict[str, Any], outcome: Charged | Declined, attempt
     base = {
         "order_id": command["order_id"],
         "payment_id": command["payment_id"],
-        "amount": f"{int(command['amount_cents']) / 100:.2f}",
+        "amount": from_cents(int(command["amount_cents"])),
         "amount_cents": int(command["amount_cents"]),
         "currency": command["currency"],
         "last4": command.get("last4"),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import queue
 import signal
@@ -15,31 +14,19 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import IO
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from scripts import kafka_local as kl
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "kafka_local.py"
 HAS_PROC = Path("/proc/self/cmdline").exists()
 
 
-def _load_kafka_local() -> ModuleType:
-    """Import scripts/kafka_local.py as the module `kafka_local`."""
-    if "kafka_local" in sys.modules:
-        return sys.modules["kafka_local"]
-    spec = importlib.util.spec_from_file_location("kafka_local", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["kafka_local"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-kl = _load_kafka_local()
 DOCKER = kl.docker_available()
 
 pytestmark = [

@@ -1,0 +1,345 @@
+"""The crash test: steady load over two workers while one is SIGKILLed and restarted.
+
+``python -m tests.crash --orders 1200 --rate 40 --guarantee exactly_once`` (``make
+crash-test`` runs both guarantees). Afterwards it checks, from the topics and from
+the API: every order has exactly one outcome event and none is stuck, at most one
+``payment.processed`` and one ``notification.sent`` per order, stock is conserved
+for every product and never negative, and analytics revenue equals the sum of the
+confirmed orders' totals. It prints a report and exits non-zero on any violation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from scripts import kafka_local
+from tests.support import FINAL, Cluster, Worker, eventually, http, order_body, uid
+
+CARDS = [
+    ("4242424242424242", 80),
+    ("4000000000000002", 6),
+    ("4000000000009995", 6),
+    ("4000000000000119", 8),
+]
+OUTCOME_TYPES = ("order.confirmed", "order.rejected", "order.cancelled")
+
+
+@dataclass
+class Placed:
+    """One order the load placed."""
+
+    order_id: str
+    items: list[tuple[str, int, str]]
+    posted_at: float
+
+
+@dataclass
+class Report:
+    """What the crash test measured and found."""
+
+    guarantee: str
+    orders: int = 0
+    kills: int = 0
+    wiped: int = 0
+    load_seconds: float = 0.0
+    settle_seconds: float = 0.0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    duplicate_messages: dict[str, int] = field(default_factory=dict)
+    latency_p50: float = 0.0
+    latency_p95: float = 0.0
+    latency_p99: float = 0.0
+    violations: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the report as a dict."""
+        return dict(self.__dict__)
+
+
+def _pick_card(rng: random.Random) -> str:
+    return rng.choices([c for c, _ in CARDS], weights=[w for _, w in CARDS])[0]
+
+
+def _place(cluster: Cluster, body: dict[str, Any], key: str, start: int) -> str:
+    """POST with an idempotency key, retrying on the other worker while one is down."""
+    deadline = time.monotonic() + 120
+    i = start
+    while True:
+        url = cluster.urls[i % len(cluster.urls)]
+        try:
+            resp = http("POST", url + "/orders", body, headers={"Idempotency-Key": key}, timeout=10)
+            if resp.status == 202:
+                return str(resp.body["order_id"])
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"could not place order with key {key}")
+        i += 1
+        time.sleep(0.2)  # backoff before trying the next worker
+
+
+def _chaos(cluster: Cluster, stop: threading.Event, kills: int, interval: float, report: Report) -> None:
+    """Kill worker 1 with SIGKILL ``kills`` times, restarting it; the last restart wipes its data."""
+    victim = cluster.workers[1]
+    for n in range(kills):
+        if stop.wait(interval):
+            return
+        victim.kill(signal.SIGKILL)
+        report.kills += 1
+        if n == kills - 1:
+            shutil.rmtree(victim.datadir, ignore_errors=True)
+            report.wiped += 1
+        victim.start()
+        with contextlib.suppress(AssertionError):
+            victim.wait_ready(120)
+
+
+async def _scan(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Read every committed message of ``topic``."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
+        if not parts:
+            await consumer.force_metadata_update() if hasattr(consumer, "force_metadata_update") else None
+            parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        end = await consumer.end_offsets(parts)
+        out: list[dict[str, Any]] = []
+        while True:
+            positions = {tp: await consumer.position(tp) for tp in parts}
+            if all(positions[tp] >= end[tp] for tp in parts):
+                return out
+            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for records in batch.values():
+                for r in records:
+                    with contextlib.suppress(ValueError):
+                        out.append(json.loads(r.value))
+    finally:
+        await consumer.stop()
+
+
+def _pace(due: float) -> None:
+    """Hold the load at a steady rate (pacing, not waiting for an effect)."""
+    delay = due - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run(
+    broker: str,
+    *,
+    orders: int,
+    rate: float,
+    guarantee: str,
+    kills: int = 3,
+    workdir: Path,
+    products: int = 12,
+    seed: int = 7,
+) -> Report:
+    """Run the crash test against ``broker`` (``host:port``) and return the report."""
+    rng = random.Random(seed)
+    report = Report(guarantee=guarantee)
+    app_id = uid("crash")
+    env = {
+        "ORDERSTREAM_PROCESSING_GUARANTEE": guarantee,
+        "ORDERSTREAM_GATEWAY_TIMEOUT": "2",
+        "ORDERSTREAM_PAYMENT_TIMEOUT": "60",
+    }
+    workers = [Worker(app_id, f"kafka://{broker}", workdir / f"w{i}", env=dict(env)).start() for i in range(2)]
+    cluster = Cluster(workers)
+    try:
+        cluster.wait_ready()
+        catalog = {f"{app_id}-p{i}": (20 if i < 2 else orders) for i in range(products)}
+        for pid, on_hand in catalog.items():
+            cluster.set_stock(pid, on_hand)
+        placed: list[Placed] = []
+        stop = threading.Event()
+        interval = max(orders / rate / (kills + 1), 3.0)
+        chaos = threading.Thread(target=_chaos, args=(cluster, stop, kills, interval, report), daemon=True)
+        started = time.monotonic()
+        chaos.start()
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            futures = []
+            for n in range(orders):
+                _pace(started + n / rate)
+                lines = rng.sample(sorted(catalog), k=rng.choice([1, 1, 2, 3]))
+                items = [(pid, rng.randint(1, 3), f"{rng.randint(1, 5000) / 100:.2f}") for pid in lines]
+                body = order_body(items, user_id=f"u{n % 50}", card=_pick_card(rng))
+                key = f"{app_id}-{n}"
+                futures.append((items, time.monotonic(), pool.submit(_place, cluster, body, key, n)))
+            for items, t0, fut in futures:
+                placed.append(Placed(fut.result(), items, t0))
+        report.load_seconds = time.monotonic() - started
+        report.orders = len(placed)
+        chaos.join(timeout=300)
+        stop.set()
+        for w in cluster.workers:
+            if w.proc is None or w.proc.poll() is not None:
+                w.start()
+        cluster.wait_ready(180)
+
+        settle_start = time.monotonic()
+        finals: dict[str, dict[str, Any]] = {}
+
+        def all_final() -> bool:
+            for p in placed:
+                if p.order_id in finals:
+                    continue
+                r = http("GET", cluster.urls[len(finals) % 2] + f"/orders/{p.order_id}", timeout=10)
+                if r.status != 200 or r.body["status"] not in FINAL:
+                    return False
+                finals[p.order_id] = r.body
+            return True
+
+        try:
+            eventually(all_final, 300, 1.0, what="every order final")
+        except AssertionError:
+            stuck = [p.order_id for p in placed if p.order_id not in finals]
+            report.violations.append(f"{len(stuck)} orders not final (stuck), e.g. {stuck[:5]}")
+        report.settle_seconds = time.monotonic() - settle_start
+        report.outcomes = dict(Counter(o["status"] for o in finals.values()))
+        latencies = []
+        for p in placed:
+            o = finals.get(p.order_id)
+            if o:
+                from schemas.envelope import parse_ts
+
+                latencies.append((parse_ts(o["updated_at"]) - parse_ts(o["created_at"])).total_seconds())
+        report.latency_p50 = _percentile(latencies, 0.50)
+        report.latency_p95 = _percentile(latencies, 0.95)
+        report.latency_p99 = _percentile(latencies, 0.99)
+        _check_topics(broker, app_id, placed, finals, report)
+        _check_stock(cluster, catalog, finals, report)
+        _check_analytics(cluster, finals, report)
+        return report
+    finally:
+        cluster.stop()
+
+
+def _check_topics(
+    broker: str, app_id: str, placed: list[Placed], finals: dict[str, dict[str, Any]], report: Report
+) -> None:
+    events = asyncio.run(_scan(broker, f"{app_id}.orders"))
+    ids_by_order_type: dict[tuple[str, str], set[str]] = defaultdict(set)
+    messages = Counter()
+    for e in events:
+        if not isinstance(e, dict) or "type" not in e:
+            continue
+        order_id = e.get("correlation_id") or e.get("entity_id")
+        ids_by_order_type[(order_id, e["type"])].add(e["id"])
+        messages[e["type"]] += 1
+    distinct = Counter()
+    for (_, type_), ids in ids_by_order_type.items():
+        distinct[type_] += len(ids)
+    report.duplicate_messages = {t: messages[t] - distinct[t] for t in messages if messages[t] != distinct[t]}
+    for p in placed:
+        outcomes = sum(len(ids_by_order_type.get((p.order_id, t), ())) for t in OUTCOME_TYPES)
+        if outcomes != 1:
+            report.violations.append(f"order {p.order_id} has {outcomes} outcome events")
+        for t in ("payment.processed", "notification.sent", "analytics.order_recorded"):
+            n = len(ids_by_order_type.get((p.order_id, t), ()))
+            if n > 1:
+                report.violations.append(f"order {p.order_id} has {n} distinct {t} events")
+        status = finals.get(p.order_id, {}).get("status")
+        if status == "confirmed":
+            for t in ("payment.processed", "notification.sent"):
+                if not ids_by_order_type.get((p.order_id, t)):
+                    report.violations.append(f"confirmed order {p.order_id} has no {t} event")
+
+
+def _check_stock(cluster: Cluster, catalog: dict[str, int], finals: dict[str, dict[str, Any]], report: Report) -> None:
+    sold: Counter[str] = Counter()
+    for o in finals.values():
+        if o["status"] in ("confirmed", "shipped", "delivered"):
+            for item in o["items"]:
+                sold[item["product_id"]] += item["quantity"]
+
+    def settled() -> bool:
+        return all(cluster.get(f"/inventory/{pid}").body["reserved"] == 0 for pid in catalog)
+
+    try:
+        eventually(settled, 60, 0.5, what="no reservations left")
+    except AssertionError as exc:
+        report.violations.append(str(exc))
+    for pid, initial in catalog.items():
+        s = cluster.get(f"/inventory/{pid}").body
+        if min(s["on_hand"], s["reserved"], s["sold"], s["available"]) < 0:
+            report.violations.append(f"negative stock for {pid}: {s}")
+        if s["available"] + s["reserved"] + s["sold"] != initial:
+            report.violations.append(f"stock not conserved for {pid}: initial {initial}, now {s}")
+        if s["sold"] != sold[pid]:
+            report.violations.append(f"{pid}: sold {s['sold']} but confirmed orders hold {sold[pid]}")
+
+
+def _check_analytics(cluster: Cluster, finals: dict[str, dict[str, Any]], report: Report) -> None:
+    expected = sum(Decimal(o["total"]) for o in finals.values() if o["status"] in ("confirmed", "shipped", "delivered"))
+
+    def matches() -> bool:
+        return Decimal(cluster.get("/analytics/summary").body["revenue"]["total"]) == expected
+
+    try:
+        eventually(matches, 60, 0.5, what="analytics revenue == confirmed totals")
+    except AssertionError:
+        got = cluster.get("/analytics/summary").body["revenue"]["total"]
+        report.violations.append(f"analytics revenue {got} != sum of confirmed totals {expected}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--orders", type=int, default=1200)
+    parser.add_argument("--rate", type=float, default=40.0)
+    parser.add_argument("--kills", type=int, default=3)
+    parser.add_argument("--guarantee", choices=["exactly_once", "at_least_once"], default="exactly_once")
+    parser.add_argument("--broker", default=os.environ.get("ORDERSTREAM_TEST_BROKER", ""), help="host:port")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="orderstream-crash-") as tmp:
+        local = None
+        broker = args.broker
+        if not broker:
+            local = kafka_local.start(
+                port=kafka_local.free_port(), nodes=1, data_dir=Path(tmp) / "kafka", owner_pid=os.getpid()
+            )
+            broker = local.bootstrap
+        try:
+            report = run(broker, orders=args.orders, rate=args.rate, guarantee=args.guarantee, kills=args.kills, workdir=Path(tmp))
+        finally:
+            if local is not None:
+                local.stop()
+    print(json.dumps(report.as_dict(), indent=2))
+    if report.violations:
+        print(f"FAILED: {len(report.violations)} violation(s)", file=sys.stderr)
+        return 1
+    print(f"crash test passed ({args.guarantee}): {report.orders} orders, {report.kills} SIGKILLs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

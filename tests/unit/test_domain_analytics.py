@@ -1,0 +1,160 @@
+"""Analytics partials: record, merge across partitions, one-minute tumbling windows, summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from app.domain import analytics
+
+
+def confirmed(order_id: str, at: str, *lines: tuple[str, int, int]) -> dict[str, Any]:
+    """Build an ``analytics.record`` payload from (product, quantity, price_cents) lines."""
+    items = [{"product_id": pid, "quantity": qty, "price_cents": cents} for pid, qty, cents in lines]
+    return {
+        "order_id": order_id,
+        "total_cents": sum(qty * cents for _, qty, cents in lines),
+        "currency": "USD",
+        "items": items,
+        "confirmed_at": at,
+    }
+
+
+A = confirmed("o1", "2024-05-01T12:00:05.000Z", ("p1", 2, 1250), ("p2", 1, 499))  # 29.99
+B = confirmed("o2", "2024-05-01T12:00:59.999Z", ("p1", 1, 1250))  # 12.50, same minute as A
+C = confirmed("o3", "2024-05-01T12:01:00.000Z", ("p3", 4, 100))  # 4.00, next minute
+
+
+def record_all(*payloads: dict[str, Any]) -> analytics.Partial:
+    partial = analytics.empty_partial()
+    for p in payloads:
+        partial = analytics.record(partial, p)
+    return partial
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "start"),
+    [
+        ("2024-05-01T12:34:56.789Z", "2024-05-01T12:34:00Z"),
+        ("2024-05-01T12:34:00.000Z", "2024-05-01T12:34:00Z"),
+        ("2024-05-01T12:34:59.999Z", "2024-05-01T12:34:00Z"),
+        ("2024-05-01T14:34:56+02:00", "2024-05-01T12:34:00Z"),
+        ("2024-05-01T12:34:56", "2024-05-01T12:34:00Z"),
+    ],
+)
+def test_window_start_is_the_utc_minute(timestamp: str, start: str) -> None:
+    assert analytics.window_start(timestamp) == start
+
+
+def test_record_adds_one_order_to_totals_window_and_products() -> None:
+    partial = analytics.record(analytics.empty_partial(), A)
+
+    assert partial == {
+        "orders": 1,
+        "revenue_cents": 2999,
+        "currency": "USD",
+        "windows": {"2024-05-01T12:00:00Z": {"orders": 1, "revenue_cents": 2999}},
+        "products": {"p1": {"units": 2, "revenue_cents": 2500}, "p2": {"units": 1, "revenue_cents": 499}},
+    }
+
+
+def test_record_leaves_the_given_partial_alone() -> None:
+    before = analytics.record(analytics.empty_partial(), A)
+    snapshot = {**before, "windows": dict(before["windows"]), "products": dict(before["products"])}
+
+    analytics.record(before, C)
+
+    assert before == snapshot
+
+
+def test_orders_in_the_same_minute_share_a_window() -> None:
+    partial = record_all(A, B)
+
+    assert partial["windows"] == {"2024-05-01T12:00:00Z": {"orders": 2, "revenue_cents": 4249}}
+
+
+def test_an_order_in_the_next_minute_opens_a_new_window() -> None:
+    partial = record_all(A, C)
+
+    assert partial["windows"] == {
+        "2024-05-01T12:00:00Z": {"orders": 1, "revenue_cents": 2999},
+        "2024-05-01T12:01:00Z": {"orders": 1, "revenue_cents": 400},
+    }
+
+
+def test_merging_partitions_equals_recording_everything_in_one() -> None:
+    assert analytics.merge([record_all(A), record_all(B, C)]) == record_all(A, B, C)
+
+
+def test_merging_nothing_is_empty() -> None:
+    assert analytics.merge([]) == analytics.empty_partial()
+
+
+def test_merge_keeps_the_first_known_currency() -> None:
+    merged = analytics.merge([analytics.empty_partial(), record_all(A)])
+
+    assert merged["currency"] == "USD"
+
+
+def test_merge_counts_adds_statuses_and_drops_zeros() -> None:
+    counts = analytics.merge_counts([{"pending": 1, "confirmed": 2}, {"pending": -1, "cancelled": 1}])
+
+    assert counts == {"cancelled": 1, "confirmed": 2}
+
+
+def test_summary_revenue_total_is_the_sum_of_the_orders() -> None:
+    out = analytics.summary(record_all(A, B, C), {"confirmed": 3})
+
+    assert out["orders_by_status"] == {"confirmed": 3}
+    assert out["revenue"] == {"total": "46.49", "currency": "USD"}
+    assert out["orders_recorded"] == 3
+
+
+def test_summary_lists_revenue_per_minute_in_time_order() -> None:
+    out = analytics.summary(record_all(C, A, B), {})
+
+    assert out["revenue_per_minute"] == [
+        {"window_start": "2024-05-01T12:00:00Z", "orders": 2, "revenue": "42.49"},
+        {"window_start": "2024-05-01T12:01:00Z", "orders": 1, "revenue": "4.00"},
+    ]
+
+
+def test_summary_keeps_only_the_latest_minutes() -> None:
+    out = analytics.summary(record_all(A, C), {}, minutes=1)
+
+    assert [w["window_start"] for w in out["revenue_per_minute"]] == ["2024-05-01T12:01:00Z"]
+
+
+def test_summary_ranks_top_products_by_revenue_then_id() -> None:
+    tie = confirmed("o4", "2024-05-01T12:02:00.000Z", ("p0", 1, 400))
+    out = analytics.summary(record_all(A, B, C, tie), {}, top=3)
+
+    assert out["top_products"] == [
+        {"product_id": "p1", "units": 3, "revenue": "37.50"},
+        {"product_id": "p2", "units": 1, "revenue": "4.99"},
+        {"product_id": "p0", "units": 1, "revenue": "4.00"},
+    ]
+
+
+def test_summary_of_nothing_is_zero_dollars() -> None:
+    out = analytics.summary(analytics.empty_partial(), {})
+
+    assert out["revenue"] == {"total": "0.00", "currency": "USD"}
+    assert out["revenue_per_minute"] == []
+    assert out["top_products"] == []
+
+
+def test_status_delta_counts_a_new_order() -> None:
+    assert analytics.status_delta({}, None, "pending") == {"pending": 1}
+
+
+def test_status_delta_moves_an_order_between_statuses() -> None:
+    counts = {"pending": 2, "reserved": 1}
+
+    assert analytics.status_delta(counts, "pending", "reserved") == {"pending": 1, "reserved": 2}
+    assert counts == {"pending": 2, "reserved": 1}
+
+
+def test_status_delta_to_the_same_status_changes_nothing() -> None:
+    assert analytics.status_delta({"confirmed": 1}, "confirmed", "confirmed") == {"confirmed": 1}

@@ -1,0 +1,289 @@
+"""Request validation: clean values out, or ``Invalid`` naming every bad field by its path."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from app.web.validation import Invalid, OrderRequest, non_negative_int, order_request, ship_request, user_request
+
+TODAY = datetime(2025, 6, 15, tzinfo=UTC)
+
+
+def body() -> dict[str, Any]:
+    """A valid ``POST /orders`` body."""
+    return {
+        "user_id": "u-1",
+        "user_email": "ada@example.com",
+        "items": [
+            {"product_id": "p1", "quantity": 2, "price": "12.50"},
+            {"product_id": "p2", "quantity": 1, "price": "4.99"},
+        ],
+        "currency": "USD",
+        "payment": {"method": "card", "card_number": "4242424242424242", "expiry": "12/27", "cvv": "123"},
+    }
+
+
+def fields_of(raw: Any, **kwargs: Any) -> list[str]:
+    """Validate and return the field paths the problems name."""
+    with pytest.raises(Invalid) as info:
+        order_request(raw, today=TODAY, **kwargs)
+    assert all(d["message"] for d in info.value.details)
+    return [d["field"] for d in info.value.details]
+
+
+def changed(edit: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
+    """Return a valid body with ``edit`` applied to a copy of it."""
+    b = copy.deepcopy(body())
+    edit(b)
+    return b
+
+
+# --- POST /orders ------------------------------------------------------------------------------
+
+
+def test_a_valid_order_is_accepted_in_cents() -> None:
+    assert order_request(body(), today=TODAY) == OrderRequest(
+        user_id="u-1",
+        user_email="ada@example.com",
+        items=[
+            {"product_id": "p1", "quantity": 2, "price_cents": 1250},
+            {"product_id": "p2", "quantity": 1, "price_cents": 499},
+        ],
+        currency="USD",
+        card_number="4242424242424242",
+    )
+
+
+def test_currency_and_email_are_optional() -> None:
+    request = order_request(changed(lambda b: (b.pop("currency"), b.pop("user_email"))), today=TODAY)
+
+    assert request.currency == "USD"
+    assert request.user_email is None
+
+
+def test_a_card_number_with_spaces_is_normalized() -> None:
+    request = order_request(changed(lambda b: b["payment"].update(card_number="4242 4242 4242 4242")), today=TODAY)
+
+    assert request.card_number == "4242424242424242"
+
+
+def test_a_card_expiring_this_month_is_accepted() -> None:
+    request = order_request(changed(lambda b: b["payment"].update(expiry="06/25")), today=TODAY)
+
+    assert request.card_number == "4242424242424242"
+
+
+def test_lines_of_the_same_product_and_price_are_merged() -> None:
+    def two_p1_lines(b: dict[str, Any]) -> None:
+        b["items"] = [
+            {"product_id": "p1", "quantity": 1, "price": "2.00"},
+            {"product_id": "p2", "quantity": 1, "price": "3.00"},
+            {"product_id": "p1", "quantity": 2, "price": 2},
+        ]
+
+    request = order_request(changed(two_p1_lines), today=TODAY)
+
+    assert request.items == [
+        {"product_id": "p1", "quantity": 3, "price_cents": 200},
+        {"product_id": "p2", "quantity": 1, "price_cents": 300},
+    ]
+
+
+def test_lines_of_the_same_product_at_different_prices_are_refused() -> None:
+    def conflicting(b: dict[str, Any]) -> None:
+        b["items"] = [
+            {"product_id": "p1", "quantity": 1, "price": "2.00"},
+            {"product_id": "p1", "quantity": 1, "price": "2.50"},
+        ]
+
+    assert fields_of(changed(conflicting)) == ["items[1].price"]
+
+
+@pytest.mark.parametrize("raw", [None, [], "order", 42])
+def test_a_body_that_is_not_an_object_is_refused(raw: Any) -> None:
+    assert fields_of(raw) == ["body"]
+
+
+def set_item(index: int, **values: Any) -> Callable[[dict[str, Any]], object]:
+    return lambda b: b["items"][index].update(values)
+
+
+def set_payment(**values: Any) -> Callable[[dict[str, Any]], object]:
+    return lambda b: b["payment"].update(values)
+
+
+INVALID_FIELDS: list[Any] = [
+    pytest.param(lambda b: b.pop("user_id"), "user_id", id="user_id-missing"),
+    pytest.param(lambda b: b.update(user_id=""), "user_id", id="user_id-empty"),
+    pytest.param(lambda b: b.update(user_id=17), "user_id", id="user_id-number"),
+    pytest.param(lambda b: b.update(user_id="ada lovelace"), "user_id", id="user_id-space"),
+    pytest.param(lambda b: b.update(user_id="u" * 129), "user_id", id="user_id-too-long"),
+    pytest.param(lambda b: b.update(user_email="not-an-email"), "user_email", id="user_email"),
+    pytest.param(lambda b: b.update(items=[]), "items", id="items-empty"),
+    pytest.param(lambda b: b.pop("items"), "items", id="items-missing"),
+    pytest.param(lambda b: b.update(items={"product_id": "p1"}), "items", id="items-object"),
+    pytest.param(
+        lambda b: b.update(items=[{"product_id": f"p{i}", "quantity": 1, "price": "1.00"} for i in range(101)]),
+        "items",
+        id="items-too-many",
+    ),
+    pytest.param(lambda b: b["items"].__setitem__(1, "p2"), "items[1]", id="item-not-object"),
+    pytest.param(set_item(1, product_id=None), "items[1].product_id", id="product_id-missing"),
+    pytest.param(set_item(1, product_id="a/b"), "items[1].product_id", id="product_id-slash"),
+    pytest.param(set_item(1, quantity=0), "items[1].quantity", id="quantity-0"),
+    pytest.param(set_item(1, quantity=-1), "items[1].quantity", id="quantity-negative"),
+    pytest.param(set_item(1, quantity=True), "items[1].quantity", id="quantity-bool"),
+    pytest.param(set_item(1, quantity="2"), "items[1].quantity", id="quantity-str"),
+    pytest.param(set_item(1, quantity=1.5), "items[1].quantity", id="quantity-float"),
+    pytest.param(set_item(1, quantity=10_001), "items[1].quantity", id="quantity-too-many"),
+    pytest.param(set_item(0, price="abc"), "items[0].price", id="price-text"),
+    pytest.param(set_item(0, price=None), "items[0].price", id="price-missing"),
+    pytest.param(set_item(0, price="-1.00"), "items[0].price", id="price-negative"),
+    pytest.param(set_item(0, price="1.234"), "items[0].price", id="price-3-decimals"),
+    pytest.param(set_item(0, price=True), "items[0].price", id="price-bool"),
+    pytest.param(lambda b: b.update(currency="usd"), "currency", id="currency-lowercase"),
+    pytest.param(lambda b: b.update(currency="US"), "currency", id="currency-short"),
+    pytest.param(lambda b: b.update(currency=840), "currency", id="currency-number"),
+    pytest.param(lambda b: b.pop("payment"), "payment", id="payment-missing"),
+    pytest.param(set_payment(method="paypal"), "payment.method", id="method"),
+    pytest.param(set_payment(card_number="4242424242424241"), "payment.card_number", id="card-luhn"),
+    pytest.param(set_payment(card_number=4242424242424242), "payment.card_number", id="card-number-type"),
+    pytest.param(set_payment(expiry="05/25"), "payment.expiry", id="expiry-past"),
+    pytest.param(set_payment(expiry="13/27"), "payment.expiry", id="expiry-month"),
+    pytest.param(set_payment(expiry="2027-12"), "payment.expiry", id="expiry-format"),
+    pytest.param(set_payment(expiry=None), "payment.expiry", id="expiry-missing"),
+    pytest.param(set_payment(cvv="12"), "payment.cvv", id="cvv-short"),
+    pytest.param(set_payment(cvv="12345"), "payment.cvv", id="cvv-long"),
+    pytest.param(set_payment(cvv=123), "payment.cvv", id="cvv-number"),
+    pytest.param(set_payment(cvv="12a"), "payment.cvv", id="cvv-letters"),
+]
+
+
+@pytest.mark.parametrize(("edit", "field"), INVALID_FIELDS)
+def test_each_invalid_field_is_named_by_its_path(edit: Callable[[dict[str, Any]], object], field: str) -> None:
+    assert fields_of(changed(edit)) == [field]
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    def many(b: dict[str, Any]) -> None:
+        b["user_id"] = ""
+        b["currency"] = "dollars"
+        b["items"][0]["quantity"] = 0
+        b["payment"]["cvv"] = ""
+
+    assert fields_of(changed(many)) == ["user_id", "currency", "items[0].quantity", "payment.cvv"]
+
+
+def test_the_error_message_never_contains_the_card_number() -> None:
+    with pytest.raises(Invalid) as info:
+        order_request(changed(set_payment(card_number="4242424242424241")), today=TODAY)
+
+    assert "4242424242424241" not in str(info.value)
+    assert "4242424242424241" not in repr(info.value.details)
+
+
+# --- POST /users, PATCH /users/{id} ------------------------------------------------------------
+
+
+def user_fields(raw: Any, *, partial: bool) -> list[str]:
+    with pytest.raises(Invalid) as info:
+        user_request(raw, partial=partial)
+    return [d["field"] for d in info.value.details]
+
+
+def test_a_new_user_is_accepted() -> None:
+    raw = {"user_id": "u-1", "email": "ada@example.com", "name": "Ada"}
+
+    assert user_request(raw, partial=False) == raw
+
+
+def test_a_new_user_needs_an_email() -> None:
+    assert user_fields({"user_id": "u-1", "name": "Ada"}, partial=False) == ["email"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"user_id": "bad id", "email": "ada@example.com"}, "user_id"),
+        ({"email": "ada@"}, "email"),
+        ({"email": "ada@example.com", "name": 7}, "name"),
+        ({"email": "ada@example.com", "name": "x" * 201}, "name"),
+    ],
+)
+def test_a_new_user_with_a_bad_field_is_refused(raw: dict[str, Any], field: str) -> None:
+    assert user_fields(raw, partial=False) == [field]
+
+
+def test_an_update_may_change_only_the_name() -> None:
+    assert user_request({"name": "Ada L."}, partial=True) == {"name": "Ada L."}
+
+
+def test_an_update_ignores_user_id() -> None:
+    assert user_request({"user_id": "other", "email": "ada@example.com"}, partial=True) == {"email": "ada@example.com"}
+
+
+def test_an_empty_update_is_refused() -> None:
+    assert user_fields({}, partial=True) == ["body"]
+
+
+@pytest.mark.parametrize("partial", [True, False])
+def test_a_user_body_that_is_not_an_object_is_refused(partial: bool) -> None:
+    assert user_fields(["ada@example.com"], partial=partial) == ["body"]
+
+
+# --- POST /orders/{id}/ship --------------------------------------------------------------------
+
+
+def test_a_shipment_is_accepted_and_trimmed() -> None:
+    assert ship_request({"carrier": " UPS ", "tracking_number": "1Z999"}) == {
+        "carrier": "UPS",
+        "tracking_number": "1Z999",
+    }
+
+
+@pytest.mark.parametrize(
+    ("raw", "fields"),
+    [
+        ({}, ["carrier", "tracking_number"]),
+        ({"carrier": "   ", "tracking_number": "1Z999"}, ["carrier"]),
+        ({"carrier": "UPS", "tracking_number": 1999}, ["tracking_number"]),
+        ({"carrier": "UPS", "tracking_number": "9" * 101}, ["tracking_number"]),
+        ("UPS", ["body"]),
+    ],
+)
+def test_a_bad_shipment_names_its_fields(raw: Any, fields: list[str]) -> None:
+    with pytest.raises(Invalid) as info:
+        ship_request(raw)
+
+    assert [d["field"] for d in info.value.details] == fields
+
+
+# --- PUT /inventory/{id}, POST /inventory/{id}/restock -----------------------------------------
+
+
+@pytest.mark.parametrize(("value", "minimum"), [(0, 0), (5, 0), (1, 1), (1_000_000_000, 0)])
+def test_non_negative_int_accepts_whole_numbers_from_the_minimum(value: int, minimum: int) -> None:
+    assert non_negative_int({"on_hand": value}, "on_hand", minimum=minimum) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "minimum"),
+    [(-1, 0), (0, 1), (True, 0), ("5", 0), (2.0, 0), (None, 0), (1_000_000_001, 0)],
+)
+def test_non_negative_int_refuses_anything_else(value: Any, minimum: int) -> None:
+    with pytest.raises(Invalid) as info:
+        non_negative_int({"quantity": value}, "quantity", minimum=minimum)
+
+    assert [d["field"] for d in info.value.details] == ["quantity"]
+
+
+def test_non_negative_int_needs_an_object() -> None:
+    with pytest.raises(Invalid) as info:
+        non_negative_int(5, "quantity")
+
+    assert [d["field"] for d in info.value.details] == ["body"]
