@@ -61,7 +61,9 @@ def create_app(s: Settings) -> faust.App:
         broker_commit_interval=s.commit_interval,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        table_standby_replicas=1,
+        table_standby_replicas=s.standby_replicas,
+        broker_session_timeout=s.session_timeout,
+        broker_heartbeat_interval=min(3.0, s.session_timeout / 5),
         stream_wait_empty=False,
         **options,
     )

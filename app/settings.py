@@ -49,6 +49,20 @@ class Settings:
     gateway_concurrency: int = field(default=64, metadata=_doc("Gateway calls in flight at once per worker."))
     gateway_max_attempts: int = field(default=4, metadata=_doc("Attempts per charge on transient gateway errors."))
     gateway_backoff: float = field(default=0.05, metadata=_doc("First retry delay in seconds; doubles per attempt."))
+    session_timeout: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Seconds without a heartbeat before a dead worker's partitions move to the others "
+            "(Faust's default of 60 s stalls a killed worker's partitions for a minute)."
+        ),
+    )
+    standby_replicas: int = field(
+        default=0,
+        metadata=_doc(
+            "Standby copies of each table partition on other workers. 0 by default: faust-streaming 0.15 "
+            "crashes standby recovery after a SIGKILL (ConsistencyError on an unknown highwater)."
+        ),
+    )
     admin_token: str = field(default="", metadata=_doc("Bearer token required by admin endpoints when set."))
     notifier: str = field(default="log", metadata=_doc("`log` (record and log) or `smtp` (deliver to `smtp_url`)."))
     smtp_url: str = field(default="smtp://127.0.0.1:8025", metadata=_doc("SMTP server for the `smtp` notifier."))

@@ -111,17 +111,25 @@ def _chaos(cluster: Cluster, stop: threading.Event, kills: int, interval: float,
 
 
 async def _scan(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    """Read every committed message of ``topic``."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    """Read every committed message of ``topic``, from the beginning to its current end."""
+    from aiokafka import AIOKafkaConsumer
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=uid("scan"),
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     try:
-        parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
-        if not parts:
-            await consumer.force_metadata_update() if hasattr(consumer, "force_metadata_update") else None
-            parts = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
-        consumer.assign(parts)
+        deadline = time.monotonic() + 60
+        while not consumer.assignment():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no partitions of {topic} assigned")
+            await consumer.getmany(timeout_ms=200)
+        parts = sorted(consumer.assignment())
         await consumer.seek_to_beginning(*parts)
         end = await consumer.end_offsets(parts)
         out: list[dict[str, Any]] = []
@@ -319,20 +327,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--guarantee", choices=["exactly_once", "at_least_once"], default="exactly_once")
     parser.add_argument("--broker", default=os.environ.get("ORDERSTREAM_TEST_BROKER", ""), help="host:port")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (worker logs) afterwards")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="orderstream-crash-") as tmp:
-        local = None
-        broker = args.broker
+    tmp = tempfile.mkdtemp(prefix="orderstream-crash-")
+    print(f"work directory: {tmp}", flush=True)
+    local = None
+    broker = args.broker
+    try:
         if not broker:
             local = kafka_local.start(
-                port=kafka_local.free_port(), nodes=1, data_dir=Path(tmp) / "kafka", owner_pid=os.getpid()
+                port=kafka_local.free_port(2), nodes=1, data_dir=Path(tmp) / "kafka", owner_pid=os.getpid()
             )
             broker = local.bootstrap
-        try:
-            report = run(broker, orders=args.orders, rate=args.rate, guarantee=args.guarantee, kills=args.kills, workdir=Path(tmp))
-        finally:
-            if local is not None:
-                local.stop()
+        report = run(
+            broker, orders=args.orders, rate=args.rate, guarantee=args.guarantee, kills=args.kills, workdir=Path(tmp)
+        )
+    finally:
+        if local is not None:
+            local.stop()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(report.as_dict(), indent=2))
     if report.violations:
         print(f"FAILED: {len(report.violations)} violation(s)", file=sys.stderr)
