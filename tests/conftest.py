@@ -26,13 +26,22 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield given.split("://", 1)[-1]
         return
     if kafka_local.docker_available():
-        from testcontainers.kafka import KafkaContainer
+        # testcontainers' KafkaContainer expects Confluent images; the official image is
+        # configured through its KRaft environment variables instead.
+        from testcontainers.core.container import DockerContainer
 
-        with KafkaContainer("apache/kafka:4.1.0").with_kraft() as container:
-            yield container.get_bootstrap_server()
+        port = kafka_local.free_port()
+        container = DockerContainer(kafka_local.DOCKER_IMAGE).with_bind_ports(port, port)
+        for key, value in kafka_local.docker_kafka_env(port).items():
+            container = container.with_env(key, value)
+        with container:
+            if not kafka_local.wait_until_ready([("127.0.0.1", port)], 1, 120):
+                raise RuntimeError("the Kafka container never answered")
+            yield f"127.0.0.1:{port}"
         return
     data_dir = tmp_path_factory.mktemp("kafka")
-    cluster = kafka_local.start(port=kafka_local.free_port(), nodes=1, data_dir=data_dir, owner_pid=os.getpid())
+    # Two consecutive free ports: the client listener and the controller.
+    cluster = kafka_local.start(port=kafka_local.free_port(2), nodes=1, data_dir=data_dir, owner_pid=os.getpid())
     try:
         yield cluster.bootstrap
     finally:

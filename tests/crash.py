@@ -110,12 +110,13 @@ def _chaos(cluster: Cluster, stop: threading.Event, kills: int, interval: float,
             victim.wait_ready(120)
 
 
-async def _scan(bootstrap: str, topic: str) -> list[dict[str, Any]]:
-    """Read every committed message of ``topic``, from the beginning to its current end."""
+async def scan_topic(bootstrap: str, topic: str | list[str], *, raw: bool = False) -> list[Any]:
+    """Read every committed message of ``topic`` (JSON-decoded, or raw bytes), from the beginning to its end."""
     from aiokafka import AIOKafkaConsumer
 
+    topics = [topic] if isinstance(topic, str) else topic
     consumer = AIOKafkaConsumer(
-        topic,
+        *topics,
         bootstrap_servers=bootstrap,
         group_id=uid("scan"),
         isolation_level="read_committed",
@@ -132,7 +133,7 @@ async def _scan(bootstrap: str, topic: str) -> list[dict[str, Any]]:
         parts = sorted(consumer.assignment())
         await consumer.seek_to_beginning(*parts)
         end = await consumer.end_offsets(parts)
-        out: list[dict[str, Any]] = []
+        out: list[Any] = []
         while True:
             positions = {tp: await consumer.position(tp) for tp in parts}
             if all(positions[tp] >= end[tp] for tp in parts):
@@ -140,6 +141,9 @@ async def _scan(bootstrap: str, topic: str) -> list[dict[str, Any]]:
             batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
             for records in batch.values():
                 for r in records:
+                    if raw:
+                        out.append(r.value or b"")
+                        continue
                     with contextlib.suppress(ValueError):
                         out.append(json.loads(r.value))
     finally:
@@ -254,7 +258,7 @@ def run(
 def _check_topics(
     broker: str, app_id: str, placed: list[Placed], finals: dict[str, dict[str, Any]], report: Report
 ) -> None:
-    events = asyncio.run(_scan(broker, f"{app_id}.orders"))
+    events = asyncio.run(scan_topic(broker, f"{app_id}.orders"))
     ids_by_order_type: dict[tuple[str, str], set[str]] = defaultdict(set)
     messages = Counter()
     for e in events:

@@ -143,8 +143,7 @@ def _routed(
                 if request.headers.get(FORWARDED):
                     raise Unavailable("the key's owner changed while the request was forwarded")
                 return await routing.forward(request, owner)
-            if not routing.is_ready():
-                raise Unavailable("this worker's tables are still recovering")
+            routing.check_local(topic, key)
             return await local(request, key)
 
         handler.__name__ = local.__name__
@@ -387,8 +386,7 @@ async def create_user_at_owner(request: web.Request) -> web.Response:
 
 
 async def _create_user_locally(user_id: str, fields: dict[str, Any]) -> web.Response:
-    if not routing.is_ready():
-        raise Unavailable("this worker's tables are still recovering")
+    routing.check_local(USERS, user_id)
     if user_to_profile.get(user_id) is not None:
         raise ApiError(409, "conflict", f"user {user_id} already exists")
     env = make("user.created", "user", user_id, {"user_id": user_id, **fields}, correlation_id=user_id)

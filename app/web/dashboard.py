@@ -7,9 +7,12 @@ offline and behind any proxy. It is read once, at import.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PAGE = (Path(__file__).parent / "static" / "dashboard.html").read_bytes()
 
@@ -30,6 +33,18 @@ async def index(request: web.Request) -> web.Response:
     return web.Response(body=PAGE, content_type="text/html", charset="utf-8", headers=HEADERS)
 
 
+@web.middleware
+async def serve_dashboard_at_root(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer ``GET /`` with the dashboard.
+
+    Faust's production blueprint already owns ``/`` (a bare ``{"status": "OK"}``), and
+    aiohttp routes to the first match, so the dashboard takes the path here instead.
+    """
+    if request.path == "/" and request.method in ("GET", "HEAD"):
+        return await index(request)
+    return await handler(request)
+
+
 def register(web_app: web.Application) -> None:
-    """Add the dashboard route."""
-    web_app.router.add_get("/", index)
+    """Serve the dashboard at ``/``."""
+    web_app.middlewares.append(serve_dashboard_at_root)

@@ -79,6 +79,20 @@ def owner_of(topic: str, key: str) -> str:
     return str(url).rstrip("/")
 
 
+def check_local(topic: str, key: str) -> None:
+    """Raise :class:`Unavailable` unless this worker holds ``key``'s partition, active and recovered.
+
+    The owner map can name this worker's URL for a partition it does not hold yet:
+    a restarted worker reuses its URL while the group still lists its dead
+    predecessor. Answering from the local table then would return a default.
+    """
+    tp = TP(_owner_table_changelog(topic), partition_for(key))
+    if not app.assignor.is_active(tp):
+        raise Unavailable("this worker does not hold the key's partition yet")
+    if not is_ready():
+        raise Unavailable("this worker's tables are still recovering")
+
+
 def is_ready() -> bool:
     """Whether this worker has its assignment and its tables are recovered."""
     if app.rebalancing or not _tps_url():

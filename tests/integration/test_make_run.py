@@ -1,0 +1,69 @@
+"""The README's run command brings up a worker on its printed URL; Ctrl-C leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from scripts import kafka_local
+from tests.support import ROOT, eventually, http
+
+pytestmark = [pytest.mark.integration]
+
+
+def _processes_under(path: str) -> list[str]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if path in cmd and state != "Z":
+            out.append(f"{entry.name}: {cmd[:120]}")
+    return out
+
+
+def test_run_serves_the_dashboard_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    if kafka_local.docker_available():
+        pytest.skip("with Docker the run command uses compose; this test covers the local-broker path")
+    data_dir = tmp_path / "run-data"
+    kafka_port, web_port = kafka_local.free_port(2), kafka_local.free_port()
+    env = {k: v for k, v in os.environ.items() if k != "ORDERSTREAM_BROKER"}
+    env["ORDERSTREAM_APP_ID"] = f"run{os.getpid()}"
+    proc = subprocess.Popen(
+        [sys.executable, "scripts/run.py", "--port", str(kafka_port), "--web-port", str(web_port), "--data-dir", str(data_dir)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        url = eventually(
+            lambda: next((m.group(1) for line in lines if (m := re.search(r"Open (http://\S+?)/? ", line))), None),
+            150,
+            0.25,
+            what="the run command to print its URL",
+        )
+        assert http("GET", url + "/").status == 200
+        assert http("GET", url + "/ready").status == 200
+        eventually(lambda: http("GET", url + "/inventory/widget").body.get("on_hand") == 100, 30, what="demo stock")
+        assert _processes_under(str(data_dir)), "expected a broker and a worker running under the data dir"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=90)
+    eventually(lambda: not _processes_under(str(data_dir)), 30, 0.25, what="no process left behind")
+    assert proc.returncode == 0, "".join(lines[-30:])

@@ -1,0 +1,51 @@
+"""A real worker keeps its state across SIGKILL: from RocksDB, and from the changelog alone."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.support import Cluster, Worker, eventually, http, order_body, uid
+
+pytestmark = [pytest.mark.integration]
+
+
+def _snapshot(url: str, product: str, order_id: str) -> tuple[dict, dict]:
+    """Read stock and order, retrying while the worker answers 503 (partition still moving to it)."""
+
+    def read() -> tuple[dict, dict] | None:
+        stock = http("GET", f"{url}/inventory/{product}")
+        order = http("GET", f"{url}/orders/{order_id}")
+        if 503 in (stock.status, order.status):
+            assert stock.headers.get("Retry-After") or order.headers.get("Retry-After")
+            return None
+        return stock.body, order.body
+
+    return eventually(read, 60, 0.25, what="owner answers")
+
+
+def test_state_survives_sigkill_and_a_wiped_data_directory(broker_url: str, tmp_path: Path) -> None:
+    worker = Worker(app_id=uid("rec"), broker=broker_url, datadir=tmp_path / "w0").start().wait_ready()
+    cluster = Cluster([worker])
+    try:
+        product = uid("p")
+        cluster.set_stock(product, 9)
+        order_id = cluster.place(order_body([(product, 2, "4.50")]))
+        assert cluster.final(order_id)["status"] == "confirmed"
+        eventually(lambda: cluster.get(f"/inventory/{product}").body["sold"] == 2, 20, what="committed")
+        before = _snapshot(worker.url, product, order_id)
+        assert before[0] == {"product_id": product, "on_hand": 7, "reserved": 0, "sold": 2, "available": 7}
+
+        worker.kill(signal.SIGKILL)
+        worker.start().wait_ready()
+        assert _snapshot(worker.url, product, order_id) == before  # from RocksDB + changelog
+
+        worker.kill(signal.SIGKILL)
+        shutil.rmtree(worker.datadir)
+        worker.start().wait_ready()
+        assert _snapshot(worker.url, product, order_id) == before  # from the changelog alone
+    finally:
+        cluster.stop()
