@@ -3,9 +3,11 @@
 Faust's exactly-once alone is not enough (duplicates after SIGKILL, rebalance
 fencing), so every stage is idempotent on the input event id: the outputs of each
 handled event are stored in ``event_to_outputs`` in the same table write as the
-state change, and a replayed input re-sends exactly those outputs (same ids) instead
-of deciding again. Downstream handlers dedupe by id, so a re-send is harmless and a
-crash between the table write and the send strands nothing.
+state change. A redelivered input (the same message again, after a crash or a
+rebalance) re-sends exactly those outputs (same ids) instead of deciding again, so a
+crash between the table write and the send strands nothing; downstream handlers dedupe
+by id. Another copy of an already handled event (a new message with a known id) is
+dropped, so a duplicate does not cascade through every stage.
 
 A message that is not JSON, not an envelope, of an unknown type or version, or whose
 handler keeps failing after bounded retries goes to the stage's dead-letter topic
@@ -116,6 +118,12 @@ def dead_letter(stage: Stage, event: EventT, error: BaseException, attempts: int
     )
 
 
+def is_redelivery(prior: dict[str, Any], event: EventT) -> bool:
+    """Whether ``event`` is the very message ``prior`` recorded, delivered again."""
+    msg = event.message
+    return bool(prior.get("source") == f"{msg.topic}:{msg.partition}" and msg.offset <= prior.get("offset", -1))
+
+
 async def run(
     stage: Stage,
     stream: StreamT[Any],
@@ -136,9 +144,15 @@ async def run(
         dedupe_key = f"{stage.name}:{env['id']}"
         prior = processed.get(dedupe_key)
         if prior is not None:
-            metrics.EVENTS.labels(stage.name, "replayed").inc()
-            for topic, key, out_env in prior:
-                await send(topic, key, out_env)
+            if is_redelivery(prior, event):
+                # The same message again (a crash or rebalance before its offset committed):
+                # its outputs may have been lost with the crash, so send them again.
+                metrics.EVENTS.labels(stage.name, "replayed").inc()
+                for topic, key, out_env in prior["outputs"]:
+                    await send(topic, key, out_env)
+            else:
+                # Another copy of an event already handled: what it caused is already out.
+                metrics.EVENTS.labels(stage.name, "duplicate").inc()
             continue
         outputs: list[Out] | None = None
         error: BaseException | None = None
@@ -159,7 +173,12 @@ async def run(
             await _to_dlq(stage, event, error, attempt, send_dead_letter)
             continue
         outs = outputs or []
-        processed[dedupe_key] = [[t, k, e] for t, k, e in outs]
+        msg = event.message
+        processed[dedupe_key] = {
+            "outputs": [[t, k, e] for t, k, e in outs],
+            "source": f"{msg.topic}:{msg.partition}",
+            "offset": msg.offset,
+        }
         for topic, key, out_env in outs:
             await send(topic, key, out_env)
         metrics.EVENTS.labels(stage.name, env["type"]).inc()

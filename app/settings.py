@@ -63,9 +63,13 @@ class Settings:
             "crashes standby recovery after a SIGKILL (ConsistencyError on an unknown highwater)."
         ),
     )
-    admin_token: str = field(default="", metadata=_doc("Bearer token required by admin endpoints when set."))
+    admin_token: str = field(
+        default="", repr=False, metadata=_doc("Bearer token required by admin endpoints when set.")
+    )
     notifier: str = field(default="log", metadata=_doc("`log` (record and log) or `smtp` (deliver to `smtp_url`)."))
-    smtp_url: str = field(default="smtp://127.0.0.1:8025", metadata=_doc("SMTP server for the `smtp` notifier."))
+    smtp_url: str = field(
+        default="smtp://127.0.0.1:8025", repr=False, metadata=_doc("SMTP server for the `smtp` notifier.")
+    )
     smtp_sender: str = field(default="orders@orderstream.local", metadata=_doc("From address of confirmations."))
     notify_max_attempts: int = field(default=3, metadata=_doc("Delivery attempts before a notification dead-letters."))
     commit_interval: float = field(

@@ -99,6 +99,8 @@ def _items(raw: Any, problems: list[dict[str, str]]) -> list[dict[str, Any]]:
                 problems.append(_problem(f"{where}.price", "differs from an earlier line of the same product"))
                 continue
             merged[pid]["quantity"] += qty
+            if merged[pid]["quantity"] > MAX_QUANTITY:
+                problems.append(_problem(f"{where}.quantity", f"lines of one product add up to over {MAX_QUANTITY}"))
         else:
             merged[pid] = {"product_id": pid, "quantity": qty, "price_cents": price}
     return list(merged.values())

@@ -41,7 +41,16 @@ def test_run_serves_the_dashboard_and_ctrl_c_stops_everything(tmp_path: Path) ->
     env = {k: v for k, v in os.environ.items() if k != "ORDERSTREAM_BROKER"}
     env["ORDERSTREAM_APP_ID"] = f"run{os.getpid()}"
     proc = subprocess.Popen(
-        [sys.executable, "scripts/run.py", "--port", str(kafka_port), "--web-port", str(web_port), "--data-dir", str(data_dir)],
+        [
+            sys.executable,
+            "scripts/run.py",
+            "--port",
+            str(kafka_port),
+            "--web-port",
+            str(web_port),
+            "--data-dir",
+            str(data_dir),
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
