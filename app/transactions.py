@@ -15,9 +15,7 @@ offset commit or abort together.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
 from faust.streams import current_event
 from faust.transport.consumer import TransactionManager
