@@ -33,6 +33,11 @@ def original_bytes(letter: dict[str, Any]) -> bytes:
     return codec.dumps(letter["original"])
 
 
+def redrivable(letter: dict[str, Any]) -> bool:
+    """Whether the letter kept its whole original (an oversized one keeps a prefix only)."""
+    return letter.get("original_kind") != "truncated"
+
+
 @app.agent(dead_letter_topics)
 async def keep_dead_letters(stream: StreamT[Any]) -> None:
     """Store dead letters and carry out redrive requests."""
@@ -55,6 +60,16 @@ async def keep_dead_letters(stream: StreamT[Any]) -> None:
         elif env["type"] == "dead_letter.redrive":
             letter = dead_letter_to_state.get(dlq_id)
             if letter is None or letter["status"] != "dead":
+                continue
+            if not redrivable(letter):
+                log.warning(
+                    "dead letter %s kept only a prefix of its %s-byte original: not redriven (it is at %s[%s]@%s)",
+                    dlq_id,
+                    letter.get("original_bytes"),
+                    letter["source_topic"],
+                    letter["partition"],
+                    letter["offset"],
+                )
                 continue
             source = TOPICS[LOGICAL[letter["source_topic"]]]
             key = letter.get("key")

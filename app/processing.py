@@ -9,10 +9,12 @@ crash between the table write and the send strands nothing; downstream handlers 
 by id. Another copy of an already handled event (a new message with a known id) is
 dropped, so a duplicate does not cascade through every stage.
 
-A message that is not JSON, not an envelope, of an unknown type or version, or whose
-handler keeps failing after bounded retries goes to the stage's dead-letter topic
-with the error, a short stack summary and its source topic/partition/offset; the
-input offset then moves on.
+A message that is not JSON, not an envelope, of an unknown type or version, of a
+type that does not travel on the stage's topic, with a payload that does not match
+its record (``schemas.payloads``), or whose handler keeps failing after bounded
+retries goes to the stage's dead-letter topic with the error, a short stack summary,
+its source topic/partition/offset and the original value as it came; the input
+offset then moves on.
 """
 
 from __future__ import annotations
@@ -27,13 +29,23 @@ from typing import Any
 
 from faust.types import EventT, StreamT
 
-from app import metrics
+from app import codec, metrics
 from app.codec import Undecodable
 from app.domain.common import Emit
-from schemas.envelope import Envelope, EnvelopeError, derived_id, make, validate
-from schemas.registry import UnknownMessageError, current_version, upcast
+from schemas.envelope import Envelope, EnvelopeError, derived_id, make
+from schemas.registry import current_version, read
 
 log = logging.getLogger("orderstream.processing")
+
+#: Longest error text kept in a dead letter or a log line (an error can quote a huge input).
+MAX_ERROR_CHARS = 2000
+#: Largest dead letter sent whole. Faust's producer refuses records over 1,000,000 bytes
+#: (``producer_max_request_size``), and a dead letter is its original plus error and stack,
+#: so an input close to the broker's 1 MiB limit cannot be kept whole: its dead letter keeps
+#: the first ``OVERSIZED_PREFIX_BYTES`` (``original_kind: "truncated"``, never redriven);
+#: the whole message stays readable at its source topic/partition/offset.
+MAX_DEAD_LETTER_BYTES = 960_000
+OVERSIZED_PREFIX_BYTES = 64 * 1024
 
 #: One message to send: (logical topic, key, envelope).
 Out = tuple[str, str, Envelope]
@@ -73,11 +85,19 @@ def envelopes(emits: Iterable[Emit], cause: Envelope, *, start: int = 0) -> list
     return out
 
 
-def decode(value: Any) -> Envelope:
-    """Turn a decoded message value into a current-version envelope or raise why not."""
+def decode(value: Any, topic: str | None = None) -> Envelope:
+    """Turn a decoded message value (from logical ``topic``) into a checked current-version envelope.
+
+    Raises why not (see :func:`schemas.registry.read`); ``value`` is left untouched.
+    """
     if isinstance(value, Undecodable):
         raise EnvelopeError(value.error)
-    return upcast(validate(value))
+    return read(value, topic)
+
+
+def _error_text(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
 def dead_letter(stage: Stage, event: EventT, error: BaseException, attempts: int) -> Envelope:
@@ -91,12 +111,12 @@ def dead_letter(stage: Stage, event: EventT, error: BaseException, attempts: int
         original, original_kind = value, "json"
     key = msg.key.decode("utf-8", errors="replace") if isinstance(msg.key, bytes) else msg.key
     stack = traceback.format_exception(type(error), error, error.__traceback__, limit=4)
-    source_id = value.get("id") if isinstance(value, dict) and isinstance(value.get("id"), str) else None
+    source_id = _text_field(value, "id")
     dl_id = derived_id(f"{msg.topic}/{msg.partition}/{msg.offset}", 0)
     payload = {
         "dlq_id": dl_id,
         "stage": stage.name,
-        "error": f"{type(error).__name__}: {error}",
+        "error": _error_text(error),
         "stack": "".join(stack)[-2000:],
         "source_topic": msg.topic,
         "partition": msg.partition,
@@ -107,15 +127,27 @@ def dead_letter(stage: Stage, event: EventT, error: BaseException, attempts: int
         "original_kind": original_kind,
         "original_id": source_id,
     }
-    return make(
+    letter = make(
         "event.processing.failed",
         "dead_letter",
         dl_id,
         payload,
-        correlation_id=(value.get("correlation_id") if isinstance(value, dict) else None) or dl_id,
+        correlation_id=_text_field(value, "correlation_id") or dl_id,
         causation_id=source_id,
         event_id=dl_id,
     )
+    if len(codec.dumps(letter)) > MAX_DEAD_LETTER_BYTES:
+        raw = msg.value if isinstance(msg.value, bytes) else codec.dumps(original)
+        payload["original"] = raw[:OVERSIZED_PREFIX_BYTES].decode("utf-8", errors="replace")
+        payload["original_kind"] = "truncated"
+        payload["original_bytes"] = len(raw)
+    return letter
+
+
+def _text_field(value: Any, name: str) -> str | None:
+    """``value[name]`` when ``value`` is an object and that field a non-empty string (a dead letter must be valid)."""
+    field = value.get(name) if isinstance(value, dict) else None
+    return field if isinstance(field, str) and field else None
 
 
 def is_redelivery(prior: dict[str, Any], event: EventT) -> bool:
@@ -137,8 +169,8 @@ async def run(
     async for event in stream.events():
         started = time.perf_counter()
         try:
-            env = decode(event.value)
-        except (EnvelopeError, UnknownMessageError, KeyError, TypeError, ValueError) as exc:
+            env = decode(event.value, stage.source_topic)
+        except Exception as exc:  # noqa: BLE001 - whatever cannot be read is dead-lettered, never crashes the stage
             await _to_dlq(stage, event, exc, 1, send_dead_letter)
             continue
         dedupe_key = f"{stage.name}:{env['id']}"
@@ -200,7 +232,7 @@ async def _to_dlq(
         msg.offset,
         stage.name,
         attempts,
-        error,
+        _error_text(error),
     )
     metrics.DEAD_LETTERS.labels(stage.name).inc()
     await send_dead_letter(dead_letter(stage, event, error, attempts))

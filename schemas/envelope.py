@@ -149,6 +149,11 @@ def validate(obj: Any) -> Envelope:
     for name in ("correlation_id", "causation_id", "entity_type", "timestamp"):
         if obj.get(name) is not None and not isinstance(obj[name], str):
             raise EnvelopeError(f"envelope field {name!r} must be a string")
+    if obj.get("timestamp") is not None:
+        try:
+            parse_ts(obj["timestamp"])
+        except ValueError:
+            raise EnvelopeError("envelope field 'timestamp' must be an ISO-8601 instant") from None
     if obj.get("metadata") is not None and not isinstance(obj["metadata"], dict):
         raise EnvelopeError("envelope field 'metadata' must be an object")
     obj.setdefault("entity_type", obj["type"].split(".", 1)[0])

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from schemas.envelope import COMMAND_TYPES, EVENT_TYPES, Envelope
+from schemas.envelope import COMMAND_TYPES, EVENT_TYPES, Envelope, validate
+from schemas.payloads import PayloadError, check_payload
 
 Payload = dict[str, Any]
 Upcaster = Callable[[Payload], Payload]
@@ -22,6 +23,46 @@ Upcaster = Callable[[Payload], Payload]
 CURRENT_VERSION: dict[str, int] = {"order.placed": 2}
 
 DEFAULT_CURRENCY = "USD"
+
+#: The message types that travel on each input topic (by logical name); anything else
+#: arriving there was misrouted and is dead-lettered, not ignored.
+TOPIC_TYPES: dict[str, frozenset[str]] = {
+    "orders": frozenset(
+        {
+            "order.placed",
+            "order.confirmed",
+            "order.rejected",
+            "order.cancelled",
+            "order.shipped",
+            "order.delivered",
+            "order.cancel",
+            "order.ship",
+            "order.deliver",
+            "inventory.reserved",
+            "inventory.rejected",
+            "inventory.released",
+            "inventory.committed",
+            "payment.processed",
+            "payment.failed",
+            "notification.sent",
+            "analytics.order_recorded",
+        }
+    ),
+    "inventory": frozenset(
+        {
+            "inventory.reserve",
+            "inventory.release",
+            "inventory.commit",
+            "inventory.restock",
+            "inventory.set_stock",
+            "inventory.restocked",
+        }
+    ),
+    "payments": frozenset({"payment.charge", "payment.refund", "payment.processed", "payment.failed"}),
+    "notifications": frozenset({"notification.send"}),
+    "analytics": frozenset({"analytics.record"}),
+    "users": frozenset({"user.created", "user.updated"}),
+}
 
 
 class UnknownMessageError(ValueError):
@@ -70,8 +111,27 @@ def upcast(envelope: Envelope) -> Envelope:
         raise UnknownMessageError(f"unknown version {version} of {type_!r} (this reader knows 1..{target})")
     payload = envelope["payload"]
     while version < target:
-        payload = UPCASTERS[(type_, version)](payload)
+        try:
+            payload = UPCASTERS[(type_, version)](payload)
+        except Exception as exc:  # a payload its upcaster cannot read is malformed
+            raise PayloadError(f"{type_} v{version} payload cannot be upcast: {type(exc).__name__}: {exc}") from exc
         version += 1
     if version != envelope["version"]:
         envelope = Envelope(**{**envelope, "payload": payload, "version": version})  # type: ignore[typeddict-item]
     return envelope
+
+
+def read(value: Any, topic: str | None = None) -> Envelope:
+    """Turn a decoded message value into a checked, current-version envelope, or raise why not.
+
+    Checks the envelope's shape, upcasts, checks the type travels on ``topic`` (a
+    logical topic name) and checks the payload against its record. Raises
+    :class:`~schemas.envelope.EnvelopeError`, :class:`UnknownMessageError` or
+    :class:`~schemas.payloads.PayloadError` (all ``ValueError``). ``value`` itself is
+    left exactly as it came, so a dead letter keeps the original.
+    """
+    env = upcast(validate(dict(value) if isinstance(value, dict) else value))
+    if topic is not None and topic in TOPIC_TYPES and env["type"] not in TOPIC_TYPES[topic]:
+        raise UnknownMessageError(f"{env['type']!r} does not travel on the {topic} topic")
+    check_payload(env["type"], env["payload"])
+    return env

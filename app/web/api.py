@@ -475,7 +475,11 @@ async def redrive(request: web.Request) -> web.Response:
     if source is not None and not isinstance(source, str):
         raise validation.Invalid([{"field": "source_topic", "message": "must be a topic name"}])
     letters = await _all_dead_letters(source)
-    chosen = [m for m in letters if m["status"] == "dead" and (ids is None or m["id"] in ids)]
+    chosen = [
+        m
+        for m in letters
+        if m["status"] == "dead" and m.get("original_kind") != "truncated" and (ids is None or m["id"] in ids)
+    ]
     for letter in chosen:
         env = make(
             "dead_letter.redrive", "dead_letter", letter["id"], {"dlq_id": letter["id"]}, correlation_id=letter["id"]
