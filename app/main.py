@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import shutil
-from pathlib import Path
 from typing import Any
 
 import faust
 
 from app import codec, transactions
 from app.settings import Settings, SettingsError, load
-
-log = logging.getLogger("orderstream.app")
 
 try:
     settings: Settings = load()
@@ -27,8 +21,7 @@ class OrderstreamApp(faust.App):
     """The Faust app, plus creating our topics before the first subscription."""
 
     async def on_first_start(self) -> None:
-        """Drop local tables left by a crash, then create every topic and changelog up front."""
-        self._discard_tables_after_crash()
+        """Create every topic and changelog up front."""
         from app.admin import ensure_topics
         from app.topics import BY_NAME, DEAD_LETTERS
 
@@ -42,31 +35,6 @@ class OrderstreamApp(faust.App):
             compacted=changelogs,
         )
         await super().on_first_start()
-
-    def _clean_marker(self) -> Path:
-        return Path(self.conf.appdir) / "clean-shutdown"
-
-    def _discard_tables_after_crash(self) -> None:
-        """Restore from the changelogs, not local RocksDB, after an unclean shutdown.
-
-        Under exactly-once a killed worker's RocksDB holds writes whose transaction never
-        committed; replaying the committed changelog is the state every worker agrees on.
-        """
-        marker = self._clean_marker()
-        tabledir = Path(self.conf.tabledir)
-        crashed = tabledir.exists() and any(tabledir.iterdir()) and not marker.exists()
-        # At least once, local RocksDB is the most complete copy (table writes not yet
-        # flushed to the changelog survive there), so it is kept.
-        if crashed and settings.processing_guarantee == "exactly_once":
-            log.warning("unclean shutdown detected: restoring tables from their changelogs")
-            shutil.rmtree(tabledir, ignore_errors=True)
-        marker.unlink(missing_ok=True)
-
-    async def on_shutdown(self) -> None:
-        """Mark a clean shutdown so the next start may reuse local RocksDB."""
-        await super().on_shutdown()
-        with contextlib.suppress(OSError):
-            self._clean_marker().touch()
 
 
 def create_app(s: Settings) -> faust.App:

@@ -9,8 +9,7 @@ the producer of the partition whose event is being processed, so outputs, change
 writes and the input offset commit in one transaction; sends made outside stream
 processing (HTTP edge, timers, finished gateway calls) go through the plain
 idempotent producer and carry their own dedupe keys. Table (changelog) writes are
-flushed into the same transaction before it commits, so state, outputs and the input
-offset commit or abort together.
+flushed before each transaction commits.
 """
 
 from __future__ import annotations
@@ -44,19 +43,17 @@ class SourcePartitionTransactionManager(TransactionManager):
             tp: TP = event.message.tp
             group = self.app.assignor.group_for_topic(tp.topic)
             tid = f"{self.app.conf.id}-{group}-{tp.partition}"
-        elif partition is not None and topic.endswith("-changelog"):
-            # Table writes are buffered and flushed outside the event's context; their
-            # partition is the source partition, so it names the right transaction.
-            group = self.app.assignor.group_for_topic(topic)
-            tid = f"{self.app.conf.id}-{group}-{partition}"
         return await self.producer.send(topic, key, value, partition, timestamp, headers, transactional_id=tid)
 
     async def commit(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
-        """Flush buffered table writes into their transactions, then commit.
+        """Make buffered table writes durable, then commit the transactions.
 
         Faust flushes the producer buffer before an at-least-once commit but not before a
-        transactional one, so table writes could land in the *next* transaction and be
-        lost with it while the outputs and offsets they go with were committed.
+        transactional one, so a crash could lose table writes whose outputs and offsets
+        were committed. Table writes stay outside the transactions (faust 0.15's
+        recovery mishandles transactional changelogs); written before the commit, a
+        crash leaves state at most ahead of the outputs, and the redelivered input then
+        re-sends its stored outputs.
         """
         await self.app.producer.flush()
         return await super().commit(offsets, start_new_transaction=start_new_transaction)
