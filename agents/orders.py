@@ -5,7 +5,7 @@ Consumes the orders topic (key: order id): ``order.placed``, per-line
 ``order.cancel``/``ship``/``deliver``, and the other stages' events about the order
 (kept as history). Emits ``order.*`` events to the orders topic and commands to
 inventory (reserve/release/commit per line, keyed by product), payments,
-notifications and analytics. Tables: ``order_to_state`` (state, history and replay record in one value),
+notifications and analytics. Tables: ``order_to_state``, ``order_to_history``,
 ``order_to_deadline``, ``partition_to_status_counts``.
 A timer cancels reservations that were not paid within ``payment_timeout``.
 """
@@ -31,6 +31,7 @@ from tables import (
     event_to_outputs,
     local_items,
     order_to_deadline,
+    order_to_history,
     order_to_state,
     partition_to_status_counts,
 )
@@ -40,54 +41,29 @@ STAGE = Stage("orders", ORDERS)
 
 
 async def handle(env: Envelope, event: EventT) -> list[Out] | None:
-    """Apply one input to its order: decide, save state and history, return what to send.
-
-    State, history and the outputs of every applied input live in ONE record per order,
-    written with one table write: after a crash the changelog holds either all of an
-    input's effect or none of it, and a redelivered input re-sends exactly what it sent.
-    """
+    """Apply one input to its order: decide, save state and history, return what to send."""
     order_id = key_of(event) or env["correlation_id"]
-    record = order_to_state.get(order_id)
-    if record is not None:
-        applied = record.get("_applied", {})
-        if env["id"] in applied:
-            return [(t, k, e) for t, k, e in applied[env["id"]]]  # a redelivered input
-        if any(h["id"] == env["id"] for h in record.get("_history", ())):
-            return None  # our own event coming back
-    decision = domain.decide(_state_of(record), env, settings.payment_timeout)
-    if record is None and decision.state is None:
+    history: list[Envelope] = order_to_history.get(order_id) or []
+    if any(h["id"] == env["id"] for h in history):
+        return None  # our own event coming back, or a duplicate already applied
+    state = order_to_state.get(order_id)
+    decision = domain.decide(state, env, settings.payment_timeout)
+    new_state = decision.state if decision.state is not None else state
+    if new_state is None:
         log.info("ignoring %s for unknown order %s", env["type"], order_id)
         return None
     outs = envelopes(decision.emits, env)
-    old_status = record["status"] if record else None
-    new_state = decision.state if decision.state is not None else _state_of(record)
-    assert new_state is not None
-    new_status = new_state["status"]
-    if new_status == "reserved" and old_status != "reserved":
-        order_to_deadline[order_id] = new_state["deadline"]
-    order_to_state[order_id] = {
-        **new_state,
-        "_history": [*(record or {}).get("_history", []), env, *(e for t, _, e in outs if t == ORDERS)],
-        "_applied": {**(record or {}).get("_applied", {}), env["id"]: [[t, k, e] for t, k, e in outs]},
-    }
-    if old_status != new_status:
-        _count_status(event, old_status, new_status)
-        if old_status == "reserved":
-            order_to_deadline.pop(order_id, None)
+    order_to_history[order_id] = [*history, env, *(e for t, _, e in outs if t == ORDERS)]
+    if decision.state is not None:
+        order_to_state[order_id] = decision.state
+        old_status = state["status"] if state else None
+        if old_status != decision.state["status"]:
+            _count_status(event, old_status, decision.state["status"])
+            if decision.state["status"] == "reserved":
+                order_to_deadline[order_id] = decision.state["deadline"]
+            elif old_status == "reserved":
+                order_to_deadline.pop(order_id, None)
     return outs
-
-
-def _state_of(record: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The saga state without the history and replay bookkeeping."""
-    if record is None:
-        return None
-    return {k: v for k, v in record.items() if k not in ("_history", "_applied")}
-
-
-def history_of(order_id: str) -> list[Envelope]:
-    """Return the order's events in causal order (empty if unknown)."""
-    record = order_to_state.get(order_id)
-    return list(record.get("_history", [])) if record else []
 
 
 def _count_status(event: EventT, old: str | None, new: str) -> None:

@@ -26,13 +26,16 @@ def _table(name: str, help_: str) -> TableT[Any, Any]:
     )
 
 
-#: order id -> order read model and saga state (status, items, payment, line progress),
-#: its event history (``_history``) and the outputs of each applied input (``_applied``).
+#: order id -> order read model and saga state (status, items, payment, line progress).
 order_to_state = _table("order_to_state", "Orders read model and saga state.")
 #: order id -> epoch seconds by which a reserved order must be paid.
 order_to_deadline = _table("order_to_deadline", "Payment deadlines of reserved orders.")
-#: product id -> {on_hand, reserved, sold} and the product's reservations (``_reservations``).
+#: order id -> the order's events in causal order.
+order_to_history = _table("order_to_history", "Per-order event history.")
+#: product id -> {on_hand, reserved, sold}.
 product_to_stock = _table("product_to_stock", "Per-product stock.")
+#: "product/order" -> {state, quantity}: one order's reservation of one product.
+reservation_to_state = _table("reservation_to_state", "Per-order, per-product reservations.")
 #: order id -> payment record.
 order_to_payment = _table("order_to_payment", "Payments.")
 #: user id -> profile.
@@ -51,7 +54,9 @@ dead_letter_to_state = _table("dead_letter_to_state", "Dead letters.")
 ALL = (
     order_to_state,
     order_to_deadline,
+    order_to_history,
     product_to_stock,
+    reservation_to_state,
     order_to_payment,
     user_to_profile,
     order_to_notification,
@@ -71,3 +76,8 @@ def local_items(table: TableT[Any, Any]) -> Iterator[tuple[str, Any]]:
     for k, v in table.items():
         if v is not None:
             yield _key(k), v
+
+
+def reservation_key(product_id: str, order_id: str) -> str:
+    """Key of one order's reservation of one product."""
+    return f"{product_id}/{order_id}"

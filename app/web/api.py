@@ -20,7 +20,6 @@ from typing import Any
 
 from aiohttp import web
 
-from agents.orders import history_of
 from app import codec, metrics
 from app.domain import analytics as analytics_domain
 from app.domain import inventory as inventory_domain
@@ -35,6 +34,7 @@ from schemas.registry import current_version
 from tables import (
     dead_letter_to_state,
     local_items,
+    order_to_history,
     order_to_state,
     partition_to_analytics,
     partition_to_status_counts,
@@ -221,7 +221,7 @@ def _order_as_of(order_id: str, as_of: str) -> dict[str, Any]:
         instant = parse_ts(as_of)
     except ValueError:
         raise validation.Invalid([{"field": "as_of", "message": "must be an ISO-8601 instant"}]) from None
-    history = history_of(order_id)
+    history = order_to_history.get(order_id) or []
     events = [e for e in history if parse_ts(e["timestamp"]) <= instant]
     state = orders_domain.fold(events, settings.payment_timeout)
     if state is None:
@@ -232,7 +232,7 @@ def _order_as_of(order_id: str, as_of: str) -> dict[str, Any]:
 @_routed(ORDERS, "order_id")
 async def order_events(request: web.Request, order_id: str) -> web.Response:
     """``GET /orders/{id}/events``: the order's events in causal order."""
-    history = history_of(order_id)
+    history = order_to_history.get(order_id)
     if not history:
         raise ApiError(404, "not_found", f"order {order_id} not found")
     return json_response({"order_id": order_id, "events": history})
