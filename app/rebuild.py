@@ -33,7 +33,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -156,6 +156,23 @@ class _Stock:
             reservation["state"] = "released"
 
 
+def _fresh(events_by_topic: Any, topic: str, stats: Counter[str]) -> Iterator[tuple[Any, Envelope]]:
+    """Yield each readable message of ``topic`` once per envelope id, counting the rest."""
+    seen: set[str] = set()
+    for msg in _messages(events_by_topic.get(topic, ())):
+        stats["messages"] += 1
+        env = _decode(msg.value, topic)
+        if env is None:
+            stats["unreadable"] += 1
+            continue
+        if env["id"] in seen:
+            stats["duplicates"] += 1
+            continue
+        seen.add(env["id"])
+        stats["events"] += 1
+        yield msg, env
+
+
 def rebuild(events_by_topic: Mapping[str, Iterable[Any]], payment_timeout: float = 30.0) -> Models:
     """Rebuild orders, stock and analytics from the messages of the orders and inventory topics.
 
@@ -170,18 +187,7 @@ def rebuild(events_by_topic: Mapping[str, Iterable[Any]], payment_timeout: float
     recorded: set[str] = set()
     stock = _Stock()
 
-    seen: set[str] = set()
-    for msg in _messages(events_by_topic.get(ORDERS, ())):
-        stats["messages"] += 1
-        env = _decode(msg.value, ORDERS)
-        if env is None:
-            stats["unreadable"] += 1
-            continue
-        if env["id"] in seen:
-            stats["duplicates"] += 1
-            continue
-        seen.add(env["id"])
-        stats["events"] += 1
+    for msg, env in _fresh(events_by_topic, ORDERS, stats):
         order_id = msg.key or env["correlation_id"]
         type_ = env["type"]
         if type_ in LINE_EVENTS:
@@ -203,18 +209,7 @@ def rebuild(events_by_topic: Mapping[str, Iterable[Any]], payment_timeout: float
             if emit.topic == ANALYTICS and emit.type == "analytics.record":
                 to_record[emit.key] = emit.payload
 
-    seen = set()
-    for msg in _messages(events_by_topic.get(INVENTORY, ())):
-        stats["messages"] += 1
-        env = _decode(msg.value, INVENTORY)
-        if env is None:
-            stats["unreadable"] += 1
-            continue
-        if env["id"] in seen:
-            stats["duplicates"] += 1
-            continue
-        seen.add(env["id"])
-        stats["events"] += 1
+    for msg, env in _fresh(events_by_topic, INVENTORY, stats):
         if env["type"] == "inventory.restocked":
             try:
                 stock.restocked(env, msg.key)
