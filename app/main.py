@@ -20,6 +20,16 @@ transactions.install()
 class OrderstreamApp(faust.App):
     """The Faust app, plus creating our topics before the first subscription."""
 
+    #: True between the end of a rebalance's table recovery and the start of the next
+    #: rebalance. Faust's ``recovery.completed`` is set once and never cleared, so it
+    #: cannot tell a worker that is recovering a new assignment.
+    settled: bool = False
+
+    def on_rebalance_start(self) -> None:
+        """Mark the tables unsettled until this rebalance's recovery completes."""
+        self.settled = False
+        super().on_rebalance_start()
+
     async def on_first_start(self) -> None:
         """Create every topic and changelog up front."""
         from app.admin import ensure_topics
@@ -37,7 +47,7 @@ class OrderstreamApp(faust.App):
         await super().on_first_start()
 
 
-def create_app(s: Settings) -> faust.App:
+def create_app(s: Settings) -> OrderstreamApp:
     """Build the Faust app from the settings."""
     options: dict[str, Any] = {}
     if s.datadir:
@@ -70,3 +80,9 @@ def create_app(s: Settings) -> faust.App:
 
 
 app = create_app(settings)
+
+
+@app.on_rebalance_complete.connect  # type: ignore[arg-type]  # an async receiver, awaited by the signal
+async def _mark_settled(sender: Any, *args: Any, **kwargs: Any) -> None:
+    """Faust signals this after a rebalance's active tables are recovered."""
+    app.settled = True

@@ -95,7 +95,7 @@ def check_local(topic: str, key: str) -> None:
 
 def is_ready() -> bool:
     """Whether this worker has its assignment and its tables are recovered."""
-    if app.rebalancing or not _tps_url():
+    if app.rebalancing or not _tps_url() or not getattr(app, "settled", False):
         return False
     recovery = cast(Any, app.tables).recovery
     return bool(recovery.completed.is_set()) and not recovery.in_recovery
