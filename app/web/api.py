@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
+from faust.types import TopicT
 
 from app import codec, metrics
 from app.domain import analytics as analytics_domain
@@ -117,8 +118,13 @@ def require_admin(request: web.Request) -> None:
 
 
 async def produce(topic: str, key: str, env: Envelope) -> None:
-    """Send an envelope and wait until the broker has it."""
-    result: Any = await BY_NAME[topic].send(key=key.encode(), value=env)
+    """Send an envelope to a logical topic and wait until the broker has it."""
+    await send_and_wait(BY_NAME[topic], key, env)
+
+
+async def send_and_wait(topic: TopicT, key: str, env: Envelope) -> None:
+    """Send an envelope to ``topic`` and wait until the broker has it."""
+    result: Any = await topic.send(key=key.encode(), value=env)
     while inspect.isawaitable(result):
         result = await result
 
@@ -484,10 +490,7 @@ async def redrive(request: web.Request) -> web.Response:
         env = make(
             "dead_letter.redrive", "dead_letter", letter["id"], {"dlq_id": letter["id"]}, correlation_id=letter["id"]
         )
-        topic = DEAD_LETTERS[LOGICAL[letter["source_topic"]]]
-        result: Any = await topic.send(key=letter["id"].encode(), value=env)
-        while inspect.isawaitable(result):
-            result = await result
+        await send_and_wait(DEAD_LETTERS[LOGICAL[letter["source_topic"]]], letter["id"], env)
     return json_response({"redriven": len(chosen), "ids": [m["id"] for m in chosen]}, 202)
 
 
