@@ -19,7 +19,7 @@ from app.main import app
 from app.processing import Out, PermanentError, Stage, envelopes, run
 from app.topics import analytics_topic
 from schemas.envelope import Envelope
-from tables import event_to_outputs, partition_to_analytics
+from tables import analytics_records, partition_to_analytics
 
 STAGE = Stage("analytics", ANALYTICS)
 
@@ -39,4 +39,4 @@ async def handle(env: Envelope, event: EventT) -> list[Out] | None:
 @app.agent(analytics_topic)
 async def record_order(stream: StreamT[Any]) -> None:
     """Run the analytics stage over the analytics topic."""
-    await run(STAGE, stream, handle, processed=event_to_outputs, send=send, send_dead_letter=dead_letter_sender(STAGE))
+    await run(STAGE, stream, handle, store=analytics_records, send=send, send_dead_letter=dead_letter_sender(STAGE))

@@ -22,7 +22,7 @@ from app.main import app
 from app.processing import Out, PermanentError, Stage, envelopes, run
 from app.topics import inventory_topic
 from schemas.envelope import Envelope
-from tables import event_to_outputs, product_to_stock, reservation_key, reservation_to_state
+from tables import product_to_stock, reservation_key, reservation_to_state, stock_records
 
 STAGE = Stage("inventory", INVENTORY)
 
@@ -60,4 +60,4 @@ async def handle(env: Envelope, event: EventT) -> list[Out] | None:
 @app.agent(inventory_topic)
 async def reserve_stock(stream: StreamT[Any]) -> None:
     """Run the inventory stage over the inventory topic."""
-    await run(STAGE, stream, handle, processed=event_to_outputs, send=send, send_dead_letter=dead_letter_sender(STAGE))
+    await run(STAGE, stream, handle, store=stock_records, send=send, send_dead_letter=dead_letter_sender(STAGE))

@@ -21,7 +21,7 @@ from app.notifier import build
 from app.processing import Out, PermanentError, Stage, envelopes, run
 from app.topics import notifications_topic
 from schemas.envelope import Envelope
-from tables import event_to_outputs, order_to_notification, user_to_profile
+from tables import notification_records, order_to_notification, user_to_profile
 
 STAGE = Stage("notifications", NOTIFICATIONS, attempts=settings.notify_max_attempts, backoff=0.2)
 notifier = build(settings.notifier, settings.smtp_url, settings.smtp_sender)
@@ -53,4 +53,4 @@ async def handle(env: Envelope, event: EventT) -> list[Out] | None:
 @app.agent(notifications_topic)
 async def send_confirmation(stream: StreamT[Any]) -> None:
     """Run the notifications stage over the notifications topic."""
-    await run(STAGE, stream, handle, processed=event_to_outputs, send=send, send_dead_letter=dead_letter_sender(STAGE))
+    await run(STAGE, stream, handle, store=notification_records, send=send, send_dead_letter=dead_letter_sender(STAGE))

@@ -28,8 +28,8 @@ from app.processing import Out, Stage, envelopes, run
 from app.topics import orders_topic
 from schemas.envelope import Envelope, derived_id, make
 from tables import (
-    event_to_outputs,
     local_items,
+    order_records,
     order_to_deadline,
     order_to_history,
     order_to_state,
@@ -77,7 +77,7 @@ def _count_status(event: EventT, old: str | None, new: str) -> None:
 @app.agent(orders_topic)
 async def run_order_saga(stream: StreamT[Any]) -> None:
     """Run the order saga over the orders topic."""
-    await run(STAGE, stream, handle, processed=event_to_outputs, send=send, send_dead_letter=dead_letter_sender(STAGE))
+    await run(STAGE, stream, handle, store=order_records, send=send, send_dead_letter=dead_letter_sender(STAGE))
 
 
 _timeout_sent: dict[str, float] = {}

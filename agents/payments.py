@@ -28,7 +28,7 @@ from app.main import app, settings
 from app.processing import Out, PermanentError, Stage, envelopes, run
 from app.topics import payments_topic
 from schemas.envelope import Envelope, derived_id, make
-from tables import event_to_outputs, local_items, order_to_payment
+from tables import local_items, order_to_payment, payment_records
 
 log = logging.getLogger("orderstream.payments")
 STAGE = Stage("payments", PAYMENTS)
@@ -120,7 +120,7 @@ async def handle(env: Envelope, event: EventT) -> list[Out] | None:
 @app.agent(payments_topic)
 async def charge_payment(stream: StreamT[Any]) -> None:
     """Run the payments stage over the payments topic."""
-    await run(STAGE, stream, handle, processed=event_to_outputs, send=send, send_dead_letter=dead_letter_sender(STAGE))
+    await run(STAGE, stream, handle, store=payment_records, send=send, send_dead_letter=dead_letter_sender(STAGE))
 
 
 @app.timer(interval=5.0)

@@ -17,7 +17,7 @@ from app.main import app
 from app.processing import Out, PermanentError, Stage, run
 from app.topics import users_topic
 from schemas.envelope import Envelope
-from tables import event_to_outputs, user_to_profile
+from tables import user_records, user_to_profile
 
 STAGE = Stage("users", USERS)
 
@@ -37,4 +37,4 @@ async def handle(env: Envelope, event: EventT) -> list[Out] | None:
 @app.agent(users_topic)
 async def update_directory(stream: StreamT[Any]) -> None:
     """Run the users stage over the users topic."""
-    await run(STAGE, stream, handle, processed=event_to_outputs, send=send, send_dead_letter=dead_letter_sender(STAGE))
+    await run(STAGE, stream, handle, store=user_records, send=send, send_dead_letter=dead_letter_sender(STAGE))

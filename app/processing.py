@@ -1,12 +1,16 @@
 """The loop every stage's agent runs: decode → dedupe → handle → record → send, or dead-letter.
 
 Faust's exactly-once alone is not enough (duplicates after SIGKILL, rebalance
-fencing), so every stage is idempotent on the input event id: the outputs of each
-handled event are stored in ``event_to_outputs`` in the same table write as the
-state change. A redelivered input (the same message again, after a crash or a
-rebalance) re-sends exactly those outputs (same ids) instead of deciding again, so a
-crash between the table write and the send strands nothing; downstream handlers dedupe
-by id. Another copy of an already handled event (a new message with a known id) is
+fencing), so every stage is idempotent on the input event id. A handler's table
+writes are held back (``PENDING``) until it returns; then the loop writes the event's
+dedupe record (``seen/<event id>`` in the stage's store: its outputs *and* its
+writes), then the writes, then sends the outputs. All of them share one changelog
+partition, so a crash keeps a prefix of them: with the dedupe record gone, nothing of
+the event survived and it is handled afresh; with it, a redelivered input (the same
+message again, after a crash or a rebalance) re-applies the stored writes and re-sends
+exactly the stored outputs (same ids) instead of deciding again, so a crash between the
+table write and the send strands nothing, and a half-flushed effect is completed;
+downstream handlers dedupe by id. Another copy of an already handled event (a new message with a known id) is
 dropped, so a duplicate does not cascade through every stage.
 
 A message that is not JSON, not an envelope, of an unknown type or version, of a
@@ -24,8 +28,9 @@ import logging
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from faust.types import EventT, StreamT
 
@@ -36,6 +41,9 @@ from schemas.envelope import Envelope, EnvelopeError, derived_id, make
 from schemas.registry import current_version, read
 
 log = logging.getLogger("orderstream.processing")
+
+#: Key prefix of the dedupe records in each stage's store.
+SEEN = "seen/"
 
 #: Longest error text kept in a dead letter or a log line (an error can quote a huge input).
 MAX_ERROR_CHARS = 2000
@@ -51,6 +59,35 @@ OVERSIZED_PREFIX_BYTES = 64 * 1024
 Out = tuple[str, str, Envelope]
 Handler = Callable[[Envelope, EventT], Awaitable[list[Out] | None]]
 Sender = Callable[[str, str, Envelope], Awaitable[Any]]
+
+
+class Store(Protocol):
+    """A stage's records (``tables.Store``): one table, one changelog topic."""
+
+    name: str
+    table: Any
+
+    def apply(self, writes: list[list[Any]]) -> None: ...
+
+
+#: Marks a key the current event deletes.
+DELETED: Any = object()
+
+
+class Pending:
+    """The writes of the event being handled, not yet in its stage's table."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.writes: dict[str, Any] = {}
+
+    def as_list(self) -> list[list[Any]]:
+        """The writes in order, ``[key, value]`` each (value ``None``: delete)."""
+        return [[k, None if v is DELETED else v] for k, v in self.writes.items()]
+
+
+#: The pending writes of the event this task is handling (set by :func:`run`, used by ``tables``).
+PENDING: ContextVar[Pending | None] = ContextVar("orderstream_pending_writes", default=None)
 
 
 @dataclass(frozen=True)
@@ -161,7 +198,7 @@ async def run(
     stream: StreamT[Any],
     handle: Handler,
     *,
-    processed: Any,
+    store: Store,
     send: Sender,
     send_dead_letter: Callable[[Envelope], Awaitable[Any]],
 ) -> None:
@@ -173,13 +210,15 @@ async def run(
         except Exception as exc:  # noqa: BLE001 - whatever cannot be read is dead-lettered, never crashes the stage
             await _to_dlq(stage, event, exc, 1, send_dead_letter)
             continue
-        dedupe_key = f"{stage.name}:{env['id']}"
-        prior = processed.get(dedupe_key)
+        seen_key = f"{SEEN}{env['id']}"
+        prior = store.table.get(seen_key)
         if prior is not None:
             if is_redelivery(prior, event):
                 # The same message again (a crash or rebalance before its offset committed):
-                # its outputs may have been lost with the crash, so send them again.
+                # part of its writes and its outputs may have been lost with the crash, so
+                # write and send them again, exactly as the first time.
                 metrics.EVENTS.labels(stage.name, "replayed").inc()
+                store.apply(prior.get("writes") or [])
                 for topic, key, out_env in prior["outputs"]:
                     await send(topic, key, out_env)
             else:
@@ -189,7 +228,10 @@ async def run(
         outputs: list[Out] | None = None
         error: BaseException | None = None
         attempt = 0
+        pending = Pending(store)
         for attempt in range(1, stage.attempts + 1):
+            pending = Pending(store)  # a failed attempt's writes are dropped with it
+            token = PENDING.set(pending)
             try:
                 outputs = await handle(env, event)
                 error = None
@@ -201,16 +243,24 @@ async def run(
                 error = exc
                 if attempt < stage.attempts:
                     await asyncio.sleep(stage.backoff * 2 ** (attempt - 1))
+            finally:
+                PENDING.reset(token)
         if error is not None:
             await _to_dlq(stage, event, error, attempt, send_dead_letter)
             continue
         outs = outputs or []
         msg = event.message
-        processed[dedupe_key] = {
+        writes = pending.as_list()
+        # The dedupe record goes first and carries every write: all of them share one
+        # changelog partition, so after a crash either it survived (and the writes can be
+        # replayed from it) or none of the writes did.
+        store.table[seen_key] = {
             "outputs": [[t, k, e] for t, k, e in outs],
+            "writes": writes,
             "source": f"{msg.topic}:{msg.partition}",
             "offset": msg.offset,
         }
+        store.apply(writes)
         for topic, key, out_env in outs:
             await send(topic, key, out_env)
         metrics.EVENTS.labels(stage.name, env["type"]).inc()

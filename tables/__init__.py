@@ -1,10 +1,26 @@
-"""The one door to state: every table of the app, each changelogged RocksDB.
+"""The one door to state: every record of the app, in one changelogged RocksDB table per stage.
 
-Tables are named as mappings. Keys are strings (stored raw), values JSON: the app's default key and value
-serializers (``raw`` and the orjson codec) apply to every table.
-A key's changelog partition is the partition of the event that wrote it, which for
-every table here is the partition its own key hashes to in the source topic — so a
-key's state lives with the partition that owns it and moves with it on rebalance.
+Why one table per stage, not one per kind of record: a handled event usually writes
+several records (an order's state and its history; a product's stock and one
+reservation) plus its dedupe record, and a SIGKILL can land while those changelog
+writes are half flushed. Kafka keeps the records of one topic partition in the order
+they were produced (aiokafka has one batch in flight per partition), so when every
+record an event writes goes to the *same* changelog partition, whatever survives a
+crash is a prefix of the writes, in order. The stage loop (``app.processing``) writes
+the event's dedupe record first, holding every write the event makes, and then the
+writes themselves: a surviving dedupe record means the whole effect can be replayed
+from it, a missing one means none of the effect survived.
+
+Each stage's store is one Faust table (RocksDB via rocksdict, with its changelog
+topic); the mappings the code uses (``order_to_state``, ``product_to_stock``, …) are
+views over a key prefix of their stage's store. Keys are strings, values JSON (the
+orjson codec). A record's changelog partition is the partition of the event that wrote
+it, which for every record here is the partition its own key hashes to in the source
+topic, so state moves with the partition that owns it.
+
+Inside the stage loop, writes go to the current event's pending writes (read back by
+``get``) and reach the table only when the loop commits them; outside it (the dead
+letter agent) they go straight to the table.
 """
 
 from __future__ import annotations
@@ -15,64 +31,169 @@ from typing import Any
 from faust.types import TableT
 
 from app.main import app, settings
+from app.processing import DELETED, PENDING, Pending
 
 
-def _table(name: str, help_: str) -> TableT[Any, Any]:
-    return app.Table(
-        name,
-        default=None,
-        partitions=settings.partitions,
-        help=help_,
-    )
+class Store:
+    """One stage's records: one Faust table, one changelog topic."""
+
+    def __init__(self, name: str, help_: str) -> None:
+        self.name = name
+        self.table: TableT[Any, Any] = app.Table(name, default=None, partitions=settings.partitions, help=help_)
+
+    @property
+    def changelog_topic(self) -> Any:
+        return self.table.changelog_topic
+
+    def apply(self, writes: list[list[Any]]) -> None:
+        """Write ``[[key, value], ...]`` (value ``None``: delete) to the table, in order."""
+        for key, value in writes:
+            if value is None:
+                self.table.pop(key, None)
+            else:
+                self.table[key] = value
 
 
-#: order id -> order read model and saga state (status, items, payment, line progress).
-order_to_state = _table("order_to_state", "Orders read model and saga state.")
-#: order id -> epoch seconds by which a reserved order must be paid.
-order_to_deadline = _table("order_to_deadline", "Payment deadlines of reserved orders.")
-#: order id -> the order's events in causal order.
-order_to_history = _table("order_to_history", "Per-order event history.")
-#: product id -> {on_hand, reserved, sold}.
-product_to_stock = _table("product_to_stock", "Per-product stock.")
-#: "product/order" -> {state, quantity}: one order's reservation of one product.
-reservation_to_state = _table("reservation_to_state", "Per-order, per-product reservations.")
-#: order id -> payment record.
-order_to_payment = _table("order_to_payment", "Payments.")
-#: user id -> profile.
-user_to_profile = _table("user_to_profile", "Customer directory.")
-#: order id -> the notification sent for it.
-order_to_notification = _table("order_to_notification", "Notifications sent.")
-#: partition -> analytics partial (totals, one-minute windows, products).
-partition_to_analytics = _table("partition_to_analytics", "Analytics per partition.")
-#: partition -> {status: count}.
-partition_to_status_counts = _table("partition_to_status_counts", "Orders by status per partition.")
-#: "stage:event id" -> the outputs that event produced (dedupe and re-emit on replay).
-event_to_outputs = _table("event_to_outputs", "Processed events and their outputs.")
-#: dead-letter id -> dead letter (with redrive status).
-dead_letter_to_state = _table("dead_letter_to_state", "Dead letters.")
+class View:
+    """A mapping over the records of ``store`` whose keys start with ``prefix``."""
 
-ALL = (
-    order_to_state,
-    order_to_deadline,
-    order_to_history,
-    product_to_stock,
-    reservation_to_state,
-    order_to_payment,
-    user_to_profile,
-    order_to_notification,
-    partition_to_analytics,
-    partition_to_status_counts,
-    event_to_outputs,
-    dead_letter_to_state,
-)
+    def __init__(self, store: Store, prefix: str) -> None:
+        self.store = store
+        self.prefix = prefix
+
+    @property
+    def changelog_topic(self) -> Any:
+        return self.store.changelog_topic
+
+    def _pending(self) -> Pending | None:
+        pending = PENDING.get()
+        return pending if pending is not None and pending.store is self.store else None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        full = self.prefix + key
+        pending = self._pending()
+        if pending is not None and full in pending.writes:
+            value = pending.writes[full]
+            return default if value is DELETED else value
+        value = self.store.table.get(full)
+        return default if value is None else value
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+    def _write(self, key: str, value: Any) -> None:
+        full = self.prefix + key
+        pending = PENDING.get()
+        if pending is None:
+            if value is DELETED:
+                self.store.table.pop(full, None)
+            else:
+                self.store.table[full] = value
+            return
+        if pending.store is not self.store:
+            raise RuntimeError(f"stage writing {pending.store.name} cannot write {self.store.name}:{full}")
+        pending.writes[full] = value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if value is None:
+            raise ValueError("a record cannot be None (use pop to delete)")
+        self._write(key, value)
+
+    def pop(self, key: str, default: Any = None) -> Any:
+        value = self.get(key, default)
+        self._write(key, DELETED)
+        return value
 
 
 def _key(k: Any) -> str:
     return k.decode() if isinstance(k, bytes) else str(k)
 
 
-def local_items(table: TableT[Any, Any]) -> Iterator[tuple[str, Any]]:
-    """Iterate the (key, value) pairs of the partitions this worker owns."""
+def _common_start(a: bytes, b: bytes) -> bytes:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return a[:n]
+
+
+def local_items(view: View) -> Iterator[tuple[str, Any]]:
+    """Iterate the (key, value) pairs of ``view`` in the partitions this worker owns.
+
+    On RocksDB this seeks to the prefix in each active partition instead of reading
+    the whole store.
+    """
+    prefix = view.prefix
+    data: Any = view.store.table.data
+    if hasattr(data, "_dbs_for_actives"):
+        # Keys are stored serialized (JSON: '"state/…"'): seek to the common start of
+        # any two serialized keys with this prefix.
+        raw_prefix = _common_start(data._encode_key(prefix), data._encode_key(prefix + "~"))
+        for db in list(data._dbs_for_actives()):
+            for k, v in db.items(from_key=raw_prefix):
+                if not k.startswith(raw_prefix):
+                    break
+                key = _key(data._decode_key(k))
+                if v is not None and key.startswith(prefix):
+                    value = data._decode_value(v)
+                    if value is not None:
+                        yield key[len(prefix) :], value
+        return
+    for k, v in view.store.table.items():
+        key = _key(k)
+        if v is not None and key.startswith(prefix):
+            yield key[len(prefix) :], v
+
+
+#: The saga: order state, history, payment deadlines, status counts per partition.
+order_records = Store("order_records", "Orders: read model, saga state, history, deadlines.")
+#: Stock per product and each order's reservation of it.
+stock_records = Store("stock_records", "Inventory: per-product stock and per-order reservations.")
+#: Payments per order.
+payment_records = Store("payment_records", "Payments.")
+#: The confirmation sent per order.
+notification_records = Store("notification_records", "Notifications sent.")
+#: Analytics partial aggregates per partition.
+analytics_records = Store("analytics_records", "Analytics per partition.")
+#: The customer directory.
+user_records = Store("user_records", "Customer directory.")
+
+#: order id -> order read model and saga state (status, items, payment, line progress).
+order_to_state = View(order_records, "state/")
+#: order id -> epoch seconds by which a reserved order must be paid.
+order_to_deadline = View(order_records, "deadline/")
+#: order id -> the order's events in causal order.
+order_to_history = View(order_records, "history/")
+#: partition -> {status: count}.
+partition_to_status_counts = View(order_records, "status_counts/")
+#: product id -> {on_hand, reserved, sold}.
+product_to_stock = View(stock_records, "stock/")
+#: "product/order" -> {state, quantity}: one order's reservation of one product.
+reservation_to_state = View(stock_records, "reservation/")
+#: order id -> payment record.
+order_to_payment = View(payment_records, "payment/")
+#: order id -> the notification sent for it.
+order_to_notification = View(notification_records, "notification/")
+#: partition -> analytics partial (totals, one-minute windows, products).
+partition_to_analytics = View(analytics_records, "partial/")
+#: user id -> profile.
+user_to_profile = View(user_records, "user/")
+
+#: dead-letter id -> dead letter (with redrive status). One record per event: a table of its own.
+dead_letter_to_state = app.Table(
+    "dead_letter_to_state", default=None, partitions=settings.partitions, help="Dead letters."
+)
+
+STORES = (order_records, stock_records, payment_records, notification_records, analytics_records, user_records)
+
+
+def table_items(table: TableT[Any, Any]) -> Iterator[tuple[str, Any]]:
+    """Iterate the (key, value) pairs of a plain table in the partitions this worker owns."""
     for k, v in table.items():
         if v is not None:
             yield _key(k), v

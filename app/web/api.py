@@ -40,6 +40,7 @@ from tables import (
     partition_to_analytics,
     partition_to_status_counts,
     product_to_stock,
+    table_items,
     user_to_profile,
 )
 
@@ -455,7 +456,7 @@ async def local_dead_letters(request: web.Request) -> web.Response:
     cursor, source, status = (request.query.get(k) for k in ("cursor", "source_topic", "status"))
     rows = sorted(
         (k, v)
-        for k, v in local_items(dead_letter_to_state)
+        for k, v in table_items(dead_letter_to_state)
         if (not cursor or k > cursor)
         and (not source or v["source_topic"] in (source, _kafka_topic_or_none(source)))
         and (not status or v["status"] == status)
