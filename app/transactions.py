@@ -15,6 +15,7 @@ flushed before each transaction commits.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Mapping
+from typing import Any, cast
 
 from faust.streams import current_event
 from faust.transport.consumer import TransactionManager
@@ -59,8 +60,23 @@ class SourcePartitionTransactionManager(TransactionManager):
         return await super().commit(offsets, start_new_transaction=start_new_transaction)
 
 
+async def _end_offsets(self: Any, partitions: list[TP]) -> Mapping[TP, int]:
+    """Changelog end offsets asked of the broker, in both guarantees.
+
+    Under exactly-once faust 0.15 reads the consumer's *cached* last stable offset,
+    which is ``None`` for a partition nothing was fetched from yet; recovery turns that
+    into "empty changelog" and skips it, so a worker that takes over a partition (or
+    restarts with a wiped data directory) serves empty tables, and one that kept its
+    data crashes with ``ConsistencyError`` (persisted offset > highwater -1). A
+    ``read_committed`` consumer's ``end_offsets`` is the last stable offset, asked of
+    the broker.
+    """
+    return cast(Mapping[TP, int], await self._ensure_consumer().end_offsets(partitions))
+
+
 def install() -> None:
-    """Make the aiokafka transport build our transaction manager."""
+    """Make the aiokafka transport build our transaction manager and ask real highwaters."""
     from faust.transport.drivers import aiokafka
 
     aiokafka.Transport.TransactionManager = SourcePartitionTransactionManager  # type: ignore[misc]
+    aiokafka.AIOKafkaConsumerThread._highwaters = _end_offsets  # type: ignore[method-assign]
