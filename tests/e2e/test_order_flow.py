@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from tests.conftest import ClusterFactory
 from tests.support import Cluster, eventually, http, order_body, uid
 
 pytestmark = [pytest.mark.e2e]
@@ -202,3 +203,36 @@ def test_users_directory(cluster2: Cluster) -> None:
     assert resp.status == 202
     eventually(lambda: cluster2.get(f"/users/{user}").body["email"] == "y@example.com", 20, what="email updated")
     assert cluster2.get(f"/users/{uid('nobody')}").status == 404
+
+
+def test_three_workers_answer_every_key_and_forward_bodies(make_cluster: ClusterFactory) -> None:
+    """Routing with 3 workers: any worker places, reads, lists and commands any order."""
+    cluster = make_cluster(3)
+    product = uid("p")
+    user = uid("u")
+    cluster.set_stock(product, 30)
+    ids = [cluster.place(order_body([(product, 1, "3.00")], user_id=user), i=n % 3) for n in range(9)]
+    for order_id in ids:
+        cluster.final(order_id)
+        bodies = [cluster.get(f"/orders/{order_id}", i) for i in range(3)]
+        assert [b.status for b in bodies] == [200, 200, 200]
+        assert bodies[0].body == bodies[1].body == bodies[2].body
+    listed = [
+        sorted(o["order_id"] for o in cluster.get(f"/orders?user_id={user}&limit=50", i).body["orders"])
+        for i in range(3)
+    ]
+    assert listed == [sorted(ids)] * 3
+    # A command with a body, sent to each worker in turn, reaches the owner intact.
+    for n, order_id in enumerate(ids[:3]):
+        resp = cluster.post(f"/orders/{order_id}/ship", {"carrier": "ups", "tracking_number": f"1Z{n}"}, i=n)
+        assert resp.status == 202, resp.body
+    for order_id in ids[:3]:
+        eventually(
+            lambda oid=order_id: cluster.get(f"/orders/{oid}", 2).body["status"] == "shipped",
+            30,
+            what="shipped through any worker",
+        )
+    eventually(lambda: cluster.get(f"/inventory/{product}").body["sold"] == 9, 30, what="lines committed")
+    stock = [cluster.get(f"/inventory/{product}", i).body for i in range(3)]
+    assert stock[0] == stock[1] == stock[2]
+    assert stock[0]["available"] == 21

@@ -50,9 +50,7 @@ def test_state_survives_sigkill(broker_url: str, tmp_path: Path) -> None:
         cluster.stop()
 
 
-@pytest.mark.slow
 def test_state_survives_sigkill_and_a_wiped_data_directory(broker_url: str, tmp_path: Path) -> None:
-    """Known flaky (README "Known gaps"): a wiped restart sometimes serves empty tables."""
     worker, cluster, product, order_id, before = _confirmed_order(broker_url, tmp_path)
     try:
         worker.kill(signal.SIGKILL)
