@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+from pathlib import Path
 from typing import Any
 
 import faust
 
-from app import codec, transactions
+from app import codec, faust_fixes, transactions
 from app.settings import Settings, SettingsError, load
 
 try:
@@ -15,6 +18,8 @@ except SettingsError as exc:
     raise SystemExit(f"orderstream: bad configuration: {exc}") from None
 codec.register()
 transactions.install()
+faust_fixes.install()
+log = logging.getLogger("orderstream.main")
 
 
 class OrderstreamApp(faust.App):
@@ -30,8 +35,35 @@ class OrderstreamApp(faust.App):
         self.settled = False
         super().on_rebalance_start()
 
+    @property
+    def clean_stop_marker(self) -> Path:
+        """Present while the local table state is known to match the changelogs."""
+        return Path(self.conf.tabledir).parent / "orderstream-clean-stop"
+
+    def discard_unclean_state(self) -> None:
+        """After a crash, drop the local RocksDB state: the tables recover from the changelogs.
+
+        A killed worker's RocksDB can hold writes whose changelog records never reached
+        Kafka (and no longer will), so it can be *ahead* of the changelogs; the partition's
+        next owner rebuilds from the changelogs alone and the two would disagree. As
+        Kafka Streams does under exactly-once, local state survives only a clean stop.
+        """
+        tabledir = Path(self.conf.tabledir)
+        marker = self.clean_stop_marker
+        if tabledir.exists() and not marker.exists():
+            log.warning("unclean last stop: discarding local tables in %s, recovering from changelogs", tabledir)
+            shutil.rmtree(tabledir)
+        marker.unlink(missing_ok=True)
+
+    async def on_shutdown(self) -> None:
+        """Mark the local state clean once everything (tables included) has stopped."""
+        await super().on_shutdown()
+        if Path(self.conf.tabledir).exists():
+            self.clean_stop_marker.write_text("the local tables match the changelogs\n")
+
     async def on_first_start(self) -> None:
-        """Create every topic and changelog up front."""
+        """Discard state a crash left behind, then create every topic and changelog up front."""
+        self.discard_unclean_state()
         from app.admin import ensure_topics
         from app.topics import BY_NAME, DEAD_LETTERS
 

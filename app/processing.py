@@ -217,7 +217,11 @@ async def run(
                 # The same message again (a crash or rebalance before its offset committed):
                 # part of its writes and its outputs may have been lost with the crash, so
                 # write and send them again, exactly as the first time.
+                # The dedupe record is written again too: a worker restarted on its own
+                # RocksDB may hold it locally while the changelog never got it, and the
+                # next owner rebuilds from the changelog alone.
                 metrics.EVENTS.labels(stage.name, "replayed").inc()
+                store.table[seen_key] = prior
                 store.apply(prior.get("writes") or [])
                 for topic, key, out_env in prior["outputs"]:
                     await send(topic, key, out_env)

@@ -163,3 +163,21 @@ def test_a_failed_attempt_leaves_no_writes() -> None:
 
     process(store, flaky, [Event(cmd(1), Message("t", 0, 1))])
     assert stock.get("p1") == 1
+
+
+def test_a_redelivery_heals_a_changelog_that_lost_what_the_local_store_kept() -> None:
+    """A worker restarted on its own RocksDB: the local store has the effect, the changelog lost it."""
+    events = [Event(cmd(n), Message("t", 0, 10 + i)) for i, n in enumerate((5, 3))]
+    ref_store, _, _, handle = fixture()
+    process(ref_store, handle, events)
+    expected = without_timestamps(dict(ref_store.table))  # type: ignore[call-overload]
+    store, _, _, handle = fixture()
+    dict.update(store.table, dict(ref_store.table))  # type: ignore[call-overload]  # local state, empty changelog
+    process(store, handle, events)  # the uncommitted inputs, redelivered
+    rebuilt: dict[str, Any] = {}
+    for k, v in store.table.log:  # type: ignore[attr-defined]  # what the next owner recovers
+        if v is None:
+            rebuilt.pop(k, None)
+        else:
+            rebuilt[k] = v
+    assert without_timestamps(rebuilt) == expected
