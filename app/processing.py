@@ -4,14 +4,16 @@ Faust's exactly-once alone is not enough (duplicates after SIGKILL, rebalance
 fencing), so every stage is idempotent on the input event id. A handler's table
 writes are held back (``PENDING``) until it returns; then the loop writes the event's
 dedupe record (``seen/<event id>`` in the stage's store: its outputs *and* its
-writes), then the writes, then sends the outputs. All of them share one changelog
-partition, so a crash keeps a prefix of them: with the dedupe record gone, nothing of
-the event survived and it is handled afresh; with it, a redelivered input (the same
-message again, after a crash or a rebalance) re-applies the stored writes and re-sends
-exactly the stored outputs (same ids) instead of deciding again, so a crash between the
-table write and the send strands nothing, and a half-flushed effect is completed;
-downstream handlers dedupe by id. Another copy of an already handled event (a new message with a known id) is
-dropped, so a duplicate does not cascade through every stage.
+writes) and its time-index entry, then the writes, then sends the outputs. All of them
+share one changelog partition, so a crash keeps a prefix of them: with the dedupe
+record gone, nothing of the event survived and it is handled afresh; with it, a
+redelivered input (the same message again, after a crash or a rebalance) re-applies
+the stored writes and re-sends exactly the stored outputs (same ids) instead of
+deciding again, so a crash between the table write and the send strands nothing, and
+a half-flushed effect is completed; downstream handlers dedupe by id. Another copy of
+an already handled event (a new message with a known id) is dropped, so a duplicate
+does not cascade through every stage. Dedupe records expire after the store's
+``dedupe_retention`` (pruned a batch at a time as events flow).
 
 A message that is not JSON, not an envelope, of an unknown type or version, of a
 type that does not travel on the stage's topic, with a payload that does not match
@@ -44,6 +46,14 @@ log = logging.getLogger("orderstream.processing")
 
 #: Key prefix of the dedupe records in each stage's store.
 SEEN = "seen/"
+#: Key prefix of the time index of the dedupe records (``seen_at/<epoch ms>/<event id>``).
+SEEN_AT = "seen_at/"
+
+
+def seen_at_key(at_ms: int, event_id: str) -> str:
+    """Index key of a dedupe record written at ``at_ms``: sorts by time."""
+    return f"{SEEN_AT}{at_ms:015d}/{event_id}"
+
 
 #: Longest error text kept in a dead letter or a log line (an error can quote a huge input).
 MAX_ERROR_CHARS = 2000
@@ -66,8 +76,11 @@ class Store(Protocol):
 
     name: str
     table: Any
+    dedupe_retention: float
 
     def apply(self, writes: list[list[Any]]) -> None: ...
+
+    def keys_between(self, partition: int, start: str, stop: str, limit: int) -> list[str]: ...
 
 
 #: Marks a key the current event deletes.
@@ -98,6 +111,10 @@ class Stage:
     source_topic: str
     attempts: int = 3
     backoff: float = 0.05
+    #: Expired dedupe records are pruned once per this many events of a partition.
+    prune_every: int = 256
+    #: At most this many dedupe records are pruned at a time.
+    prune_batch: int = 512
 
 
 class PermanentError(Exception):
@@ -203,8 +220,14 @@ async def run(
     send_dead_letter: Callable[[Envelope], Awaitable[Any]],
 ) -> None:
     """Consume ``stream`` forever with dedupe, retries and dead-lettering."""
+    since_prune: dict[int, int] = {}
     async for event in stream.events():
         started = time.perf_counter()
+        partition = event.message.partition
+        since_prune[partition] = since_prune.get(partition, 0) + 1
+        if since_prune[partition] >= stage.prune_every:
+            since_prune[partition] = 0
+            prune_seen(stage, store, partition)
         try:
             env = decode(event.value, stage.source_topic)
         except Exception as exc:  # noqa: BLE001 - whatever cannot be read is dead-lettered, never crashes the stage
@@ -222,6 +245,8 @@ async def run(
                 # next owner rebuilds from the changelog alone.
                 metrics.EVENTS.labels(stage.name, "replayed").inc()
                 store.table[seen_key] = prior
+                if "at" in prior:
+                    store.table[seen_at_key(prior["at"], env["id"])] = 1
                 store.apply(prior.get("writes") or [])
                 for topic, key, out_env in prior["outputs"]:
                     await send(topic, key, out_env)
@@ -258,17 +283,37 @@ async def run(
         # The dedupe record goes first and carries every write: all of them share one
         # changelog partition, so after a crash either it survived (and the writes can be
         # replayed from it) or none of the writes did.
+        at_ms = int(time.time() * 1000)
         store.table[seen_key] = {
             "outputs": [[t, k, e] for t, k, e in outs],
             "writes": writes,
             "source": f"{msg.topic}:{msg.partition}",
             "offset": msg.offset,
+            "at": at_ms,
         }
+        store.table[seen_at_key(at_ms, env["id"])] = 1
         store.apply(writes)
         for topic, key, out_env in outs:
             await send(topic, key, out_env)
         metrics.EVENTS.labels(stage.name, env["type"]).inc()
         metrics.HANDLE_SECONDS.labels(stage.name).observe(time.perf_counter() - started)
+
+
+def prune_seen(stage: Stage, store: Store, partition: int) -> int:
+    """Delete this partition's dedupe records older than the store's retention; return how many.
+
+    Runs inside the current event (the deletions go to its changelog partition). An
+    event redelivered or duplicated after its record expired would be handled again,
+    so the retention must exceed any redelivery delay (a rebalance, a restart) by far.
+    """
+    cutoff_ms = int((time.time() - store.dedupe_retention) * 1000)
+    expired = store.keys_between(partition, SEEN_AT, seen_at_key(max(cutoff_ms, 0), ""), stage.prune_batch)
+    for key in expired:
+        store.table.pop(SEEN + key.rsplit("/", 1)[1], None)
+        store.table.pop(key, None)
+    if expired:
+        metrics.EVENTS.labels(stage.name, "dedupe_pruned").inc(len(expired))
+    return len(expired)
 
 
 async def _to_dlq(

@@ -75,6 +75,13 @@ class Settings:
     commit_interval: float = field(
         default=0.2, metadata=_doc("Seconds between offset commits (and transaction commits under exactly_once).")
     )
+    dedupe_retention: float = field(
+        default=3600.0,
+        metadata=_doc(
+            "Seconds each stage remembers a handled event id (and its outputs) to drop duplicates "
+            "and re-send on redelivery; must exceed any redelivery delay."
+        ),
+    )
     max_body_bytes: int = field(default=64 * 1024, metadata=_doc("Largest accepted request body; larger is a 413."))
     log_level: str = field(default="info", metadata=_doc("Log level: crit, error, warn, info, debug."))
 

@@ -40,6 +40,21 @@ class Store:
     def __init__(self, name: str, help_: str) -> None:
         self.name = name
         self.table: TableT[Any, Any] = app.Table(name, default=None, partitions=settings.partitions, help=help_)
+        self.dedupe_retention = settings.dedupe_retention
+
+    def keys_between(self, partition: int, start: str, stop: str, limit: int) -> list[str]:
+        """Up to ``limit`` keys ``start <= key < stop`` of one local partition, in key order."""
+        data: Any = getattr(self.table, "data", None)
+        if data is None or not hasattr(data, "_db_for_partition"):
+            return sorted(k for k in map(_key, self.table.keys()) if start <= k < stop)[:limit]
+        raw_start = _common_start(data._encode_key(start), data._encode_key(start + "~"))
+        out: list[str] = []
+        for k in data._db_for_partition(partition).keys(from_key=raw_start):
+            key = _key(data._decode_key(k))
+            if not (start <= key < stop) or len(out) >= limit:
+                break
+            out.append(key)
+        return out
 
     @property
     def changelog_topic(self) -> Any:

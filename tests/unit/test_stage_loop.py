@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.domain.common import Emit
-from app.processing import Out, Stage, envelopes, run
+from app.processing import SEEN, SEEN_AT, Out, Stage, envelopes, run
 from schemas.envelope import make
 from tables import Store, View
 
@@ -34,18 +34,23 @@ class LoggedTable(dict[str, Any]):
 
 
 def without_timestamps(value: Any) -> Any:
-    """An envelope decided afresh differs from the first decision only in its timestamp."""
+    """An envelope decided afresh differs from the first decision only in its times."""
     if isinstance(value, dict):
-        return {k: without_timestamps(v) for k, v in value.items() if k != "timestamp"}
+        return {_untimed_key(k): without_timestamps(v) for k, v in value.items() if k not in ("timestamp", "at")}
     if isinstance(value, list):
         return [without_timestamps(v) for v in value]
     return value
+
+
+def _untimed_key(key: str) -> str:
+    return SEEN_AT + key.rsplit("/", 1)[1] if key.startswith(SEEN_AT) else key
 
 
 def make_store(name: str = "test_records") -> Store:
     store = Store.__new__(Store)
     store.name = name
     store.table = LoggedTable()  # type: ignore[assignment]
+    store.dedupe_retention = 3600.0
     return store
 
 
@@ -98,7 +103,7 @@ def fixture() -> tuple[Store, View, View, Any]:
     return store, stock, moves, handle
 
 
-def process(store: Store, handle: Any, events: list[Event]) -> list[Any]:
+def process(store: Store, handle: Any, events: list[Event], stage: Stage | None = None) -> list[Any]:
     sent: list[Any] = []
 
     async def send(topic: str, key: str, env: Any) -> None:
@@ -107,7 +112,7 @@ def process(store: Store, handle: Any, events: list[Event]) -> list[Any]:
     async def dlq(env: Any) -> None:
         raise AssertionError(f"dead-lettered: {env['payload']['error']}")
 
-    stage = Stage("test", "inventory")
+    stage = stage or Stage("test", "inventory")
     asyncio.run(run(stage, Stream(events), handle, store=store, send=send, send_dead_letter=dlq))  # type: ignore[arg-type]
     return sent
 
@@ -117,8 +122,9 @@ def test_writes_wait_for_the_handler_and_the_dedupe_record_goes_first() -> None:
     e = Event(cmd(5), Message("t", 0, 10))
     sent = process(store, handle, [e])
     log = store.table.log  # type: ignore[attr-defined]
-    assert log[0][0].startswith("seen/")
-    assert [k for k, _ in log[1:]] == ["stock/p1", f"moves/{e.value['id']}"]
+    assert log[0][0] == f"{SEEN}{e.value['id']}"
+    assert log[1][0].startswith(SEEN_AT)
+    assert [k for k, _ in log[2:]] == ["stock/p1", f"moves/{e.value['id']}"]
     assert stock.get("p1") == 5
     assert moves.get(e.value["id"]) == {"n": 5, "after": 5}
     assert len(sent) == 1
@@ -181,3 +187,17 @@ def test_a_redelivery_heals_a_changelog_that_lost_what_the_local_store_kept() ->
         else:
             rebuilt[k] = v
     assert without_timestamps(rebuilt) == expected
+
+
+def test_expired_dedupe_records_are_pruned_and_fresh_ones_kept() -> None:
+    events = [Event(cmd(n), Message("t", 0, 10 + i)) for i, n in enumerate((5, 3, 7))]
+    store, stock, _, handle = fixture()
+    process(store, handle, events, Stage("test", "inventory", prune_every=1))
+    assert sum(k.startswith(SEEN) for k in store.table) == 3  # type: ignore[attr-defined]
+    store, stock, _, handle = fixture()
+    store.dedupe_retention = -60.0  # everything written so far has expired
+    process(store, handle, events, Stage("test", "inventory", prune_every=1))
+    left = sorted(k for k in store.table if k.startswith((SEEN, SEEN_AT)))  # type: ignore[attr-defined]
+    last = events[-1].value["id"]
+    assert [k.rsplit("/", 1)[1] for k in left] == [last, last]  # only the event handled last
+    assert stock.get("p1") == 15  # pruning touches no state
