@@ -1,4 +1,4 @@
-"""The crash test at CI size in both guarantee modes (``make crash-test`` runs the full size)."""
+"""The crash test at CI size in both guarantee modes, part of ``make test`` (``make crash-test`` runs the full size)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from tests.crash import run
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e]
 
 ORDERS = int(os.environ.get("CRASH_ORDERS", "300"))
 RATE = float(os.environ.get("CRASH_RATE", "30"))
