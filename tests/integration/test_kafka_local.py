@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from scripts import kafka_local as kl
+from tests.support import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "kafka_local.py"
@@ -36,15 +37,6 @@ pytestmark = [
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `predicate` until it holds, failing the test with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def java_pids_under(path: Path) -> list[int]:
@@ -160,7 +152,7 @@ def test_three_node_cluster_replicates_with_acks_all(tmp_path: Path) -> None:
         assert (data_dir / "node-1" / "logs" / "server.log").stat().st_size > 0
     finally:
         cluster.stop()
-    wait_until(lambda: not java_pids_under(data_dir), 30, "all three JVMs to exit")
+    eventually(lambda: not java_pids_under(data_dir), 30, what="all three JVMs to exit")
     assert not list(data_dir.glob("node-*/kafka.pid"))
     assert all(kl.port_is_free(base + i) for i in range(6))
 
@@ -187,7 +179,7 @@ def test_cli_start_status_stop_single_node(tmp_path: Path) -> None:
     finally:
         stopped = run_cli("stop", "--data-dir", str(data_dir))
     assert stopped.returncode == 0, stopped.stderr
-    wait_until(lambda: not java_pids_under(data_dir), 30, "the JVM to exit")
+    eventually(lambda: not java_pids_under(data_dir), 30, what="the JVM to exit")
     down = run_cli("status", "--data-dir", str(data_dir))
     assert down.returncode == 3
     assert "node 1: down" in down.stdout
@@ -318,9 +310,9 @@ def test_broker_dies_with_its_owner(tmp_path: Path) -> None:
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=10)
 
-        wait_until(lambda: not java_pids_under(data_dir), 30, "the orphaned JVM to be stopped")
-        wait_until(lambda: not kl.pid_alive(watchdog_pid), 10, "the watchdog to exit")
-        wait_until(lambda: kl.port_is_free(port), 10, "the client port to be released")
+        eventually(lambda: not java_pids_under(data_dir), 30, what="the orphaned JVM to be stopped")
+        eventually(lambda: not kl.pid_alive(watchdog_pid), 10, what="the watchdog to exit")
+        eventually(lambda: kl.port_is_free(port), 10, what="the client port to be released")
     finally:
         if child.poll() is None:
             child.kill()
