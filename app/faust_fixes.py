@@ -2,7 +2,7 @@
 
 Each is a small patch installed once at import of ``app.main``; each names the
 symptom it fixes. Our own guarantees (``app.processing``) assume offsets commit only
-after the effects they cover are durable, and that no message is skipped.
+after the effects they cover are durable, and that recovery reads the whole changelog.
 """
 
 from __future__ import annotations
@@ -61,40 +61,6 @@ async def _flush(self: Any) -> None:
         await transaction_producer.flush()
 
 
-def _ack_only_processed(original: Any) -> Any:
-    def ack(self: Any, message: Any) -> bool:
-        """Ack a message only if the stream really processed it.
-
-        faust 0.15 *acks* the messages a stream skips because they were fetched before a
-        rebalance (stale generation, or flow control stopped), so their offsets commit
-        although they were never processed: orders placed during a rebalance were lost.
-        Left unacked, they are fetched again after the seek to the committed offset.
-        """
-        app = self.app
-        if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
-            return False
-        return bool(original(self, message))
-
-    return ack
-
-
-def _seek_forgets_acks(original: Any) -> Any:
-    async def perform_seek(self: Any) -> None:
-        """After seeking back to the committed offsets, forget acks and gaps beyond them.
-
-        Everything from the committed offset on is fetched and processed again, so an
-        ack or "gap" recorded before the rebalance would let a commit run ahead of
-        messages not yet processed again.
-        """
-        await original(self)
-        for tp in list(self._acked):
-            self._acked.pop(tp, None)
-            self._acked_index.pop(tp, None)
-        self._gap.clear()
-
-    return perform_seek
-
-
 _installed = False
 
 
@@ -104,7 +70,6 @@ def install() -> None:
     if _installed:
         return
     _installed = True
-    from faust.transport import consumer
     from faust.transport.drivers import aiokafka
     from faust.transport.producer import ProducerBuffer
 
@@ -112,8 +77,6 @@ def install() -> None:
     aiokafka.Producer.flush = _flush  # type: ignore[method-assign]
     _original_send_pending = ProducerBuffer._send_pending
     ProducerBuffer._send_pending = _send_pending_counted  # type: ignore[method-assign]
-    consumer.Consumer.ack = _ack_only_processed(consumer.Consumer.ack)  # type: ignore[method-assign]
-    consumer.Consumer.perform_seek = _seek_forgets_acks(consumer.Consumer.perform_seek)  # type: ignore[method-assign]
 
 
 _original_send_pending: Any = None

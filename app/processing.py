@@ -50,6 +50,15 @@ SEEN = "seen/"
 SEEN_AT = "seen_at/"
 
 
+#: Key prefix of each source partition's watermark: the highest input offset whose writes all landed.
+APPLIED = "applied/"
+
+
+def msg_source(event: EventT) -> str:
+    """``topic:partition`` of the message ``event`` came from."""
+    return f"{event.message.topic}:{event.message.partition}"
+
+
 def seen_at_key(at_ms: int, event_id: str) -> str:
     """Index key of a dedupe record written at ``at_ms``: sorts by time."""
     return f"{SEEN_AT}{at_ms:015d}/{event_id}"
@@ -207,7 +216,7 @@ def _text_field(value: Any, name: str) -> str | None:
 def is_redelivery(prior: dict[str, Any], event: EventT) -> bool:
     """Whether ``event`` is the very message ``prior`` recorded, delivered again."""
     msg = event.message
-    return bool(prior.get("source") == f"{msg.topic}:{msg.partition}" and msg.offset <= prior.get("offset", -1))
+    return bool(prior.get("source") == msg_source(event) and msg.offset <= prior.get("offset", -1))
 
 
 async def run(
@@ -240,14 +249,18 @@ async def run(
                 # The same message again (a crash or rebalance before its offset committed):
                 # part of its writes and its outputs may have been lost with the crash, so
                 # write and send them again, exactly as the first time.
-                # The dedupe record is written again too: a worker restarted on its own
-                # RocksDB may hold it locally while the changelog never got it, and the
-                # next owner rebuilds from the changelog alone.
+                # Its writes are completed only if the crash cut them short: the source
+                # partition's watermark is written after an event's last write, so a
+                # watermark at or past this offset means they all landed (and later events'
+                # too, which a replay must not undo: faust can redeliver an event without
+                # the ones after it).
                 metrics.EVENTS.labels(stage.name, "replayed").inc()
-                store.table[seen_key] = prior
-                if "at" in prior:
-                    store.table[seen_at_key(prior["at"], env["id"])] = 1
-                store.apply(prior.get("writes") or [])
+                watermark_key = f"{APPLIED}{msg_source(event)}"
+                if (store.table.get(watermark_key) or -1) < prior["offset"]:
+                    if "at" in prior:
+                        store.table[seen_at_key(prior["at"], env["id"])] = 1
+                    store.apply(prior.get("writes") or [])
+                    store.table[watermark_key] = prior["offset"]
                 for topic, key, out_env in prior["outputs"]:
                     await send(topic, key, out_env)
             else:
@@ -287,12 +300,14 @@ async def run(
         store.table[seen_key] = {
             "outputs": [[t, k, e] for t, k, e in outs],
             "writes": writes,
-            "source": f"{msg.topic}:{msg.partition}",
+            "source": msg_source(event),
             "offset": msg.offset,
             "at": at_ms,
         }
         store.table[seen_at_key(at_ms, env["id"])] = 1
         store.apply(writes)
+        watermark_key = f"{APPLIED}{msg_source(event)}"
+        store.table[watermark_key] = max(store.table.get(watermark_key) or -1, msg.offset)
         for topic, key, out_env in outs:
             await send(topic, key, out_env)
         metrics.EVENTS.labels(stage.name, env["type"]).inc()
