@@ -8,10 +8,14 @@ after the effects they cover are durable, and that recovery reads the whole chan
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Mapping
 from typing import Any, cast
 
 from faust.types import TP
+
+log = logging.getLogger("orderstream.faust_fixes")
 
 
 async def _end_offsets(self: Any, partitions: list[TP]) -> Mapping[TP, int]:
@@ -61,6 +65,52 @@ async def _flush(self: Any) -> None:
         await transaction_producer.flush()
 
 
+#: How long a skipped message may stay unprocessed before its partition is read again from it.
+REWIND_AFTER = 3.0
+
+
+def _ack_only_processed(original: Any) -> Any:
+    def ack(self: Any, message: Any) -> bool:
+        """Ack a message only if the stream processed it; remember the ones it skipped.
+
+        faust 0.15 *acks* the messages a stream skips because they were fetched before a
+        rebalance (stale generation, or flow stopped), so their offsets can commit
+        although they were never processed: orders placed during a rebalance were lost.
+        Unacked, they hold the commit back; usually the rebalance's seek to the committed
+        offsets reads them again, and :func:`rewind_skipped` covers the rest.
+        """
+        app = self.app
+        if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
+            skipped = self.__dict__.setdefault("orderstream_skipped", {})
+            offset, since = skipped.get(message.tp, (message.offset, time.monotonic()))
+            skipped[message.tp] = (min(offset, message.offset), since)
+            return False
+        return bool(original(self, message))
+
+    return ack
+
+
+async def rewind_skipped(app: Any) -> None:
+    """Read a partition again from a message the stream skipped and nobody processed since."""
+    consumer = app.consumer
+    skipped: dict[Any, tuple[int, float]] = consumer.__dict__.get("orderstream_skipped") or {}
+    if not skipped or app.rebalancing or not app.flow_control.is_active():
+        return
+    assigned = consumer.assignment()
+    now = time.monotonic()
+    for tp, (offset, since) in list(skipped.items()):
+        if now - since < REWIND_AFTER:
+            continue
+        del skipped[tp]
+        committed = consumer._committed_offset.get(tp)
+        if tp not in assigned or (committed is not None and offset < committed):
+            continue  # no longer ours, or read again and committed since
+        if offset in consumer._acked_index.get(tp, ()):
+            continue  # read again and processed since
+        log.warning("re-reading %s from offset %s: the stream skipped it across a rebalance", tp, offset)
+        await consumer.seek(tp, offset)
+
+
 _installed = False
 
 
@@ -70,11 +120,13 @@ def install() -> None:
     if _installed:
         return
     _installed = True
+    from faust.transport import consumer
     from faust.transport.drivers import aiokafka
     from faust.transport.producer import ProducerBuffer
 
     aiokafka.AIOKafkaConsumerThread._highwaters = _end_offsets  # type: ignore[method-assign]
     aiokafka.Producer.flush = _flush  # type: ignore[method-assign]
+    consumer.Consumer.ack = _ack_only_processed(consumer.Consumer.ack)  # type: ignore[method-assign]
     _original_send_pending = ProducerBuffer._send_pending
     ProducerBuffer._send_pending = _send_pending_counted  # type: ignore[method-assign]
 

@@ -118,3 +118,9 @@ app = create_app(settings)
 async def _mark_settled(sender: Any, *args: Any, **kwargs: Any) -> None:
     """Faust signals this after a rebalance's active tables are recovered."""
     app.settled = True
+
+
+@app.timer(interval=1.0)
+async def _rewind_skipped() -> None:
+    """Re-read what faust skipped across a rebalance and nobody processed (``faust_fixes``)."""
+    await faust_fixes.rewind_skipped(app)
