@@ -90,6 +90,32 @@ def _ack_only_processed(original: Any) -> Any:
     return ack
 
 
+def _holes_are_not_gaps(original: Any) -> Any:
+    async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+        """Under at-least-once, a jump in the fetched offsets is a hole, not a gap to commit over.
+
+        faust fills such jumps in as if they were transaction markers or compacted
+        records, so the commit moves past them; under at-least-once (no markers, input
+        topics not compacted) the missing offsets are messages the stream never got:
+        ``order.placed`` messages were lost after rebalances. They hold the commit back
+        instead and :func:`rewind_skipped` reads the partition again from the first one.
+        Under exactly-once transaction markers do make gaps, so faust's filling stays.
+        """
+        if self.in_transaction:
+            await original(self, tp, offset_from, offset_to)
+            return
+        committed = self._committed_offset.get(tp)
+        if committed is not None:
+            offset_from = max(offset_from, committed)
+        if offset_from >= offset_to:
+            return
+        skipped = self.__dict__.setdefault("orderstream_skipped", {})
+        offset, since = skipped.get(tp, (offset_from, time.monotonic()))
+        skipped[tp] = (min(offset, offset_from), since)
+
+    return _add_gap
+
+
 async def rewind_skipped(app: Any) -> None:
     """Read a partition again from a message the stream skipped and nobody processed since."""
     consumer = app.consumer
@@ -107,7 +133,7 @@ async def rewind_skipped(app: Any) -> None:
             continue  # no longer ours, or read again and committed since
         if offset in consumer._acked_index.get(tp, ()):
             continue  # read again and processed since
-        log.warning("re-reading %s from offset %s: the stream skipped it across a rebalance", tp, offset)
+        log.warning("re-reading %s from offset %s: the stream never processed it", tp, offset)
         await consumer.seek(tp, offset)
 
 
@@ -127,6 +153,7 @@ def install() -> None:
     aiokafka.AIOKafkaConsumerThread._highwaters = _end_offsets  # type: ignore[method-assign]
     aiokafka.Producer.flush = _flush  # type: ignore[method-assign]
     consumer.Consumer.ack = _ack_only_processed(consumer.Consumer.ack)  # type: ignore[method-assign]
+    consumer.Consumer._add_gap = _holes_are_not_gaps(consumer.Consumer._add_gap)  # type: ignore[method-assign]
     _original_send_pending = ProducerBuffer._send_pending
     ProducerBuffer._send_pending = _send_pending_counted  # type: ignore[method-assign]
 
