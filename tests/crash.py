@@ -223,14 +223,18 @@ def run(
         finals: dict[str, dict[str, Any]] = {}
 
         def all_final() -> bool:
+            # Every order is read on every pass (not just up to the first one still open), so
+            # one stuck order does not hide the others' outcomes from the later checks.
+            done = True
             for p in placed:
                 if p.order_id in finals:
                     continue
                 r = http("GET", cluster.urls[len(finals) % 2] + f"/orders/{p.order_id}", timeout=10)
                 if r.status != 200 or r.body["status"] not in FINAL:
-                    return False
+                    done = False
+                    continue
                 finals[p.order_id] = r.body
-            return True
+            return done
 
         try:
             eventually(all_final, 300, 1.0, what="every order final")
