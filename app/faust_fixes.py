@@ -69,6 +69,13 @@ async def _flush(self: Any) -> None:
 REWIND_AFTER = 3.0
 
 
+def _remember_skipped(consumer: Any, tp: Any, offset: int) -> None:
+    """Note the lowest offset of ``tp`` the stream never processed, and since when (for :func:`rewind_skipped`)."""
+    skipped = consumer.__dict__.setdefault("orderstream_skipped", {})
+    lowest, since = skipped.get(tp, (offset, time.monotonic()))
+    skipped[tp] = (min(lowest, offset), since)
+
+
 def _ack_only_processed(original: Any) -> Any:
     def ack(self: Any, message: Any) -> bool:
         """Ack a message only if the stream processed it; remember the ones it skipped.
@@ -81,9 +88,7 @@ def _ack_only_processed(original: Any) -> Any:
         """
         app = self.app
         if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
-            skipped = self.__dict__.setdefault("orderstream_skipped", {})
-            offset, since = skipped.get(message.tp, (message.offset, time.monotonic()))
-            skipped[message.tp] = (min(offset, message.offset), since)
+            _remember_skipped(self, message.tp, message.offset)
             return False
         return bool(original(self, message))
 
@@ -109,9 +114,7 @@ def _holes_are_not_gaps(original: Any) -> Any:
             offset_from = max(offset_from, committed)
         if offset_from >= offset_to:
             return
-        skipped = self.__dict__.setdefault("orderstream_skipped", {})
-        offset, since = skipped.get(tp, (offset_from, time.monotonic()))
-        skipped[tp] = (min(offset, offset_from), since)
+        _remember_skipped(self, tp, offset_from)
 
     return _add_gap
 

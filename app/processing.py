@@ -243,19 +243,18 @@ async def run(
             await _to_dlq(stage, event, exc, 1, send_dead_letter)
             continue
         seen_key = f"{SEEN}{env['id']}"
+        watermark_key = f"{APPLIED}{msg_source(event)}"
         prior = store.table.get(seen_key)
         if prior is not None:
             if is_redelivery(prior, event):
                 # The same message again (a crash or rebalance before its offset committed):
-                # part of its writes and its outputs may have been lost with the crash, so
-                # write and send them again, exactly as the first time.
-                # Its writes are completed only if the crash cut them short: the source
-                # partition's watermark is written after an event's last write, so a
-                # watermark at or past this offset means they all landed (and later events'
-                # too, which a replay must not undo: faust can redeliver an event without
-                # the ones after it).
+                # its outputs may have been lost with the crash, so send them again, and
+                # complete its writes if the crash cut them short. The source partition's
+                # watermark is written after an event's last write, so a watermark at or
+                # past this offset means they all landed (and later events' too, which a
+                # replay must not undo: faust can redeliver an event without the ones
+                # after it).
                 metrics.EVENTS.labels(stage.name, "replayed").inc()
-                watermark_key = f"{APPLIED}{msg_source(event)}"
                 if (store.table.get(watermark_key) or -1) < prior["offset"]:
                     if "at" in prior:
                         store.table[seen_at_key(prior["at"], env["id"])] = 1
@@ -306,7 +305,6 @@ async def run(
         }
         store.table[seen_at_key(at_ms, env["id"])] = 1
         store.apply(writes)
-        watermark_key = f"{APPLIED}{msg_source(event)}"
         store.table[watermark_key] = max(store.table.get(watermark_key) or -1, msg.offset)
         for topic, key, out_env in outs:
             await send(topic, key, out_env)

@@ -47,11 +47,9 @@ class Store:
         data: Any = getattr(self.table, "data", None)
         if data is None or not hasattr(data, "_db_for_partition"):
             return sorted(k for k in map(_key, self.table.keys()) if start <= k < stop)[:limit]
-        raw_start = _common_start(data._encode_key(start), data._encode_key(start + "~"))
         out: list[str] = []
-        for k in data._db_for_partition(partition).keys(from_key=raw_start):
-            key = _key(data._decode_key(k))
-            if not (start <= key < stop) or len(out) >= limit:
+        for key, _ in _seek(data, data._db_for_partition(partition), start):
+            if key >= stop or len(out) >= limit:
                 break
             out.append(key)
         return out
@@ -106,10 +104,7 @@ class View:
         full = self.prefix + key
         pending = PENDING.get()
         if pending is None:
-            if value is DELETED:
-                self.store.table.pop(full, None)
-            else:
-                self.store.table[full] = value
+            self.store.apply([[full, None if value is DELETED else value]])
             return
         if pending.store is not self.store:
             raise RuntimeError(f"stage writing {pending.store.name} cannot write {self.store.name}:{full}")
@@ -137,6 +132,22 @@ def _common_start(a: bytes, b: bytes) -> bytes:
     return a[:n]
 
 
+def _seek(data: Any, db: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    """(decoded key, raw value) of one RocksDB partition's keys starting with ``prefix``, in order.
+
+    Keys are stored serialized (JSON: '"state/…"'): seek to the common start of any two
+    serialized keys with this prefix, stop at the first key past it.
+    """
+    raw_prefix = _common_start(data._encode_key(prefix), data._encode_key(prefix + "~"))
+    for k, v in db.items(from_key=raw_prefix):
+        if not k.startswith(raw_prefix):
+            return
+        key = _key(data._decode_key(k))
+        if not key.startswith(prefix):
+            return
+        yield key, v
+
+
 def local_items(view: View) -> Iterator[tuple[str, Any]]:
     """Iterate the (key, value) pairs of ``view`` in the partitions this worker owns.
 
@@ -146,18 +157,11 @@ def local_items(view: View) -> Iterator[tuple[str, Any]]:
     prefix = view.prefix
     data: Any = view.store.table.data
     if hasattr(data, "_dbs_for_actives"):
-        # Keys are stored serialized (JSON: '"state/…"'): seek to the common start of
-        # any two serialized keys with this prefix.
-        raw_prefix = _common_start(data._encode_key(prefix), data._encode_key(prefix + "~"))
         for db in list(data._dbs_for_actives()):
-            for k, v in db.items(from_key=raw_prefix):
-                if not k.startswith(raw_prefix):
-                    break
-                key = _key(data._decode_key(k))
-                if v is not None and key.startswith(prefix):
-                    value = data._decode_value(v)
-                    if value is not None:
-                        yield key[len(prefix) :], value
+            for key, raw in _seek(data, db, prefix):
+                value = data._decode_value(raw) if raw is not None else None
+                if value is not None:
+                    yield key[len(prefix) :], value
         return
     for k, v in view.store.table.items():
         key = _key(k)
