@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, cast
 
 from faust.types import TP
@@ -65,17 +66,6 @@ async def _flush(self: Any) -> None:
         await transaction_producer.flush()
 
 
-#: How long a skipped message may stay unprocessed before its partition is read again from it.
-REWIND_AFTER = 3.0
-
-
-def _remember_skipped(consumer: Any, tp: Any, offset: int) -> None:
-    """Note the lowest offset of ``tp`` the stream never processed, and since when (for :func:`rewind_skipped`)."""
-    skipped = consumer.__dict__.setdefault("orderstream_skipped", {})
-    lowest, since = skipped.get(tp, (offset, time.monotonic()))
-    skipped[tp] = (min(lowest, offset), since)
-
-
 def _ack_only_processed(original: Any) -> Any:
     def ack(self: Any, message: Any) -> bool:
         """Ack a message only if the stream processed it; remember the ones it skipped.
@@ -84,60 +74,141 @@ def _ack_only_processed(original: Any) -> Any:
         rebalance (stale generation, or flow stopped), so their offsets can commit
         although they were never processed: orders placed during a rebalance were lost.
         Unacked, they hold the commit back; usually the rebalance's seek to the committed
-        offsets reads them again, and :func:`rewind_skipped` covers the rest.
+        offsets reads them again, and :func:`rewind_stuck` covers the rest.
         """
         app = self.app
         if message.generation_id != app.consumer_generation_id or not app.flow_control.is_active():
-            _remember_skipped(self, message.tp, message.offset)
             return False
         return bool(original(self, message))
 
     return ack
 
 
-def _holes_are_not_gaps(original: Any) -> Any:
-    async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
-        """Under at-least-once, a jump in the fetched offsets is a hole, not a gap to commit over.
+#: How long the commit may stay held by an offset the stream went past before it is read again.
+REWIND_AFTER = 3.0
 
-        faust fills such jumps in as if they were transaction markers or compacted
-        records, so the commit moves past them; under at-least-once (no markers, input
-        topics not compacted) the missing offsets are messages the stream never got:
-        ``order.placed`` messages were lost after rebalances. They hold the commit back
-        instead and :func:`rewind_skipped` reads the partition again from the first one.
-        Under exactly-once transaction markers do make gaps, so faust's filling stays.
+#: Offsets the fetcher passed over on purpose, per partition: ``[start, end)`` ranges of
+#: transaction markers and aborted records (``read_committed`` skips both). Written by the
+#: consumer thread, read by the commit; guarded by ``_skipped_lock``.
+_skipped: dict[Any, list[tuple[int, int]]] = {}
+_skipped_lock = threading.Lock()
+
+
+def _record_skip(tp: Any, start: int, end: int) -> None:
+    with _skipped_lock:
+        _skipped.setdefault(TP(tp.topic, tp.partition), []).append((start, end))
+
+
+def _skips_recorded(original: Any) -> Any:
+    def _unpack_records(self: Any) -> Iterator[Any]:
+        """aiokafka's record unpacking, noting every offset range it passes over without yielding.
+
+        Within a fetch the only offsets aiokafka skips are transaction markers and aborted
+        records; every other missing offset is a message the stream never saw.
         """
-        if self.in_transaction:
-            await original(self, tp, offset_from, offset_to)
-            return
-        committed = self._committed_offset.get(tp)
-        if committed is not None:
-            offset_from = max(offset_from, committed)
-        if offset_from >= offset_to:
-            return
-        _remember_skipped(self, tp, offset_from)
+        expected = self.next_fetch_offset
+        for record in original(self):
+            if record.offset > expected:
+                _record_skip(self._tp, expected, record.offset)
+            expected = max(expected, record.offset + 1)
+            yield record
+        if self.next_fetch_offset > expected:
+            _record_skip(self._tp, expected, self.next_fetch_offset)
 
-    return _add_gap
+    return _unpack_records
 
 
-async def rewind_skipped(app: Any) -> None:
-    """Read a partition again from a message the stream skipped and nobody processed since."""
-    consumer = app.consumer
-    skipped: dict[Any, tuple[int, float]] = consumer.__dict__.get("orderstream_skipped") or {}
-    if not skipped or app.rebalancing or not app.flow_control.is_active():
-        return
-    assigned = consumer.assignment()
-    now = time.monotonic()
-    for tp, (offset, since) in list(skipped.items()):
-        if now - since < REWIND_AFTER:
+def commit_position(committed: int | None, acked: list[int], skipped: Iterable[tuple[int, int]]) -> int | None:
+    """The offset a partition may commit: the first one neither processed nor passed over on purpose.
+
+    ``committed`` is the partition's committed offset (the next one to read), ``acked``
+    the processed offsets in ascending order, ``skipped`` the ``[start, end)`` ranges the
+    fetcher passed over. ``None`` when nothing was processed.
+    """
+    if not acked:
+        return None
+    position = acked[0] if committed is None else committed
+    ranges = sorted(r for r in skipped if r[1] > position)
+    i = j = 0
+    while True:
+        while i < len(acked) and acked[i] < position:
+            i += 1
+        if i < len(acked) and acked[i] == position:
+            position += 1
             continue
-        del skipped[tp]
-        committed = consumer._committed_offset.get(tp)
-        if tp not in assigned or (committed is not None and offset < committed):
-            continue  # no longer ours, or read again and committed since
-        if offset in consumer._acked_index.get(tp, ()):
-            continue  # read again and processed since
-        log.warning("re-reading %s from offset %s: the stream never processed it", tp, offset)
-        await consumer.seek(tp, offset)
+        while j < len(ranges) and ranges[j][1] <= position:
+            j += 1
+        if j < len(ranges) and ranges[j][0] <= position:
+            position = ranges[j][1]
+            continue
+        return position
+
+
+def _position(consumer: Any, tp: Any) -> int | None:
+    acked = consumer._acked[tp]
+    acked.sort()
+    with _skipped_lock:
+        skipped = list(_skipped.get(tp, ()))
+    return commit_position(consumer._committed_offset[tp], acked, skipped)
+
+
+def _new_offset(self: Any, tp: Any) -> int | None:
+    """The offset to commit for ``tp``: contiguous processed offsets, over markers only.
+
+    faust 0.15 commits over every "gap" in the fetched offsets as if it were a
+    transaction marker, and over the message *at* the committed offset when the one
+    after it is processed first; both moved the commit past messages the stream never
+    processed (``order.placed`` / ``inventory.reserve`` lost after a rebalance). Here
+    the commit goes only over processed offsets and the ranges the fetcher itself
+    passed over; anything else holds it, and :func:`rewind_stuck` reads the partition
+    again from there.
+    """
+    position = _position(self, tp)
+    committed = self._committed_offset[tp]
+    if position is None or (committed is not None and position <= committed):
+        return None
+    acked = self._acked[tp]
+    done = [offset for offset in acked if offset < position]
+    acked[: len(done)] = []
+    self._acked_index[tp].difference_update(done)
+    with _skipped_lock:
+        if tp in _skipped:
+            _skipped[tp] = [r for r in _skipped[tp] if r[1] > position]
+    return position
+
+
+async def _no_gaps(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+    """faust's gap bookkeeping is replaced by :func:`_new_offset`'s own."""
+
+
+_stuck_since: dict[Any, tuple[int, float]] = {}
+
+
+async def rewind_stuck(app: Any) -> None:
+    """Read a partition again from an offset the stream went past without processing it.
+
+    Such an offset holds the commit (:func:`_new_offset`); usually the next rebalance's
+    seek reads it again. If the stream has processed later offsets for
+    :data:`REWIND_AFTER` seconds and it is still missing, seek back to it.
+    """
+    consumer = app.consumer
+    if app.rebalancing or not app.flow_control.is_active():
+        _stuck_since.clear()
+        return
+    now = time.monotonic()
+    for tp in consumer.assignment():
+        acked = consumer._acked.get(tp)
+        position = _position(consumer, tp) if acked else None
+        if position is None or not acked or acked[-1] < position:
+            _stuck_since.pop(tp, None)
+            continue
+        held, since = _stuck_since.setdefault(tp, (position, now))
+        if held != position:
+            _stuck_since[tp] = (position, now)
+        elif now - since >= REWIND_AFTER:
+            del _stuck_since[tp]
+            log.warning("re-reading %s from offset %s: the stream went past it without processing it", tp, position)
+            await consumer.seek(tp, position)
 
 
 _installed = False
@@ -149,6 +220,7 @@ def install() -> None:
     if _installed:
         return
     _installed = True
+    from aiokafka.consumer import fetcher
     from faust.transport import consumer
     from faust.transport.drivers import aiokafka
     from faust.transport.producer import ProducerBuffer
@@ -156,7 +228,9 @@ def install() -> None:
     aiokafka.AIOKafkaConsumerThread._highwaters = _end_offsets  # type: ignore[method-assign]
     aiokafka.Producer.flush = _flush  # type: ignore[method-assign]
     consumer.Consumer.ack = _ack_only_processed(consumer.Consumer.ack)  # type: ignore[method-assign]
-    consumer.Consumer._add_gap = _holes_are_not_gaps(consumer.Consumer._add_gap)  # type: ignore[method-assign]
+    consumer.Consumer._new_offset = _new_offset  # type: ignore[method-assign]
+    consumer.Consumer._add_gap = _no_gaps  # type: ignore[method-assign]
+    fetcher.PartitionRecords._unpack_records = _skips_recorded(fetcher.PartitionRecords._unpack_records)
     _original_send_pending = ProducerBuffer._send_pending
     ProducerBuffer._send_pending = _send_pending_counted  # type: ignore[method-assign]
 

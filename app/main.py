@@ -121,6 +121,6 @@ async def _mark_settled(sender: Any, *args: Any, **kwargs: Any) -> None:
 
 
 @app.timer(interval=1.0)
-async def _rewind_skipped() -> None:
-    """Re-read what faust skipped across a rebalance and nobody processed (``faust_fixes``)."""
-    await faust_fixes.rewind_skipped(app)
+async def _rewind_stuck() -> None:
+    """Re-read what the stream went past without processing (``faust_fixes``)."""
+    await faust_fixes.rewind_stuck(app)
