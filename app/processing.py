@@ -59,6 +59,11 @@ def msg_source(event: EventT) -> str:
     return f"{event.message.topic}:{event.message.partition}"
 
 
+def handled(store: Store, event_id: str) -> bool:
+    """Whether this worker's copy of ``store`` holds the effect of the event ``event_id``."""
+    return f"{SEEN}{event_id}" in store.table
+
+
 def seen_at_key(at_ms: int, event_id: str) -> str:
     """Index key of a dedupe record written at ``at_ms``: sorts by time."""
     return f"{SEEN_AT}{at_ms:015d}/{event_id}"

@@ -27,20 +27,25 @@ from app.domain import inventory as inventory_domain
 from app.domain import orders as orders_domain
 from app.domain.common import INVENTORY, ORDERS, USERS
 from app.main import settings
+from app.processing import handled
 from app.topics import BY_NAME, DEAD_LETTERS, LOGICAL, kafka_name
 from app.web import routing, validation
 from app.web.routing import FORWARDED, Unavailable
 from schemas.envelope import Envelope, derived_id, make, parse_ts
 from schemas.registry import current_version
 from tables import (
+    Store,
     dead_letter_to_state,
     local_items,
+    order_records,
     order_to_history,
     order_to_state,
     partition_to_analytics,
     partition_to_status_counts,
     product_to_stock,
+    stock_records,
     table_items,
+    user_records,
     user_to_profile,
 )
 
@@ -245,6 +250,21 @@ async def order_events(request: web.Request, order_id: str) -> web.Response:
     return json_response({"order_id": order_id, "events": history})
 
 
+#: How long a command's 202 waits for its stage to apply it, so the next request sees it
+#: (ship then deliver; create a user then update it).
+APPLIED_WAIT = 5.0
+
+
+async def _until_handled(store: Store, event_id: str) -> bool:
+    """Wait (at most :data:`APPLIED_WAIT`) until this worker's stage has handled ``event_id``."""
+    deadline = time.monotonic() + APPLIED_WAIT
+    while not handled(store, event_id):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
 def _order_command(kind: str) -> Handler:
     allowed = {"cancel": orders_domain.can_cancel, "ship": orders_domain.can_ship, "deliver": orders_domain.can_deliver}
     check = allowed[kind]
@@ -265,6 +285,8 @@ def _order_command(kind: str) -> Handler:
             )
         env = make(f"order.{kind}", "order", order_id, payload, correlation_id=order_id)
         await produce(ORDERS, order_id, env)
+        if await _until_handled(order_records, env["id"]):
+            state = order_to_state.get(order_id) or state
         return json_response({"order_id": order_id, "status": state["status"], "accepted": kind}, 202)
 
     command.__name__ = f"{kind}_order"
@@ -326,13 +348,14 @@ async def set_stock(request: web.Request, product_id: str) -> web.Response:
         correlation_id=product_id,
     )
     await produce(INVENTORY, product_id, env)
+    await _until_handled(stock_records, env["id"])
     return json_response({"product_id": product_id, "on_hand": on_hand, "status": "accepted"}, 202)
 
 
-async def restock(request: web.Request) -> web.Response:
+@_routed(INVENTORY, "product_id")
+async def restock(request: web.Request, product_id: str) -> web.Response:
     """``POST /inventory/{id}/restock`` (admin): add units."""
     require_admin(request)
-    product_id = request.match_info["product_id"]
     _product_id_ok(product_id)
     quantity = validation.non_negative_int(await read_json(request), "quantity", minimum=1)
     env = make(
@@ -343,6 +366,7 @@ async def restock(request: web.Request) -> web.Response:
         correlation_id=product_id,
     )
     await produce(INVENTORY, product_id, env)
+    await _until_handled(stock_records, env["id"])
     return json_response({"product_id": product_id, "quantity": quantity, "status": "accepted"}, 202)
 
 
@@ -398,6 +422,7 @@ async def _create_user_locally(user_id: str, fields: dict[str, Any]) -> web.Resp
         raise ApiError(409, "conflict", f"user {user_id} already exists")
     env = make("user.created", "user", user_id, {"user_id": user_id, **fields}, correlation_id=user_id)
     await produce(USERS, user_id, env)
+    await _until_handled(user_records, env["id"])
     return json_response({"user_id": user_id, **fields}, 202, {"Location": f"/users/{user_id}"})
 
 
@@ -407,9 +432,9 @@ async def update_user(request: web.Request, user_id: str) -> web.Response:
     fields = validation.user_request(await read_json(request), partial=True)
     if user_to_profile.get(user_id) is None:
         raise ApiError(404, "not_found", f"user {user_id} not found")
-    await produce(
-        USERS, user_id, make("user.updated", "user", user_id, {"user_id": user_id, **fields}, correlation_id=user_id)
-    )
+    env = make("user.updated", "user", user_id, {"user_id": user_id, **fields}, correlation_id=user_id)
+    await produce(USERS, user_id, env)
+    await _until_handled(user_records, env["id"])
     return json_response({"user_id": user_id, **fields}, 202)
 
 
