@@ -310,6 +310,7 @@ def _merge_pages(pages: list[Any], field: str, key: str, limit: int) -> dict[str
 async def local_orders(request: web.Request) -> web.Response:
     """This worker's slice of ``GET /orders``."""
     limit = _limit(request)
+    serving = routing.serving()
     status, user_id, cursor = (request.query.get(k) for k in ("status", "user_id", "cursor"))
     rows = sorted(
         (oid, s)
@@ -319,7 +320,7 @@ async def local_orders(request: web.Request) -> web.Response:
         and (not user_id or s["user_id"] == user_id)
     )
     page = [orders_domain.to_view(s) for _, s in rows[:limit]]
-    return json_response({"orders": page, "more": len(rows) > limit})
+    return json_response({"orders": page, "more": len(rows) > limit, "serving": serving})
 
 
 # --- inventory --------------------------------------------------------------------
@@ -387,10 +388,11 @@ async def list_stock(request: web.Request) -> web.Response:
 async def local_stock(request: web.Request) -> web.Response:
     """This worker's slice of ``GET /inventory``."""
     limit = _limit(request)
+    serving = routing.serving()
     cursor = request.query.get("cursor")
     rows = sorted((pid, s) for pid, s in local_items(product_to_stock) if not cursor or pid > cursor)
     page = [inventory_domain.to_view(pid, s) for pid, s in rows[:limit]]
-    return json_response({"products": page, "more": len(rows) > limit})
+    return json_response({"products": page, "more": len(rows) > limit, "serving": serving})
 
 
 # --- users ------------------------------------------------------------------------
@@ -460,10 +462,12 @@ async def analytics_summary(request: web.Request) -> web.Response:
 
 async def local_analytics(request: web.Request) -> web.Response:
     """This worker's partial aggregates."""
+    serving = routing.serving()
     return json_response(
         {
             "partials": [v for _, v in local_items(partition_to_analytics)],
             "status_counts": [v for _, v in local_items(partition_to_status_counts)],
+            "serving": serving,
         }
     )
 
@@ -478,6 +482,7 @@ async def list_dead_letters(request: web.Request) -> web.Response:
 async def local_dead_letters(request: web.Request) -> web.Response:
     """This worker's slice of ``GET /dlq``."""
     limit = _limit(request)
+    serving = routing.serving()
     cursor, source, status = (request.query.get(k) for k in ("cursor", "source_topic", "status"))
     rows = sorted(
         (k, v)
@@ -486,7 +491,7 @@ async def local_dead_letters(request: web.Request) -> web.Response:
         and (not source or v["source_topic"] in (source, _kafka_topic_or_none(source)))
         and (not status or v["status"] == status)
     )
-    return json_response({"messages": [v for _, v in rows[:limit]], "more": len(rows) > limit})
+    return json_response({"messages": [v for _, v in rows[:limit]], "more": len(rows) > limit, "serving": serving})
 
 
 def _kafka_topic_or_none(name: str) -> str | None:

@@ -126,10 +126,37 @@ async def forward(request: web.Request, owner: str, *, path: str | None = None) 
         raise Unavailable(f"the owner {owner} did not answer") from exc
 
 
+def serving() -> list[int]:
+    """The partitions this worker answers for in ``/_local/...`` pages: active here, tables recovered.
+
+    Every table is co-partitioned with the orders topic, so one changelog tells.
+    """
+    if not is_ready():
+        return []
+    from app.domain.common import ORDERS
+
+    changelog = _owner_table_changelog(ORDERS)
+    return [p for p in range(settings.partitions) if app.assignor.is_active(TP(changelog, p))]
+
+
 async def gather_json(path_qs: str) -> list[Any]:
-    """GET ``path_qs`` from every worker's local endpoint; raise :class:`Unavailable` if one fails."""
+    """GET ``path_qs`` from every worker's local endpoint; raise :class:`Unavailable` if one fails.
+
+    Each answer names the partitions it covers (:func:`serving`); unless together they
+    cover every partition the answer would be partial (a restarted worker that does not
+    hold its partitions yet, a takeover still recovering), so it is a 503 instead.
+    """
     if app.rebalancing:
         raise Unavailable("the cluster is rebalancing")
+    pages = await _gather(path_qs)
+    covered = {p for page in pages for p in page.get("serving", ())}
+    missing = sorted(set(range(settings.partitions)) - covered)
+    if missing:
+        raise Unavailable(f"partitions {missing} are not served yet")
+    return pages
+
+
+async def _gather(path_qs: str) -> list[Any]:
 
     async def one(url: str) -> Any:
         async with session().get(url + path_qs, headers={FORWARDED: my_url()}) as resp:
