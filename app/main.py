@@ -103,6 +103,8 @@ def create_app(s: Settings) -> OrderstreamApp:
         broker_commit_interval=s.commit_interval,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_linger=s.producer_linger,
+        producer_max_batch_size=256 * 1024,
         table_standby_replicas=s.standby_replicas,
         broker_session_timeout=s.session_timeout,
         broker_heartbeat_interval=min(3.0, s.session_timeout / 5),

@@ -25,6 +25,7 @@ letter agent) they go straight to the table.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,10 +38,13 @@ from app.processing import DELETED, PENDING, Pending
 class Store:
     """One stage's records: one Faust table, one changelog topic."""
 
-    def __init__(self, name: str, help_: str) -> None:
+    def __init__(self, name: str, help_: str, table: TableT[Any, Any] | None = None) -> None:
         self.name = name
-        self.table: TableT[Any, Any] = app.Table(name, default=None, partitions=settings.partitions, help=help_)
+        if table is None:
+            table = app.Table(name, default=None, partitions=settings.partitions, help=help_)
+        self.table: TableT[Any, Any] = table
         self.dedupe_retention = settings.dedupe_retention
+        self._watchers: dict[str, list[asyncio.Future[None]]] = {}
 
     def keys_between(self, partition: int, start: str, stop: str, limit: int) -> list[str]:
         """Up to ``limit`` keys ``start <= key < stop`` of one local partition, in key order."""
@@ -65,6 +69,26 @@ class Store:
                 self.table.pop(key, None)
             else:
                 self.table[key] = value
+            if self._watchers:
+                for waiter in self._watchers.pop(key, ()):
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    async def written(self, key: str, timeout: float) -> None:
+        """Return when ``key`` is next written here through :meth:`apply`, or after ``timeout`` seconds."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = self._watchers.setdefault(key, [])
+        waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            left = self._watchers.get(key)
+            if left is not None and waiter in left:
+                left.remove(waiter)
+                if not left:
+                    del self._watchers[key]
 
 
 class View:
@@ -109,6 +133,10 @@ class View:
         if pending.store is not self.store:
             raise RuntimeError(f"stage writing {pending.store.name} cannot write {self.store.name}:{full}")
         pending.writes[full] = value
+
+    async def written(self, key: str, timeout: float) -> None:
+        """Return when ``key`` is next written on this worker, or after ``timeout`` seconds."""
+        await self.store.written(self.prefix + key, timeout)
 
     def __setitem__(self, key: str, value: Any) -> None:
         if value is None:

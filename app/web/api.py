@@ -220,9 +220,11 @@ async def get_order(request: web.Request, order_id: str) -> web.Response:
         state = order_to_state.get(order_id)
         if state is not None and (wait is None or orders_domain.is_final(state)):
             return json_response(orders_domain.to_view(state))
-        if time.monotonic() >= deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             break
-        await asyncio.sleep(0.05)
+        # Woken by the saga's next write of this order; re-checked at least every second.
+        await order_to_state.written(order_id, min(remaining, 1.0))
     if state is None:
         raise ApiError(404, "not_found", f"order {order_id} not found")
     return json_response(orders_domain.to_view(state))

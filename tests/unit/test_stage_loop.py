@@ -47,9 +47,7 @@ def _untimed_key(key: str) -> str:
 
 
 def make_store(name: str = "test_records") -> Store:
-    store = Store.__new__(Store)
-    store.name = name
-    store.table = LoggedTable()  # type: ignore[assignment]
+    store = Store(name, "test records", table=LoggedTable())  # type: ignore[arg-type]
     store.dedupe_retention = 3600.0
     return store
 
