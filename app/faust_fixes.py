@@ -144,12 +144,21 @@ def commit_position(committed: int | None, acked: list[int], skipped: Iterable[t
         return position
 
 
+#: Per partition, the position the last :func:`_new_offset` handed to a commit, and in which
+#: consumer generation: the committed offset until that commit completes (it can take seconds).
+_handed_over: dict[Any, tuple[int, int]] = {}
+
+
 def _position(consumer: Any, tp: Any) -> int | None:
     acked = consumer._acked[tp]
     acked.sort()
     with _skipped_lock:
         skipped = list(_skipped.get(tp, ()))
-    return commit_position(consumer._committed_offset[tp], acked, skipped)
+    committed = consumer._committed_offset[tp]
+    generation, handed = _handed_over.get(tp, (None, None))
+    if handed is not None and generation == consumer.app.consumer_generation_id:
+        committed = handed if committed is None else max(committed, handed)
+    return commit_position(committed, acked, skipped)
 
 
 def _new_offset(self: Any, tp: Any) -> int | None:
@@ -167,6 +176,7 @@ def _new_offset(self: Any, tp: Any) -> int | None:
     committed = self._committed_offset[tp]
     if position is None or (committed is not None and position <= committed):
         return None
+    _handed_over[tp] = (self.app.consumer_generation_id, position)
     acked = self._acked[tp]
     done = [offset for offset in acked if offset < position]
     acked[: len(done)] = []
