@@ -59,9 +59,20 @@ def msg_source(event: EventT) -> str:
     return f"{event.message.topic}:{event.message.partition}"
 
 
-def handled(store: Store, event_id: str) -> bool:
-    """Whether this worker's copy of ``store`` holds the effect of the event ``event_id``."""
-    return f"{SEEN}{event_id}" in store.table
+async def until_handled(store: Store, event_id: str, timeout: float) -> bool:
+    """Wait until this worker's copy of ``store`` holds the effect of the event ``event_id``.
+
+    Woken by the write of the event's dedupe record (:meth:`Store.written`); ``False``
+    if that did not happen within ``timeout`` seconds.
+    """
+    key = f"{SEEN}{event_id}"
+    deadline = time.monotonic() + timeout
+    while key not in store.table:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        await store.written(key, min(remaining, 1.0))
+    return True
 
 
 def seen_at_key(at_ms: int, event_id: str) -> str:
@@ -95,6 +106,8 @@ class Store(Protocol):
     def apply(self, writes: list[list[Any]]) -> None: ...
 
     def keys_between(self, partition: int, start: str, stop: str, limit: int) -> list[str]: ...
+
+    async def written(self, key: str, timeout: float) -> None: ...
 
 
 #: Marks a key the current event deletes.
@@ -301,15 +314,14 @@ async def run(
         # changelog partition, so after a crash either it survived (and the writes can be
         # replayed from it) or none of the writes did.
         at_ms = int(time.time() * 1000)
-        store.table[seen_key] = {
+        record = {
             "outputs": [[t, k, e] for t, k, e in outs],
             "writes": writes,
             "source": msg_source(event),
             "offset": msg.offset,
             "at": at_ms,
         }
-        store.table[seen_at_key(at_ms, env["id"])] = 1
-        store.apply(writes)
+        store.apply([[seen_key, record], [seen_at_key(at_ms, env["id"]), 1], *writes])
         store.table[watermark_key] = max(store.table.get(watermark_key) or -1, msg.offset)
         for topic, key, out_env in outs:
             await send(topic, key, out_env)

@@ -8,7 +8,6 @@ answer is 202 once the broker has them.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import inspect
 import logging
@@ -27,7 +26,7 @@ from app.domain import inventory as inventory_domain
 from app.domain import orders as orders_domain
 from app.domain.common import INVENTORY, ORDERS, USERS
 from app.main import settings
-from app.processing import handled
+from app.processing import until_handled
 from app.topics import BY_NAME, DEAD_LETTERS, LOGICAL, kafka_name
 from app.web import routing, validation
 from app.web.routing import FORWARDED, Unavailable
@@ -259,12 +258,7 @@ APPLIED_WAIT = 5.0
 
 async def _until_handled(store: Store, event_id: str) -> bool:
     """Wait (at most :data:`APPLIED_WAIT`) until this worker's stage has handled ``event_id``."""
-    deadline = time.monotonic() + APPLIED_WAIT
-    while not handled(store, event_id):
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
+    return await until_handled(store, event_id, APPLIED_WAIT)
 
 
 def _order_command(kind: str) -> Handler:

@@ -15,7 +15,7 @@ def test_a_write_wakes_the_waiter_of_its_key_only() -> None:
         started = time.monotonic()
         mine = asyncio.ensure_future(store.written("state/a", 5.0))
         other = asyncio.ensure_future(store.written("state/b", 5.0))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # let both waiters register
         store.apply([["state/a", {"status": "confirmed"}]])
         await mine
         woke_after = time.monotonic() - started
