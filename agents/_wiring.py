@@ -1,34 +1,59 @@
-"""Shared adapters between the stage loop and Faust: keys, sending, dead letters."""
+"""What every stage's adapter shares: turning a decision's emits into records of the step."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from faust.types import EventT
+import orjson
 
-from app import topics
-from app.processing import Stage
-from schemas.envelope import Envelope
+from app.domain.common import Emit
+from app.engine.step import Step
+from app.main import engine
+from schemas.envelope import Envelope, derived_id, make
+from schemas.registry import current_version
 
-
-def key_of(event: EventT) -> str:
-    """Return the message key of ``event`` as text."""
-    k = event.key
-    if isinstance(k, bytes):
-        return k.decode("utf-8", errors="replace")
-    return "" if k is None else str(k)
+#: One message to send: (logical topic, key, envelope).
+Out = tuple[str, str, Envelope]
 
 
-async def send(topic: str, key: str, env: Envelope) -> Any:
-    """Send one envelope to a logical topic under ``key``."""
-    return await topics.BY_NAME[topic].send(key=key.encode(), value=env)
+def envelopes(emits: Iterable[Emit], cause: Envelope, *, stage: str = "") -> list[Out]:
+    """Wrap a decision's emits in envelopes whose ids derive from the cause (the same on every replay).
+
+    A stage that shares its input with others (``order.confirmed`` feeds notifications and
+    analytics) names itself, so their outputs' ids differ.
+    """
+    out: list[Out] = []
+    correlation = cause.get("correlation_id") or cause["entity_id"]
+    base = f"{cause['id']}/{stage}" if stage else cause["id"]
+    for i, e in enumerate(emits):
+        env = make(
+            e.type,
+            e.entity_type,
+            e.entity_id,
+            e.payload,
+            correlation_id=correlation,
+            causation_id=cause["id"],
+            event_id=derived_id(base, i),
+            version=current_version(e.type),
+        )
+        out.append((e.topic, e.key, env))
+    return out
 
 
-def dead_letter_sender(stage: Stage) -> Any:
-    """Return a function that sends a dead letter to the stage's dead-letter topic."""
-    topic = topics.DEAD_LETTERS[stage.source_topic]
+def send(step: Step, outs: Iterable[Out]) -> None:
+    """Queue the step's outputs: each envelope to its logical topic, under its key."""
+    for topic, key, env in outs:
+        step.send(f"{engine.app_id}.{topic}", key.encode(), orjson.dumps(env), [])
 
-    async def _send(env: Envelope) -> Any:
-        return await topic.send(key=env["entity_id"].encode(), value=env)
 
-    return _send
+def send_raw(step: Step, topic: str, key: str | None, value: bytes) -> None:
+    """Queue bytes exactly as given (a redriven original) to a logical topic."""
+    step.send(f"{engine.app_id}.{topic}", key.encode() if key is not None else None, value, [])
+
+
+def order_id_of(env: Envelope) -> str:
+    """The order an envelope is about: its payload's ``order_id``, else its correlation id."""
+    payload: Any = env.get("payload") or {}
+    value = payload.get("order_id")
+    return str(value) if value else str(env.get("correlation_id") or env["entity_id"])

@@ -1,42 +1,53 @@
-"""Analytics: revenue and orders in one-minute tumbling windows, and top products.
+"""Analytics: revenue and orders per one-minute window, per product, in total — bounded.
 
-Consumes the analytics topic (key: order id): ``analytics.record`` for each
-confirmed order. Emits ``analytics.order_recorded`` to the orders topic. Table:
-``partition_to_analytics`` (one partial aggregate per partition; the summary adds
-them up across the cluster).
+Consumes ``order.confirmed`` from the orders topic (key: order id; and the older
+``analytics.record`` command from the analytics topic). Each partition keeps its own
+aggregates in ``analytics_records``: ``total``, ``window/<minute>`` (windows older than
+:data:`~app.domain.analytics.KEEP_MINUTES` are pruned), ``product/<product>``, and
+``recorded/<order>`` so an order is counted once even if its confirmation arrives twice
+(a replay under at-least-once), holding the ``analytics.order_recorded`` event it also
+sends to the orders topic. The summary adds every partition's aggregates across the cluster.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from faust.types import EventT, StreamT
-
-from agents._wiring import dead_letter_sender, send
+from agents._wiring import envelopes, order_id_of, send
 from app.domain import analytics as domain
 from app.domain.common import ANALYTICS, ORDERS, Emit
-from app.main import app
-from app.processing import Out, PermanentError, Stage, envelopes, run
-from app.topics import analytics_topic
+from app.engine.step import Step
+from app.main import engine
 from schemas.envelope import Envelope
-from tables import analytics_records, partition_to_analytics
+from tables import ANALYTICS as STORE
 
-STAGE = Stage("analytics", ANALYTICS)
+STAGE = "analytics"
 
 
-async def handle(env: Envelope, event: EventT) -> list[Out] | None:
-    """Add one confirmed order to this partition's aggregate."""
-    if env["type"] != "analytics.record":
-        raise PermanentError(f"analytics does not handle {env['type']!r}")
-    key = str(event.message.partition)
-    partial = partition_to_analytics.get(key) or domain.empty_partial()
-    partition_to_analytics[key] = domain.record(partial, env["payload"])
+def handle(step: Step, env: Envelope) -> None:
+    """Add one confirmed order to this partition's aggregates, once."""
     p = env["payload"]
-    recorded = {"order_id": p["order_id"], "total_cents": p["total_cents"], "currency": p.get("currency")}
-    return envelopes([Emit(ORDERS, p["order_id"], "analytics.order_recorded", "order", p["order_id"], recorded)], env)
+    order_id = order_id_of(env)
+    marker = f"recorded/{order_id}"
+    if step.get(STORE, marker) is not None:
+        return
+    total = step.get(STORE, "total") or domain.empty_total()
+    step.put(STORE, "total", domain.add_total(total, p))
+    window = domain.window_start(p["confirmed_at"])
+    previous = step.get(STORE, f"window/{window}")
+    step.put(STORE, f"window/{window}", domain.add_window(previous or domain.empty_window(), p))
+    if previous is None:
+        cutoff = domain.oldest_kept(p["confirmed_at"])
+        for key, _ in step.scan(STORE, "window/"):
+            if key[len("window/") :] >= cutoff:
+                break
+            step.put(STORE, key, None)
+    for item in p["items"]:
+        pid = str(item["product_id"])
+        step.put(STORE, f"product/{pid}", domain.add_line(step.get(STORE, f"product/{pid}"), item))
+    recorded = {"order_id": order_id, "total_cents": int(p["total_cents"]), "currency": p.get("currency")}
+    outs = envelopes([Emit(ORDERS, order_id, "analytics.order_recorded", "order", order_id, recorded)], env, stage=STAGE)
+    step.put(STORE, marker, {"event": outs[0][2]})
+    send(step, outs)
 
 
-@app.agent(analytics_topic)
-async def record_order(stream: StreamT[Any]) -> None:
-    """Run the analytics stage over the analytics topic."""
-    await run(STAGE, stream, handle, store=analytics_records, send=send, send_dead_letter=dead_letter_sender(STAGE))
+engine.route(STAGE, ORDERS, {"order.confirmed"}, handle)
+engine.route(STAGE, ANALYTICS, {"analytics.record"}, handle)

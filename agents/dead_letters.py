@@ -1,10 +1,11 @@
 """Dead letters: keep every dead-lettered message listable and redrivable.
 
-Consumes every stage's dead-letter topic (key: dead-letter id):
-``event.processing.failed`` (stored in ``dead_letter_to_state``) and
-``dead_letter.redrive`` (from ``POST /dlq/redrive`` or the CLI), which re-injects
-the original message, with its original key, into its source topic once and marks
-the dead letter redriven.
+Consumes every stage topic's dead-letter topic (``{topic}.dlq``, key: dead-letter id):
+``event.processing.failed`` (stored in ``letter/<id>``) and ``dead_letter.redrive`` (from
+``POST /dlq/redrive`` or ``faust -A app dlq redrive``), which re-injects the original
+message, with its original key, into its source topic once and marks the letter
+redriven. Redriving is safe whatever the letter's age: every stage applies a message it
+already applied as a no-op (entity state, or the command's id where only the id can tell).
 """
 
 from __future__ import annotations
@@ -12,25 +13,26 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from faust.types import StreamT
+import orjson
 
-from app import codec, metrics
-from app.main import app
-from app.topics import BY_NAME as TOPICS
-from app.topics import DEAD_LETTERS, LOGICAL
-from schemas.envelope import EnvelopeError, validate
-from tables import dead_letter_to_state
+from agents._wiring import send_raw
+from app import metrics
+from app.domain.common import ANALYTICS, INVENTORY, NOTIFICATIONS, ORDERS, PAYMENTS, USERS
+from app.engine.step import Step
+from app.main import engine
+from schemas.envelope import Envelope
+from tables import DEAD_LETTERS as STORE
 
 log = logging.getLogger("orderstream.dead_letters")
-
-dead_letter_topics = app.topic(*(t.get_topic_name() for t in DEAD_LETTERS.values()), key_serializer="raw")
+STAGE = "dead_letters"
+SOURCES = (ORDERS, INVENTORY, PAYMENTS, NOTIFICATIONS, ANALYTICS, USERS)
 
 
 def original_bytes(letter: dict[str, Any]) -> bytes:
     """Return the original message body exactly as it can be re-sent."""
     if letter.get("original_kind") == "text":
         return str(letter["original"]).encode("utf-8")
-    return codec.dumps(letter["original"])
+    return orjson.dumps(letter["original"])
 
 
 def redrivable(letter: dict[str, Any]) -> bool:
@@ -38,42 +40,40 @@ def redrivable(letter: dict[str, Any]) -> bool:
     return letter.get("original_kind") != "truncated"
 
 
-@app.agent(dead_letter_topics)
-async def keep_dead_letters(stream: StreamT[Any]) -> None:
-    """Store dead letters and carry out redrive requests."""
-    async for event in stream.events():
-        try:
-            env = validate(event.value)
-        except EnvelopeError as exc:
-            log.error("unreadable message on dead-letter topic %s: %s", event.message.topic, exc)
-            continue
-        dlq_id = env["entity_id"]
-        if env["type"] == "event.processing.failed":
-            if dead_letter_to_state.get(dlq_id) is None:
-                dead_letter_to_state[dlq_id] = {
-                    **env["payload"],
-                    "id": dlq_id,
-                    "dead_lettered_at": env["timestamp"],
-                    "status": "dead",
-                    "redriven_at": None,
-                }
-        elif env["type"] == "dead_letter.redrive":
-            letter = dead_letter_to_state.get(dlq_id)
-            if letter is None or letter["status"] != "dead":
-                continue
-            if not redrivable(letter):
-                log.warning(
-                    "dead letter %s kept only a prefix of its %s-byte original: not redriven (it is at %s[%s]@%s)",
-                    dlq_id,
-                    letter.get("original_bytes"),
-                    letter["source_topic"],
-                    letter["partition"],
-                    letter["offset"],
-                )
-                continue
-            source = TOPICS[LOGICAL[letter["source_topic"]]]
-            key = letter.get("key")
-            await source.send(key=key.encode() if key else None, value=original_bytes(letter), value_serializer="raw")
-            dead_letter_to_state[dlq_id] = {**letter, "status": "redriven", "redriven_at": env["timestamp"]}
-            metrics.REDRIVEN.inc()
-            log.info("redrove dead letter %s to %s", dlq_id, letter["source_topic"])
+def handle(step: Step, env: Envelope) -> None:
+    """Store a dead letter, or carry out a redrive request."""
+    dlq_id = env["entity_id"]
+    key = f"letter/{dlq_id}"
+    letter = step.get(STORE, key)
+    if env["type"] == "event.processing.failed":
+        if letter is None:
+            step.put(
+                STORE,
+                key,
+                {**env["payload"], "id": dlq_id, "dead_lettered_at": env["timestamp"], "status": "dead", "redriven_at": None},
+            )
+        return
+    if letter is None or letter["status"] != "dead":
+        return
+    if not redrivable(letter):
+        log.warning(
+            "dead letter %s kept only a prefix of its %s-byte original: not redriven (it is at %s[%s]@%s)",
+            dlq_id,
+            letter.get("original_bytes"),
+            letter["source_topic"],
+            letter["partition"],
+            letter["offset"],
+        )
+        return
+    source = engine.topics.get(letter["source_topic"])
+    if source is None:
+        log.warning("dead letter %s names an unknown source topic %s: not redriven", dlq_id, letter["source_topic"])
+        return
+    send_raw(step, source, letter.get("key"), original_bytes(letter))
+    step.put(STORE, key, {**letter, "status": "redriven", "redriven_at": env["timestamp"]})
+    metrics.REDRIVEN.inc()
+    log.info("redrove dead letter %s to %s", dlq_id, letter["source_topic"])
+
+
+for _source in SOURCES:
+    engine.route(STAGE, f"{_source}.dlq", {"event.processing.failed", "dead_letter.redrive"}, handle)

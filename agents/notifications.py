@@ -1,56 +1,58 @@
 """Notifications: one confirmation per confirmed order, never two.
 
-Consumes the notifications topic (key: user id, co-partitioned with the users
-topic so the customer's profile is local): ``notification.send``. Delivers through
-the configured :class:`~app.notifier.Notifier` (retried a bounded number of times;
-then the command is dead-lettered and can be redriven), records the delivery in
-``order_to_notification`` and emits ``notification.sent`` to the orders topic.
+Consumes ``order.confirmed`` from the orders topic (key: order id; and the older
+``notification.send`` command from the notifications topic). Delivers through the
+configured :class:`~app.notifier.Notifier` to the customer's directory email when known
+(:mod:`agents.users` keeps a replica of the directory), else the order's email, with a
+bounded number of attempts — then the input is dead-lettered and can be redriven. Records
+the delivery in ``notification/<order>`` and emits ``notification.sent`` to the orders topic.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
 
-from faust.types import EventT, StreamT
-
-from agents._wiring import dead_letter_sender, send
+from agents import users
+from agents._wiring import envelopes, order_id_of, send
 from app import metrics
 from app.domain.common import NOTIFICATIONS, ORDERS, Emit
-from app.main import app, settings
+from app.engine.step import Step
+from app.main import engine, settings
 from app.notifier import build
-from app.processing import Out, PermanentError, Stage, envelopes, run
-from app.topics import notifications_topic
 from schemas.envelope import Envelope
-from tables import notification_records, order_to_notification, user_to_profile
+from tables import NOTIFICATIONS as STORE
 
-STAGE = Stage("notifications", NOTIFICATIONS, attempts=settings.notify_max_attempts, backoff=0.2)
+STAGE = "notifications"
+BACKOFF = 0.2
 notifier = build(settings.notifier, settings.smtp_url, settings.smtp_sender)
 
 
-async def handle(env: Envelope, event: EventT) -> list[Out] | None:
+async def handle(step: Step, env: Envelope) -> None:
     """Send the confirmation unless this order already has one."""
-    if env["type"] != "notification.send":
-        raise PermanentError(f"notifications does not handle {env['type']!r}")
     p = env["payload"]
-    order_id = str(p["order_id"])
-    if order_to_notification.get(order_id) is not None:
-        return None
-    profile = user_to_profile.get(str(p.get("user_id"))) or {}
-    to = profile.get("email") or p.get("email")
+    order_id = order_id_of(env)
+    key = f"notification/{order_id}"
+    if step.get(STORE, key) is not None:
+        return
+    user_id = str(p.get("user_id") or "")
+    to = users.email_of(user_id) or p.get("user_email") or p.get("email")
     subject = f"Your order {order_id} is confirmed"
     body = f"Thank you! Order {order_id} for {p.get('total')} {p.get('currency')} is confirmed."
-    try:
-        await notifier.send(env["id"], to, subject, body, p)
-    except Exception:
-        metrics.NOTIFICATIONS.labels(notifier.name, "failed").inc()
-        raise
+    for attempt in range(1, settings.notify_max_attempts + 1):
+        try:
+            await notifier.send(env["id"], to, subject, body, p)
+            break
+        except Exception:
+            metrics.NOTIFICATIONS.labels(notifier.name, "failed").inc()
+            if attempt == settings.notify_max_attempts:
+                raise  # dead-lettered; a redrive tries again
+            await asyncio.sleep(BACKOFF * 2 ** (attempt - 1))
     metrics.NOTIFICATIONS.labels(notifier.name, "sent").inc()
     sent = {"order_id": order_id, "to": to, "channel": notifier.name, "message_id": env["id"], "subject": subject}
-    order_to_notification[order_id] = {**sent, "at": env["timestamp"]}
-    return envelopes([Emit(ORDERS, order_id, "notification.sent", "notification", order_id, sent)], env)
+    outs = envelopes([Emit(ORDERS, order_id, "notification.sent", "notification", order_id, sent)], env, stage=STAGE)
+    step.put(STORE, key, {**sent, "at": env["timestamp"], "event": outs[0][2]})
+    send(step, outs)
 
 
-@app.agent(notifications_topic)
-async def send_confirmation(stream: StreamT[Any]) -> None:
-    """Run the notifications stage over the notifications topic."""
-    await run(STAGE, stream, handle, store=notification_records, send=send, send_dead_letter=dead_letter_sender(STAGE))
+engine.route(STAGE, ORDERS, {"order.confirmed"}, handle)
+engine.route(STAGE, NOTIFICATIONS, {"notification.send"}, handle)

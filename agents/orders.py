@@ -1,106 +1,92 @@
-"""Orders: the saga that places, confirms, rejects, cancels, ships and delivers.
+"""Orders: the saga that places, pays, confirms, rejects, cancels, ships and delivers.
 
-Consumes the orders topic (key: order id): ``order.placed``, per-line
-``inventory.reserved``/``rejected``, ``payment.processed``/``failed``, the commands
-``order.cancel``/``ship``/``deliver``, and the other stages' events about the order
-(kept as history). Emits ``order.*`` events to the orders topic and commands to
-inventory (reserve/release/commit per line, keyed by product), payments,
-notifications and analytics. Tables: ``order_to_state``, ``order_to_history``,
-``order_to_deadline``, ``partition_to_status_counts``.
-A timer cancels reservations that were not paid within ``payment_timeout``.
+Consumes the orders topic (key: order id): ``order.placed``, the per-line
+``inventory.reserved`` / ``rejected`` / ``committed`` / ``released``, ``payment.processed``
+/ ``failed``, and the commands ``order.cancel`` / ``ship`` / ``deliver``. Emits ``order.*``
+events to the orders topic and commands to inventory (reserve, release, commit per line,
+keyed by product) and payments. Table: ``order_records`` — one history entry per handled
+input (the input, what it caused, the state after it). A timer rejects orders still
+``pending`` at their deadline and cancels ``reserved`` ones unpaid after ``payment_timeout``.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
-from faust.types import EventT, StreamT
-
-from agents._wiring import dead_letter_sender, key_of, send
+from agents._wiring import envelopes, order_id_of, send
 from app import metrics
-from app.domain import analytics as analytics_domain
 from app.domain import orders as domain
 from app.domain.common import FINAL_STATUSES, ORDERS
-from app.main import app, settings
-from app.processing import Out, Stage, envelopes, run
-from app.topics import orders_topic
-from schemas.envelope import Envelope, derived_id, make
-from tables import (
-    local_items,
-    order_records,
-    order_to_deadline,
-    order_to_history,
-    order_to_state,
-    partition_to_status_counts,
+from app.engine.runtime import Engine
+from app.engine.step import Step
+from app.main import engine, settings
+from schemas.envelope import Envelope, derived_id, make, parse_ts
+from tables import append_order, due_deadlines, latest_order
+
+STAGE = "orders"
+INPUTS = frozenset(
+    {
+        "order.placed",
+        "inventory.reserved",
+        "inventory.rejected",
+        "inventory.committed",
+        "inventory.released",
+        "payment.processed",
+        "payment.failed",
+        "order.cancel",
+        "order.ship",
+        "order.deliver",
+    }
 )
 
-log = logging.getLogger("orderstream.orders")
-STAGE = Stage("orders", ORDERS)
 
-
-async def handle(env: Envelope, event: EventT) -> list[Out] | None:
-    """Apply one input to its order: decide, save state and history, return what to send."""
-    order_id = key_of(event) or env["correlation_id"]
-    history: list[Envelope] = order_to_history.get(order_id) or []
-    if any(h["id"] == env["id"] for h in history):
-        return None  # our own event coming back, or a duplicate already applied
-    state = order_to_state.get(order_id)
-    decision = domain.decide(state, env, settings.payment_timeout)
+def handle(step: Step, env: Envelope) -> None:
+    """Apply one input to its order: decide, append the history entry, send what it caused."""
+    order_id = order_id_of(env)
+    latest = latest_order(step, order_id)
+    state = latest[1] if latest else None
+    decision = domain.decide(state, env, settings.payment_timeout, settings.pending_timeout)
     new_state = decision.state if decision.state is not None else state
-    if new_state is None:
-        log.info("ignoring %s for unknown order %s", env["type"], order_id)
-        return None
+    if new_state is None or (decision.state is None and not decision.emits):
+        return  # unknown order, or nothing changes (a duplicate, a late answer)
     outs = envelopes(decision.emits, env)
-    order_to_history[order_id] = [*history, env, *(e for t, _, e in outs if t == ORDERS)]
-    if decision.state is not None:
-        order_to_state[order_id] = decision.state
-        old_status = state["status"] if state else None
-        if old_status != decision.state["status"]:
-            _count_status(event, old_status, decision.state["status"])
-            if decision.state["status"] == "reserved":
-                order_to_deadline[order_id] = decision.state["deadline"]
-            elif old_status == "reserved":
-                order_to_deadline.pop(order_id, None)
-    return outs
+    append_order(step, order_id, latest[0] + 1 if latest else 0, [env, *(e for _, _, e in outs)], new_state)
+    send(step, outs)
+    old_status = state["status"] if state else None
+    if new_state["status"] in FINAL_STATUSES and old_status not in FINAL_STATUSES:
+        metrics.ORDER_OUTCOMES.labels(new_state["status"]).inc()
+        with_latency(new_state)
 
 
-def _count_status(event: EventT, old: str | None, new: str) -> None:
-    key = str(event.message.partition)
-    counts = partition_to_status_counts.get(key) or {}
-    partition_to_status_counts[key] = analytics_domain.status_delta(counts, old, new)
-    if new in FINAL_STATUSES and old not in FINAL_STATUSES:
-        metrics.ORDER_OUTCOMES.labels(new).inc()
+def with_latency(state: dict[str, Any]) -> None:
+    """Observe placed→final latency for an order that just became final."""
+    try:
+        seconds = parse_ts(state["updated_at"]).timestamp() - parse_ts(state["created_at"]).timestamp()
+    except (KeyError, ValueError):
+        return
+    metrics.observe_order_latency(state["status"], max(seconds, 0.0))
 
 
-@app.agent(orders_topic)
-async def run_order_saga(stream: StreamT[Any]) -> None:
-    """Run the order saga over the orders topic."""
-    await run(STAGE, stream, handle, store=order_records, send=send, send_dead_letter=dead_letter_sender(STAGE))
-
-
-_timeout_sent: dict[str, float] = {}
-
-
-@app.timer(interval=1.0)
-async def cancel_unpaid_orders() -> None:
-    """Cancel this worker's reserved orders whose payment deadline has passed."""
+def expire_due(eng: Engine) -> None:
+    """Hand every order whose deadline passed to its partition's saga as a local cancel command."""
     now = time.time()
-    for order_id, deadline in list(local_items(order_to_deadline)):
-        if deadline > now:
+    for task in list(eng.tasks.values()):
+        if not task.ready:
             continue
-        if now - _timeout_sent.get(order_id, 0.0) < 5.0:
-            continue
-        _timeout_sent[order_id] = now
-        command = make(
-            "order.cancel",
-            "order",
-            order_id,
-            {"order_id": order_id, "reason": "payment_timeout"},
-            correlation_id=order_id,
-            event_id=derived_id(f"payment_timeout/{order_id}", 0),
-        )
-        await send(ORDERS, order_id, command)
-    if len(_timeout_sent) > 10_000:
-        _timeout_sent.clear()
+        for order_id, status in due_deadlines(task.step.db, now):
+            reason = "payment_timeout" if status == "reserved" else "pending_timeout"
+            command = make(
+                "order.cancel",
+                "order",
+                order_id,
+                {"order_id": order_id, "reason": reason},
+                correlation_id=order_id,
+                event_id=derived_id(f"{reason}/{order_id}", 0),
+            )
+            task.local.append((ORDERS, command, None, -1))
+    eng.wake()
+
+
+engine.route(STAGE, ORDERS, INPUTS, handle)
+engine.every(1.0, expire_due)

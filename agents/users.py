@@ -1,40 +1,46 @@
-"""Users: the customer directory.
+"""Users: the customer directory, and a replica of everyone's email on every worker.
 
-Consumes the users topic (key: user id): ``user.created`` and ``user.updated`` from
-the HTTP edge. Emits nothing. Table: ``user_to_profile``.
+Consumes the users topic (key: user id): ``user.created`` and ``user.updated`` from the
+HTTP edge. Emits nothing. Table: ``user_records`` (``user/<user>``). Confirmations go to
+the directory's email when known, but an order's partition is usually not its user's,
+so every worker keeps the emails of all users in memory, tailing the user_records
+changelog (:func:`email_of`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from faust.types import EventT, StreamT
-
-from agents._wiring import dead_letter_sender, key_of, send
 from app.domain import users as domain
 from app.domain.common import USERS
-from app.main import app
-from app.processing import Out, PermanentError, Stage, run
-from app.topics import users_topic
+from app.engine.step import Step
+from app.main import engine
 from schemas.envelope import Envelope
-from tables import user_records, user_to_profile
+from tables import USERS as STORE
 
-STAGE = Stage("users", USERS)
+STAGE = "users"
+_emails: dict[str, str] = {}
 
 
-async def handle(env: Envelope, event: EventT) -> list[Out] | None:
-    """Apply a directory change."""
-    user_id = key_of(event) or env["entity_id"]
-    try:
-        profile = domain.apply(user_to_profile.get(user_id), env)
-    except domain.UserError as exc:
-        raise PermanentError(str(exc)) from exc
+def handle(step: Step, env: Envelope) -> None:
+    """Apply a directory change (a ``UserError`` dead-letters it)."""
+    user_id = env["entity_id"]
+    profile = domain.apply(step.get(STORE, f"user/{user_id}"), env)
     if profile is not None:
-        user_to_profile[user_id] = profile
-    return None
+        step.put(STORE, f"user/{user_id}", profile)
+        if profile.get("email"):
+            _emails[user_id] = profile["email"]
 
 
-@app.agent(users_topic)
-async def update_directory(stream: StreamT[Any]) -> None:
-    """Run the users stage over the users topic."""
-    await run(STAGE, stream, handle, store=user_records, send=send, send_dead_letter=dead_letter_sender(STAGE))
+def email_of(user_id: str) -> str | None:
+    """The directory's email for ``user_id`` as this worker knows it."""
+    return _emails.get(user_id)
+
+
+def _replicate(key: str, value: Any) -> None:
+    if key.startswith("user/") and isinstance(value, dict) and value.get("email"):
+        _emails[key[len("user/") :]] = value["email"]
+
+
+engine.route(STAGE, USERS, {"user.created", "user.updated"}, handle)
+engine.replicate(STORE, _replicate)

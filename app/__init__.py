@@ -20,7 +20,7 @@ def __getattr__(name: str) -> Any:
         # for the import itself; the sibling packages must stay importable afterwards.
         if _ROOT not in sys.path:
             sys.path.insert(0, _ROOT)
-        from agents import orders as _orders  # noqa: F401  # registers every agent
+        import agents as _agents  # noqa: F401  # registers every stage with the engine
         from app import main
         from app import web as _web  # noqa: F401  # registers the HTTP routes
 

@@ -37,6 +37,18 @@ HTTP_REQUESTS = Counter(
     "orderstream_http_requests_total", "HTTP requests by route and status.", ["route", "status"], registry=REGISTRY
 )
 REDRIVEN = Counter("orderstream_dead_letters_redriven_total", "Dead letters re-injected.", registry=REGISTRY)
+ORDER_LATENCY = Histogram(
+    "orderstream_order_latency_seconds",
+    "Placed to final latency of orders, by outcome (measured on the worker that made the order final).",
+    ["outcome"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+    registry=REGISTRY,
+)
+
+
+def observe_order_latency(outcome: str, seconds: float) -> None:
+    """Record one order's placed to final latency."""
+    ORDER_LATENCY.labels(outcome).observe(seconds)
 
 
 def render() -> bytes:

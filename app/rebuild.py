@@ -45,7 +45,7 @@ from app.domain import analytics as analytics_domain
 from app.domain import inventory as inventory_domain
 from app.domain import orders as orders_domain
 from app.domain.common import ANALYTICS, INVENTORY, ORDERS
-from app.processing import decode
+from schemas.registry import read as decode
 from schemas.envelope import Envelope
 
 #: The topics the read models are rebuilt from (logical names).

@@ -46,7 +46,20 @@ class Settings:
     gateway_timeout: float = field(
         default=5.0, metadata=_doc("Seconds one payment gateway call may take before it counts as failed.")
     )
-    gateway_concurrency: int = field(default=64, metadata=_doc("Gateway calls in flight at once per worker."))
+    pending_timeout: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Seconds an order may stay `pending` (lines being reserved) before it is rejected "
+            "(`reservation_timeout`) and whatever it reserved is released."
+        ),
+    )
+    gateway_concurrency: int = field(
+        default=1000,
+        metadata=_doc(
+            "Gateway calls in flight at once per worker; waiting for a slot counts toward `gateway_timeout`, "
+            "so hanging calls never hold another order past it."
+        ),
+    )
     gateway_max_attempts: int = field(default=4, metadata=_doc("Attempts per charge on transient gateway errors."))
     gateway_backoff: float = field(default=0.05, metadata=_doc("First retry delay in seconds; doubles per attempt."))
     session_timeout: float = field(
@@ -74,21 +87,15 @@ class Settings:
     smtp_sender: str = field(default="orders@orderstream.local", metadata=_doc("From address of confirmations."))
     notify_max_attempts: int = field(default=3, metadata=_doc("Delivery attempts before a notification dead-letters."))
     commit_interval: float = field(
-        default=0.2, metadata=_doc("Seconds between offset commits (and transaction commits under exactly_once).")
+        default=0.1,
+        metadata=_doc(
+            "Seconds between commits of a partition's transaction (state changelogs, input offsets and, "
+            "under exactly_once, outputs) while input keeps coming; an idle partition commits at once."
+        ),
     )
     producer_linger: float = field(
-        default=0.01,
-        metadata=_doc(
-            "Seconds the producer waits to fill a batch: fewer, larger produce requests "
-            "(measured: 33 → 55 orders/s over 2 workers) for at most this much latency per hop."
-        ),
-    )
-    dedupe_retention: float = field(
-        default=3600.0,
-        metadata=_doc(
-            "Seconds each stage remembers a handled event id (and its outputs) to drop duplicates "
-            "and re-send on redelivery; must exceed any redelivery delay."
-        ),
+        default=0.002,
+        metadata=_doc("Seconds the producer waits to fill a batch: fewer, larger produce requests for this much latency."),
     )
     max_body_bytes: int = field(default=64 * 1024, metadata=_doc("Largest accepted request body; larger is a 413."))
     log_level: str = field(default="info", metadata=_doc("Log level: crit, error, warn, info, debug."))

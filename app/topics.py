@@ -1,50 +1,31 @@
-"""Every Kafka topic of the app; each input topic has its dead-letter topic.
+"""Every Kafka topic of the app, by logical name; each input topic has its dead-letter topic.
 
-Topic names are ``{app_id}.{name}``. All have ``settings.partitions`` partitions,
-so a key lands on the same partition number in every topic and table.
+Topic names are ``{app_id}.{name}`` (dead letters: ``{app_id}.{name}.dlq``). All have
+``settings.partitions`` partitions, so a key lands on the same partition number in every
+topic and store. The engine (:mod:`app.engine`) consumes them; the HTTP edge produces to
+them with :func:`produce`.
 """
 
 from __future__ import annotations
 
-from faust.types import TopicT
-
 from app.domain.common import ANALYTICS, INVENTORY, NOTIFICATIONS, ORDERS, PAYMENTS, USERS
-from app.main import app, settings
+from app.main import engine, settings
 
+NAMES = (ORDERS, INVENTORY, PAYMENTS, NOTIFICATIONS, ANALYTICS, USERS)
 
-def _topic(name: str) -> TopicT:
-    return app.topic(
-        f"{settings.app_id}.{name}",
-        partitions=settings.partitions,
-        replicas=settings.replication_factor,
-        internal=True,
-        key_serializer="raw",
-        value_serializer="orjson",
-    )
-
-
-orders_topic = _topic(ORDERS)
-inventory_topic = _topic(INVENTORY)
-payments_topic = _topic(PAYMENTS)
-notifications_topic = _topic(NOTIFICATIONS)
-analytics_topic = _topic(ANALYTICS)
-users_topic = _topic(USERS)
-
-BY_NAME: dict[str, TopicT] = {
-    ORDERS: orders_topic,
-    INVENTORY: inventory_topic,
-    PAYMENTS: payments_topic,
-    NOTIFICATIONS: notifications_topic,
-    ANALYTICS: analytics_topic,
-    USERS: users_topic,
-}
-
-DEAD_LETTERS: dict[str, TopicT] = {name: _topic(f"{name}.dlq") for name in BY_NAME}
-
+#: Logical name -> Kafka topic name.
+BY_NAME: dict[str, str] = {name: f"{settings.app_id}.{name}" for name in NAMES}
+#: Logical name of a stage topic -> its dead-letter topic.
+DEAD_LETTERS: dict[str, str] = {name: f"{settings.app_id}.{name}.dlq" for name in NAMES}
 #: Kafka topic name -> logical name, for dead letters and redrive.
-LOGICAL = {t.get_topic_name(): name for name, t in BY_NAME.items()}
+LOGICAL = {topic: name for name, topic in BY_NAME.items()}
 
 
 def kafka_name(logical: str) -> str:
     """Return the Kafka topic name of a logical topic."""
-    return BY_NAME[logical].get_topic_name()
+    return BY_NAME[logical]
+
+
+async def produce(logical: str, key: str, value: bytes) -> None:
+    """Send one record to a logical topic (or ``<name>.dlq``) and wait until the broker has it."""
+    await engine.produce(logical, key, value)

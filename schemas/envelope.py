@@ -17,6 +17,7 @@ NAMESPACE = uuid.UUID("6f1c2a4e-6b1d-4c55-9a53-0f5d7e1b2c3a")
 EVENT_TYPES = frozenset(
     {
         "order.placed",
+        "order.paid",
         "order.confirmed",
         "order.rejected",
         "order.cancelled",

@@ -119,6 +119,7 @@ RECORDS: dict[str, dict[str, Field]] = {
         "currency": Field("str", required=False),
         "payment": Field("object", fields={"token": ID, "last4": OPT_STR, "method": OPT_STR}),
     },
+    "order.paid": ORDER_EVENT,
     "order.confirmed": ORDER_EVENT,
     "order.rejected": ORDER_EVENT,
     "order.cancelled": ORDER_EVENT,

@@ -30,6 +30,7 @@ TOPIC_TYPES: dict[str, frozenset[str]] = {
     "orders": frozenset(
         {
             "order.placed",
+            "order.paid",
             "order.confirmed",
             "order.rejected",
             "order.cancelled",

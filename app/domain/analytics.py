@@ -1,13 +1,14 @@
 """Analytics as pure functions over per-partition partial aggregates.
 
-Each partition keeps its own totals and one-minute tumbling windows; the summary
-adds the partials of every partition across the cluster, so no single partition
-is a hot spot and every partial moves with its partition on rebalance.
+Each partition keeps its own totals, one-minute tumbling windows (only the last
+:data:`KEEP_MINUTES`) and per-product totals, each in its own record, so no record grows
+with time; the summary adds the partials of every partition across the cluster, so no
+single partition is a hot spot and every partial moves with its partition on rebalance.
 """
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, timedelta
 from typing import Any
 
 from app.domain.common import from_cents
@@ -15,6 +16,45 @@ from schemas.envelope import parse_ts
 
 Partial = dict[str, Any]
 WINDOW_SECONDS = 60
+#: Windows older than this many minutes (before the newest order's) are pruned.
+KEEP_MINUTES = 120
+
+
+def empty_total() -> dict[str, Any]:
+    """A partition's totals before any order."""
+    return {"orders": 0, "revenue_cents": 0, "currency": None}
+
+
+def add_total(total: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    """Add one confirmed order to a partition's totals."""
+    return {
+        "orders": total["orders"] + 1,
+        "revenue_cents": total["revenue_cents"] + int(payload["total_cents"]),
+        "currency": total.get("currency") or payload.get("currency"),
+    }
+
+
+def empty_window() -> dict[str, int]:
+    """A window before any order."""
+    return {"orders": 0, "revenue_cents": 0}
+
+
+def add_window(window: dict[str, int], payload: dict[str, Any]) -> dict[str, int]:
+    """Add one confirmed order to its one-minute window."""
+    return {"orders": window["orders"] + 1, "revenue_cents": window["revenue_cents"] + int(payload["total_cents"])}
+
+
+def add_line(product: dict[str, int] | None, item: dict[str, Any]) -> dict[str, int]:
+    """Add one order line to its product's totals."""
+    prev = product or {"units": 0, "revenue_cents": 0}
+    qty = int(item["quantity"])
+    return {"units": prev["units"] + qty, "revenue_cents": prev["revenue_cents"] + qty * int(item["price_cents"])}
+
+
+def oldest_kept(timestamp: str) -> str:
+    """The start of the oldest window kept once an order at ``timestamp`` is recorded."""
+    start = parse_ts(timestamp).astimezone(UTC).replace(second=0, microsecond=0) - timedelta(minutes=KEEP_MINUTES)
+    return start.isoformat().replace("+00:00", "Z")
 
 
 def empty_partial() -> Partial:

@@ -57,16 +57,34 @@ def reserve(stock: Stock, reservation: Reservation | None, env: Envelope) -> Dec
     if qty <= 0:
         raise ValueError("quantity must be positive")
     if reservation is not None:
-        return Decision()  # this order already has its answer for this product
+        # This order already has its answer for this product: give the same answer again
+        # (a replayed command must re-emit what it caused; the saga drops the copy).
+        if reservation["state"] == "rejected":
+            again = {**line, "requested": qty, "available": reservation.get("available", 0)}
+            return Decision(None, None, [_to_order("inventory.rejected", again)])
+        return Decision(None, None, [_to_order("inventory.reserved", {**line, "quantity": reservation["quantity"]})])
     if available(stock) < qty:
         rejected = {**line, "requested": qty, "available": max(available(stock), 0)}
-        return Decision(None, {"state": "rejected", "quantity": qty}, [_to_order("inventory.rejected", rejected)])
+        record = {"state": "rejected", "quantity": qty, "available": rejected["available"]}
+        return Decision(None, record, [_to_order("inventory.rejected", rejected)])
     new = {**stock, "reserved": stock["reserved"] + qty}
     return Decision(new, {"state": "reserved", "quantity": qty}, [_to_order("inventory.reserved", line)])
 
 
+def _settled_again(reservation: Reservation | None, env: Envelope, state: str, type_: str) -> Decision | None:
+    """A release or commit already applied: re-emit its answer (same cause, same id); else ``None``."""
+    if reservation is None or reservation["state"] != state:
+        return None
+    p = env["payload"]
+    line = {"order_id": str(p["order_id"]), "product_id": str(p["product_id"]), "quantity": int(reservation["quantity"])}
+    return Decision(None, None, [_to_order(type_, line)])
+
+
 def release(stock: Stock, reservation: Reservation | None, env: Envelope) -> Decision:
-    """Give a reserved line back; anything else is a no-op."""
+    """Give a reserved line back; a repeat re-emits the answer; anything else is a no-op."""
+    again = _settled_again(reservation, env, "released", "inventory.released")
+    if again is not None:
+        return again
     if reservation is None or reservation["state"] != "reserved":
         return Decision()
     qty = int(reservation["quantity"])
@@ -77,7 +95,10 @@ def release(stock: Stock, reservation: Reservation | None, env: Envelope) -> Dec
 
 
 def commit(stock: Stock, reservation: Reservation | None, env: Envelope) -> Decision:
-    """Turn a reserved line into sold units."""
+    """Turn a reserved line into sold units; a repeat re-emits the answer."""
+    again = _settled_again(reservation, env, "committed", "inventory.committed")
+    if again is not None:
+        return again
     if reservation is None or reservation["state"] != "reserved":
         return Decision()
     qty = int(reservation["quantity"])

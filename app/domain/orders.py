@@ -5,8 +5,15 @@ state and rebuilt state cannot drift. Time comes only from event timestamps.
 
 Inputs (all keyed by order id, on the orders topic): ``order.placed``, the per-line
 ``inventory.reserved`` / ``inventory.rejected`` results, ``payment.processed`` /
-``payment.failed``, and the commands ``order.cancel`` / ``order.ship`` /
-``order.deliver``. Everything else correlated to the order is history only.
+``payment.failed``, the per-line ``inventory.committed`` / ``inventory.released``, and
+the commands ``order.cancel`` / ``order.ship`` / ``order.deliver`` (a cancel with reason
+``payment_timeout`` or ``pending_timeout`` comes from the saga's own deadline timer).
+
+Statuses: ``pending`` (lines being reserved; deadline ``pending_timeout``) → ``reserved``
+(charging; deadline ``payment_timeout``) → ``paid`` (``order.paid``, committing the
+lines) → ``confirmed`` once every line's commit landed (``order.confirmed``) →
+``shipped`` → ``delivered``; or ``rejected`` (stock short, or still pending at its
+deadline) / ``cancelled`` (payment failed, customer, payment timeout).
 """
 
 from __future__ import annotations
@@ -15,10 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.domain.common import (
-    ANALYTICS,
     FINAL_STATUSES,
     INVENTORY,
-    NOTIFICATIONS,
     ORDERS,
     PAYMENTS,
     Emit,
@@ -83,7 +88,7 @@ def _touch(order: OrderState, env: Envelope, status: str | None = None) -> None:
         order["status"] = status
 
 
-def place(env: Envelope) -> Decision:
+def place(env: Envelope, pending_timeout: float = 30.0) -> Decision:
     """Create the order from ``order.placed`` and ask every line's product partition to reserve."""
     p = env["payload"]
     items: list[dict[str, Any]] = [
@@ -114,9 +119,12 @@ def place(env: Envelope) -> Decision:
             "token": payment.get("token"),
         },
         "lines": {i["product_id"]: "pending" for i in items},
-        "deadline": None,
+        "deadline": parse_ts(env["timestamp"]).timestamp() + pending_timeout,
         "shipment": None,
     }
+    request_hash = (env.get("metadata") or {}).get("request_hash")
+    if request_hash:
+        order["request_hash"] = request_hash
     emits = [_line_command(order, "inventory.reserve", i["product_id"], i["quantity"]) for i in items]
     return Decision(order, emits)
 
@@ -135,6 +143,7 @@ def _gather(order: OrderState, env: Envelope, payment_timeout: float) -> list[Em
         order["reason"] = "out_of_stock"
         order["details"] = [{"product_id": pid, **order.get("shortages", {}).get(pid, {})} for pid in sorted(rejected)]
         order["payment"]["status"] = "not_charged"
+        order["deadline"] = None
         emits = _release(order, _reserved_lines(order))
         emits.append(_event(order, "order.rejected", reason="out_of_stock", details=order["details"]))
         return emits
@@ -196,46 +205,21 @@ def payment_answered(state: OrderState, env: Envelope) -> Decision:
     order = _copy(state)
     order["deadline"] = None
     if env["type"] == "payment.processed":
-        _touch(order, env, "confirmed")
+        _touch(order, env, "paid")
         order["payment"].update(status="charged", payment_id=p["payment_id"], charge_id=p.get("charge_id"))
-        emits = [_event(order, "order.confirmed", total=from_cents(order["total_cents"]), currency=order["currency"])]
+        emits = [
+            _event(
+                order,
+                "order.paid",
+                payment_id=p["payment_id"],
+                amount=from_cents(order["total_cents"]),
+                currency=order["currency"],
+            )
+        ]
         qty = _quantities(order)
         for pid in order["lines"]:
             order["lines"][pid] = "committing"
             emits.append(_line_command(order, "inventory.commit", pid, qty[pid]))
-        emits.append(
-            Emit(
-                NOTIFICATIONS,
-                order["user_id"],
-                "notification.send",
-                "notification",
-                order["order_id"],
-                {
-                    "order_id": order["order_id"],
-                    "user_id": order["user_id"],
-                    "email": order["user_email"],
-                    "total": from_cents(order["total_cents"]),
-                    "currency": order["currency"],
-                    "kind": "order_confirmed",
-                },
-            )
-        )
-        emits.append(
-            Emit(
-                ANALYTICS,
-                order["order_id"],
-                "analytics.record",
-                "order",
-                order["order_id"],
-                {
-                    "order_id": order["order_id"],
-                    "total_cents": order["total_cents"],
-                    "currency": order["currency"],
-                    "items": order["items"],
-                    "confirmed_at": env["timestamp"],
-                },
-            )
-        )
         return Decision(order, emits)
     reason = str(p.get("reason") or "payment_failed")
     _touch(order, env, "cancelled")
@@ -264,6 +248,8 @@ def can_deliver(state: OrderState) -> bool:
 def cancel(state: OrderState, env: Envelope) -> Decision:
     """Cancel while pending or reserved, releasing what is reserved; otherwise nothing."""
     reason = str(env["payload"].get("reason") or "customer_cancelled")
+    if reason == "pending_timeout":
+        return expire(state, env)
     if not can_cancel(state):
         return Decision(None)
     if reason == "payment_timeout" and state["status"] != "reserved":
@@ -300,20 +286,55 @@ def deliver(state: OrderState, env: Envelope) -> Decision:
 
 
 def line_settled(state: OrderState, env: Envelope) -> Decision:
-    """Note a released or committed line (history bookkeeping; no status change)."""
+    """Note a released line, or a committed one: the last commit of a paid order confirms it."""
     pid = str(env["payload"].get("product_id"))
-    if pid not in state["lines"]:
-        return Decision(None)
+    settled = "released" if env["type"] == "inventory.released" else "committed"
+    if state["lines"].get(pid) in (None, settled):
+        return Decision(None)  # unknown line, or a duplicate
     order = _copy(state)
-    order["lines"][pid] = "released" if env["type"] == "inventory.released" else "committed"
+    order["lines"][pid] = settled
+    if settled == "committed" and order["status"] == "paid" and all(s == "committed" for s in order["lines"].values()):
+        _touch(order, env, "confirmed")
+        return Decision(order, [confirmed(order, env)])
     return Decision(order)
 
 
-def decide(state: OrderState | None, env: Envelope, payment_timeout: float) -> Decision:
+def confirmed(order: OrderState, env: Envelope) -> Emit:
+    """``order.confirmed``: everything notifications and analytics need, in one event."""
+    return _event(
+        order,
+        "order.confirmed",
+        user_id=order["user_id"],
+        user_email=order.get("user_email"),
+        total=from_cents(order["total_cents"]),
+        total_cents=order["total_cents"],
+        currency=order["currency"],
+        items=order["items"],
+        confirmed_at=env["timestamp"],
+    )
+
+
+def expire(state: OrderState, env: Envelope) -> Decision:
+    """The saga's deadline passed: reject a still-pending order, releasing what it reserved."""
+    if state["status"] != "pending":
+        return Decision(None)
+    order = _copy(state)
+    _touch(order, env, "rejected")
+    order["reason"] = "reservation_timeout"
+    order["deadline"] = None
+    order["payment"]["status"] = "not_charged"
+    emits = _release(order, _reserved_lines(order))
+    emits.append(_event(order, "order.rejected", reason="reservation_timeout", details=[]))
+    return Decision(order, emits)
+
+
+def decide(
+    state: OrderState | None, env: Envelope, payment_timeout: float, pending_timeout: float | None = None
+) -> Decision:
     """Route one input of the saga to its transition."""
     type_ = env["type"]
     if type_ == "order.placed":
-        return place(env) if state is None else Decision(None)
+        return place(env, payment_timeout if pending_timeout is None else pending_timeout) if state is None else Decision(None)
     if state is None:
         # A result for an order this partition never saw placed: nothing to apply it to.
         return Decision(None)
@@ -332,11 +353,11 @@ def decide(state: OrderState | None, env: Envelope, payment_timeout: float) -> D
     return Decision(None)
 
 
-def fold(events: list[Envelope], payment_timeout: float) -> OrderState | None:
+def fold(events: list[Envelope], payment_timeout: float, pending_timeout: float | None = None) -> OrderState | None:
     """Rebuild an order from its history with the live transitions."""
     state: OrderState | None = None
     for env in events:
-        decision = decide(state, env, payment_timeout)
+        decision = decide(state, env, payment_timeout, pending_timeout)
         if decision.state is not None:
             state = decision.state
     return state

@@ -8,8 +8,8 @@ answer is 202 once the broker has them.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-import inspect
 import logging
 import time
 import uuid
@@ -18,34 +18,33 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from faust.types import TopicT
 
 from app import codec, metrics
 from app.domain import analytics as analytics_domain
 from app.domain import inventory as inventory_domain
 from app.domain import orders as orders_domain
-from app.domain.common import INVENTORY, ORDERS, USERS
-from app.main import settings
-from app.processing import until_handled
-from app.topics import BY_NAME, DEAD_LETTERS, LOGICAL, kafka_name
+from app.domain.common import INVENTORY, ORDERS
+from app.domain.common import USERS as USERS_TOPIC
+from app.engine.assignor import TaskAssignor
+from app.engine.store import PartitionDB
+from app.main import engine, settings
+from app.topics import BY_NAME, LOGICAL, kafka_name
 from app.web import routing, validation
 from app.web.routing import FORWARDED, Unavailable
 from schemas.envelope import Envelope, derived_id, make, parse_ts
 from schemas.registry import current_version
 from tables import (
-    Store,
-    dead_letter_to_state,
-    local_items,
-    order_records,
-    order_to_history,
-    order_to_state,
-    partition_to_analytics,
-    partition_to_status_counts,
-    product_to_stock,
-    stock_records,
-    table_items,
-    user_records,
-    user_to_profile,
+    STOCK,
+    USERS,
+    analytics_partial,
+    committed,
+    committed_for,
+    dead_letter_rows,
+    order_history,
+    order_rows,
+    order_state,
+    status_counts,
+    stock_rows,
 )
 
 log = logging.getLogger("orderstream.api")
@@ -124,14 +123,27 @@ def require_admin(request: web.Request) -> None:
 
 async def produce(topic: str, key: str, env: Envelope) -> None:
     """Send an envelope to a logical topic and wait until the broker has it."""
-    await send_and_wait(BY_NAME[topic], key, env)
+    await engine.produce(topic, key, codec.dumps(env))
 
 
-async def send_and_wait(topic: TopicT, key: str, env: Envelope) -> None:
-    """Send an envelope to ``topic`` and wait until the broker has it."""
-    result: Any = await topic.send(key=key.encode(), value=env)
-    while inspect.isawaitable(result):
-        result = await result
+def _db(key: str) -> PartitionDB:
+    """The committed state of ``key``'s partition here (``check_local`` passed), or a 503."""
+    db = committed_for(key)
+    if db is None:
+        raise Unavailable("this worker does not serve the key's partition yet")
+    return db
+
+
+async def produce_and_wait(topic: str, key: str, env: Envelope) -> bool:
+    """Produce a command, then wait (at most :data:`APPLIED_WAIT`) until this worker committed its effect."""
+    applied = asyncio.ensure_future(engine.waiters.wait(env["id"], APPLIED_WAIT))
+    await asyncio.sleep(0)  # the waiter is registered before the command can be handled
+    try:
+        await produce(topic, key, env)
+    except BaseException:
+        applied.cancel()
+        raise
+    return await applied
 
 
 def _limit(request: web.Request, default: int = 50) -> int:
@@ -216,14 +228,14 @@ async def get_order(request: web.Request, order_id: str) -> web.Response:
         except ValueError:
             raise validation.Invalid([{"field": "wait", "message": "must be a number of seconds"}]) from None
     while True:
-        state = order_to_state.get(order_id)
+        state = order_state(_db(order_id), order_id)
         if state is not None and (wait is None or orders_domain.is_final(state)):
             return json_response(orders_domain.to_view(state))
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        # Woken by the saga's next write of this order; re-checked at least every second.
-        await order_to_state.written(order_id, min(remaining, 1.0))
+        # Woken by the commit of this order's next entry; re-checked at least every second.
+        await engine.waiters.wait(order_id, min(remaining, 1.0))
     if state is None:
         raise ApiError(404, "not_found", f"order {order_id} not found")
     return json_response(orders_domain.to_view(state))
@@ -234,9 +246,9 @@ def _order_as_of(order_id: str, as_of: str) -> dict[str, Any]:
         instant = parse_ts(as_of)
     except ValueError:
         raise validation.Invalid([{"field": "as_of", "message": "must be an ISO-8601 instant"}]) from None
-    history = order_to_history.get(order_id) or []
+    history = order_history(_db(order_id), order_id)
     events = [e for e in history if parse_ts(e["timestamp"]) <= instant]
-    state = orders_domain.fold(events, settings.payment_timeout)
+    state = orders_domain.fold(events, settings.payment_timeout, settings.pending_timeout)
     if state is None:
         raise ApiError(404, "not_found", f"order {order_id} did not exist at {as_of}")
     return {**orders_domain.to_view(state), "as_of": as_of}
@@ -245,7 +257,7 @@ def _order_as_of(order_id: str, as_of: str) -> dict[str, Any]:
 @_routed(ORDERS, "order_id")
 async def order_events(request: web.Request, order_id: str) -> web.Response:
     """``GET /orders/{id}/events``: the order's events in causal order."""
-    history = order_to_history.get(order_id)
+    history = order_history(_db(order_id), order_id)
     if not history:
         raise ApiError(404, "not_found", f"order {order_id} not found")
     return json_response({"order_id": order_id, "events": history})
@@ -254,11 +266,6 @@ async def order_events(request: web.Request, order_id: str) -> web.Response:
 #: How long a command's 202 waits for its stage to apply it, so the next request sees it
 #: (ship then deliver; create a user then update it).
 APPLIED_WAIT = 5.0
-
-
-async def _until_handled(store: Store, event_id: str) -> bool:
-    """Wait (at most :data:`APPLIED_WAIT`) until this worker's stage has handled ``event_id``."""
-    return await until_handled(store, event_id, APPLIED_WAIT)
 
 
 def _order_command(kind: str) -> Handler:
@@ -272,7 +279,7 @@ def _order_command(kind: str) -> Handler:
             payload.update(validation.ship_request(await read_json(request)))
         elif kind == "cancel":
             payload["reason"] = "customer_cancelled"
-        state = order_to_state.get(order_id)
+        state = order_state(_db(order_id), order_id)
         if state is None:
             raise ApiError(404, "not_found", f"order {order_id} not found")
         if not check(state):
@@ -280,9 +287,8 @@ def _order_command(kind: str) -> Handler:
                 409, "conflict", f"cannot {kind} an order that is {state['status']}", [{"status": state["status"]}]
             )
         env = make(f"order.{kind}", "order", order_id, payload, correlation_id=order_id)
-        await produce(ORDERS, order_id, env)
-        if await _until_handled(order_records, env["id"]):
-            state = order_to_state.get(order_id) or state
+        if await produce_and_wait(ORDERS, order_id, env):
+            state = order_state(_db(order_id), order_id) or state
         return json_response({"order_id": order_id, "status": state["status"], "accepted": kind}, 202)
 
     command.__name__ = f"{kind}_order"
@@ -308,14 +314,13 @@ async def local_orders(request: web.Request) -> web.Response:
     limit = _limit(request)
     serving = routing.serving()
     status, user_id, cursor = (request.query.get(k) for k in ("status", "user_id", "cursor"))
-    rows = sorted(
-        (oid, s)
-        for oid, s in local_items(order_to_state)
-        if (not cursor or oid > cursor)
-        and (not status or s["status"] == status)
-        and (not user_id or s["user_id"] == user_id)
-    )
-    page = [orders_domain.to_view(s) for _, s in rows[:limit]]
+    rows: list[dict[str, Any]] = []
+    for p in serving:
+        db = committed(p)
+        if db is not None:
+            rows.extend(order_rows(db, status=status, user_id=user_id, cursor=cursor or "", limit=limit + 1))
+    rows.sort(key=lambda s: s["order_id"])
+    page = [orders_domain.to_view(s) for s in rows[:limit]]
     return json_response({"orders": page, "more": len(rows) > limit, "serving": serving})
 
 
@@ -325,7 +330,7 @@ async def local_orders(request: web.Request) -> web.Response:
 @_routed(INVENTORY, "product_id")
 async def get_stock(request: web.Request, product_id: str) -> web.Response:
     """``GET /inventory/{id}``."""
-    return json_response(inventory_domain.to_view(product_id, product_to_stock.get(product_id)))
+    return json_response(inventory_domain.to_view(product_id, _db(product_id).get(STOCK, f"stock/{product_id}")))
 
 
 @_routed(INVENTORY, "product_id")
@@ -334,7 +339,7 @@ async def set_stock(request: web.Request, product_id: str) -> web.Response:
     require_admin(request)
     _product_id_ok(product_id)
     on_hand = validation.non_negative_int(await read_json(request), "on_hand")
-    stock = product_to_stock.get(product_id) or inventory_domain.empty_stock()
+    stock = _db(product_id).get(STOCK, f"stock/{product_id}") or inventory_domain.empty_stock()
     if on_hand < stock["reserved"]:
         raise ApiError(409, "conflict", f"{stock['reserved']} units are reserved; on_hand cannot go below that")
     env = make(
@@ -344,8 +349,7 @@ async def set_stock(request: web.Request, product_id: str) -> web.Response:
         {"product_id": product_id, "on_hand": on_hand},
         correlation_id=product_id,
     )
-    await produce(INVENTORY, product_id, env)
-    await _until_handled(stock_records, env["id"])
+    await produce_and_wait(INVENTORY, product_id, env)
     return json_response({"product_id": product_id, "on_hand": on_hand, "status": "accepted"}, 202)
 
 
@@ -362,8 +366,7 @@ async def restock(request: web.Request, product_id: str) -> web.Response:
         {"product_id": product_id, "quantity": quantity},
         correlation_id=product_id,
     )
-    await produce(INVENTORY, product_id, env)
-    await _until_handled(stock_records, env["id"])
+    await produce_and_wait(INVENTORY, product_id, env)
     return json_response({"product_id": product_id, "quantity": quantity, "status": "accepted"}, 202)
 
 
@@ -385,8 +388,13 @@ async def local_stock(request: web.Request) -> web.Response:
     """This worker's slice of ``GET /inventory``."""
     limit = _limit(request)
     serving = routing.serving()
-    cursor = request.query.get("cursor")
-    rows = sorted((pid, s) for pid, s in local_items(product_to_stock) if not cursor or pid > cursor)
+    cursor = request.query.get("cursor") or ""
+    rows: list[tuple[str, Any]] = []
+    for p in serving:
+        db = committed(p)
+        if db is not None:
+            rows.extend(stock_rows(db, cursor, limit + 1))
+    rows.sort(key=lambda r: r[0])
     page = [inventory_domain.to_view(pid, s) for pid, s in rows[:limit]]
     return json_response({"products": page, "more": len(rows) > limit, "serving": serving})
 
@@ -398,7 +406,7 @@ async def create_user(request: web.Request) -> web.StreamResponse:
     """``POST /users``: the owner of the (given or new) user id checks it is new and creates it."""
     fields = validation.user_request(await read_json(request), partial=False)
     user_id = fields.pop("user_id", None) or str(uuid.uuid4())
-    owner = routing.owner_of(USERS, user_id)
+    owner = routing.owner_of(USERS_TOPIC, user_id)
     if owner != routing.my_url():
         return await routing.forward(request, owner, path=f"/users/{user_id}/_create")
     return await _create_user_locally(user_id, fields)
@@ -407,7 +415,7 @@ async def create_user(request: web.Request) -> web.StreamResponse:
 async def create_user_at_owner(request: web.Request) -> web.Response:
     """The owner's half of ``POST /users`` (forwarded here with the id in the path)."""
     user_id = request.match_info["user_id"]
-    if routing.owner_of(USERS, user_id) != routing.my_url():
+    if routing.owner_of(USERS_TOPIC, user_id) != routing.my_url():
         raise Unavailable("the user's owner changed while the request was forwarded")
     fields = validation.user_request(await read_json(request), partial=False)
     fields.pop("user_id", None)
@@ -415,34 +423,36 @@ async def create_user_at_owner(request: web.Request) -> web.Response:
 
 
 async def _create_user_locally(user_id: str, fields: dict[str, Any]) -> web.Response:
-    routing.check_local(USERS, user_id)
-    if user_to_profile.get(user_id) is not None:
+    routing.check_local(USERS_TOPIC, user_id)
+    if _profile(user_id) is not None:
         raise ApiError(409, "conflict", f"user {user_id} already exists")
     env = make("user.created", "user", user_id, {"user_id": user_id, **fields}, correlation_id=user_id)
-    await produce(USERS, user_id, env)
-    await _until_handled(user_records, env["id"])
+    await produce_and_wait(USERS_TOPIC, user_id, env)
     return json_response({"user_id": user_id, **fields}, 202, {"Location": f"/users/{user_id}"})
 
 
-@_routed(USERS, "user_id")
+@_routed(USERS_TOPIC, "user_id")
 async def update_user(request: web.Request, user_id: str) -> web.Response:
     """``PATCH /users/{id}``."""
     fields = validation.user_request(await read_json(request), partial=True)
-    if user_to_profile.get(user_id) is None:
+    if _profile(user_id) is None:
         raise ApiError(404, "not_found", f"user {user_id} not found")
     env = make("user.updated", "user", user_id, {"user_id": user_id, **fields}, correlation_id=user_id)
-    await produce(USERS, user_id, env)
-    await _until_handled(user_records, env["id"])
+    await produce_and_wait(USERS_TOPIC, user_id, env)
     return json_response({"user_id": user_id, **fields}, 202)
 
 
-@_routed(USERS, "user_id")
+@_routed(USERS_TOPIC, "user_id")
 async def get_user(request: web.Request, user_id: str) -> web.Response:
     """``GET /users/{id}``."""
-    profile = user_to_profile.get(user_id)
+    profile = _profile(user_id)
     if profile is None:
         raise ApiError(404, "not_found", f"user {user_id} not found")
     return json_response(profile)
+
+
+def _profile(user_id: str) -> dict[str, Any] | None:
+    return _db(user_id).get(USERS, f"user/{user_id}")  # type: ignore[no-any-return]
 
 
 # --- analytics, dead letters, operations ------------------------------------------
@@ -459,10 +469,11 @@ async def analytics_summary(request: web.Request) -> web.Response:
 async def local_analytics(request: web.Request) -> web.Response:
     """This worker's partial aggregates."""
     serving = routing.serving()
+    dbs = [db for db in map(committed, serving) if db is not None]
     return json_response(
         {
-            "partials": [v for _, v in local_items(partition_to_analytics)],
-            "status_counts": [v for _, v in local_items(partition_to_status_counts)],
+            "partials": [analytics_partial(db) for db in dbs],
+            "status_counts": [status_counts(db) for db in dbs],
             "serving": serving,
         }
     )
@@ -480,14 +491,23 @@ async def local_dead_letters(request: web.Request) -> web.Response:
     limit = _limit(request)
     serving = routing.serving()
     cursor, source, status = (request.query.get(k) for k in ("cursor", "source_topic", "status"))
-    rows = sorted(
-        (k, v)
-        for k, v in table_items(dead_letter_to_state)
-        if (not cursor or k > cursor)
-        and (not source or v["source_topic"] in (source, _kafka_topic_or_none(source)))
-        and (not status or v["status"] == status)
-    )
-    return json_response({"messages": [v for _, v in rows[:limit]], "more": len(rows) > limit, "serving": serving})
+    rows: list[dict[str, Any]] = []
+    for p in serving:
+        db = committed(p)
+        if db is None:
+            continue
+        n = 0
+        for letter in dead_letter_rows(db, cursor or ""):
+            if source and letter["source_topic"] not in (source, _kafka_topic_or_none(source)):
+                continue
+            if status and letter["status"] != status:
+                continue
+            rows.append(letter)
+            n += 1
+            if n > limit:
+                break
+    rows.sort(key=lambda r: r["id"])
+    return json_response({"messages": rows[:limit], "more": len(rows) > limit, "serving": serving})
 
 
 def _kafka_topic_or_none(name: str) -> str | None:
@@ -517,7 +537,7 @@ async def redrive(request: web.Request) -> web.Response:
         env = make(
             "dead_letter.redrive", "dead_letter", letter["id"], {"dlq_id": letter["id"]}, correlation_id=letter["id"]
         )
-        await send_and_wait(DEAD_LETTERS[LOGICAL[letter["source_topic"]]], letter["id"], env)
+        await produce(f"{LOGICAL[letter['source_topic']]}.dlq", letter["id"], env)
     return json_response({"redriven": len(chosen), "ids": [m["id"] for m in chosen]}, 202)
 
 
@@ -549,10 +569,8 @@ async def ready(request: web.Request) -> web.Response:
 async def cluster(request: web.Request) -> web.Response:
     """``GET /cluster``: the workers and which partitions each owns."""
     owners: dict[str, list[int]] = {}
-    orders_changelog = order_to_state.changelog_topic.get_topic_name()
-    for tp, url in routing._tps_url().items():
-        if tp.topic == orders_changelog:
-            owners.setdefault(str(url).rstrip("/"), []).append(tp.partition)
+    for partition, url in TaskAssignor.owners.items():
+        owners.setdefault(url.rstrip("/"), []).append(partition)
     return json_response(
         {
             "me": routing.my_url(),

@@ -1,26 +1,24 @@
 """Answer any key on any worker: find the key's owner and forward the whole request there.
 
-Faust's ``table_route`` drops the request body and has multi-worker bugs, so we
-route ourselves: hash the key the way the producer does (murmur2), look up which
-worker the partition assignor gave that partition to, and proxy method, path,
-query, headers and body. A request that arrives forwarded is never forwarded again:
-if ownership moved meanwhile the answer is a 503 with ``Retry-After``.
+The engine's assignor publishes which worker (URL) owns each partition number; a key's
+partition is the producer's murmur2 hash, the same in every topic and store. A request
+for a key another worker owns is proxied there (method, path, query, headers and body);
+a request that arrives forwarded is never forwarded again: if ownership moved meanwhile
+the answer is a 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 from aiohttp import web
-from aiokafka.partitioner import murmur2
-from faust.types import TP
 
 from app import codec
-from app.main import app, settings
+from app.engine.assignor import TaskAssignor
+from app.main import app, engine, settings
 
 log = logging.getLogger("orderstream.routing")
 
@@ -48,62 +46,37 @@ def my_url() -> str:
 
 def partition_for(key: str) -> int:
     """Return the partition ``key`` hashes to (the producer's default partitioner)."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % settings.partitions
-
-
-def _tps_url() -> Mapping[TP, str]:
-    return getattr(app.assignor, "_tps_url", {}) or {}
-
-
-def _owner_table_changelog(topic: str) -> str:
-    """The changelog whose partition assignment tells who owns ``topic``'s keys.
-
-    The assignor publishes owners only for changelog partitions; every topic is
-    co-partitioned with the tables its agent writes, so partition p of the
-    changelog is active wherever partition p of the topic is consumed.
-    """
-    from app.domain.common import INVENTORY, ORDERS, USERS
-    from tables import order_to_state, product_to_stock, user_to_profile
-
-    table = {ORDERS: order_to_state, INVENTORY: product_to_stock, USERS: user_to_profile}[topic]
-    return table.changelog_topic.get_topic_name()
+    return engine.partition_for(key)
 
 
 def owner_of(topic: str, key: str) -> str:
-    """Return the URL of the worker that owns ``key`` of logical ``topic``, or raise :class:`Unavailable`."""
-    if app.rebalancing:
+    """Return the URL of the worker that owns ``key``, or raise :class:`Unavailable`."""
+    if engine.rebalancing:
         raise Unavailable("the cluster is rebalancing")
-    url = _tps_url().get(TP(_owner_table_changelog(topic), partition_for(key)))
+    url = TaskAssignor.owners.get(partition_for(key))
     if not url:
         raise Unavailable("the owner of this key is not known yet")
-    return str(url).rstrip("/")
+    return url.rstrip("/")
 
 
 def check_local(topic: str, key: str) -> None:
-    """Raise :class:`Unavailable` unless this worker holds ``key``'s partition, active and recovered.
+    """Raise :class:`Unavailable` unless this worker serves ``key``'s partition, recovered.
 
-    The owner map can name this worker's URL for a partition it does not hold yet:
-    a restarted worker reuses its URL while the group still lists its dead
-    predecessor. Answering from the local table then would return a default.
+    The owner map can name this worker's URL for a partition it does not hold yet: a
+    restarted worker reuses its URL while the group still lists its dead predecessor.
     """
-    tp = TP(_owner_table_changelog(topic), partition_for(key))
-    if not app.assignor.is_active(tp):
-        raise Unavailable("this worker does not hold the key's partition yet")
-    if not is_ready():
-        raise Unavailable("this worker's tables are still recovering")
+    if engine.db(partition_for(key)) is None:
+        raise Unavailable("this worker does not serve the key's partition yet")
 
 
 def is_ready() -> bool:
-    """Whether this worker has its assignment and its tables are recovered."""
-    if app.rebalancing or not _tps_url() or not getattr(app, "settled", False):
-        return False
-    recovery = cast(Any, app.tables).recovery
-    return bool(recovery.completed.is_set()) and not recovery.in_recovery
+    """Whether this worker has its assignment and its state is recovered."""
+    return engine.ready
 
 
 def workers() -> list[str]:
     """Return the URLs of every worker in the group (this one included)."""
-    urls = {str(u).rstrip("/") for u in _tps_url().values()}
+    urls = {u.rstrip("/") for u in TaskAssignor.owners.values() if u}
     urls.add(my_url())
     return sorted(urls)
 
@@ -115,7 +88,7 @@ async def forward(request: web.Request, owner: str, *, path: str | None = None) 
         k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization", "idempotency-key")
     }
     headers[FORWARDED] = my_url()
-    url = owner + (path or request.rel_url.path_qs)
+    url = owner + (path or request.rel_url.raw_path_qs)
     try:
         async with session().request(request.method, url, data=body or None, headers=headers) as resp:
             payload = await resp.read()
@@ -127,16 +100,8 @@ async def forward(request: web.Request, owner: str, *, path: str | None = None) 
 
 
 def serving() -> list[int]:
-    """The partitions this worker answers for in ``/_local/...`` pages: active here, tables recovered.
-
-    Every table is co-partitioned with the orders topic, so one changelog tells.
-    """
-    if not is_ready():
-        return []
-    from app.domain.common import ORDERS
-
-    changelog = _owner_table_changelog(ORDERS)
-    return [p for p in range(settings.partitions) if app.assignor.is_active(TP(changelog, p))]
+    """The partitions this worker answers for in ``/_local/...`` pages."""
+    return engine.serving()
 
 
 async def gather_json(path_qs: str) -> list[Any]:
@@ -146,7 +111,7 @@ async def gather_json(path_qs: str) -> list[Any]:
     cover every partition the answer would be partial (a restarted worker that does not
     hold its partitions yet, a takeover still recovering), so it is a 503 instead.
     """
-    if app.rebalancing:
+    if engine.rebalancing:
         raise Unavailable("the cluster is rebalancing")
     pages = await _gather(path_qs)
     covered = {p for page in pages for p in page.get("serving", ())}
@@ -157,7 +122,6 @@ async def gather_json(path_qs: str) -> list[Any]:
 
 
 async def _gather(path_qs: str) -> list[Any]:
-
     async def one(url: str) -> Any:
         async with session().get(url + path_qs, headers={FORWARDED: my_url()}) as resp:
             if resp.status != 200:

@@ -1,0 +1,71 @@
+"""Describe a message a stage could not process as an ``event.processing.failed`` envelope.
+
+The dead letter keeps the error, a short stack summary, the source topic, partition and
+offset, and the original value as it came (JSON when it parsed, else text); it goes to
+``{source topic}.dlq`` keyed by its own id, which derives from the source position, so
+the same failure dead-letters under the same id on every replay.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from schemas.envelope import derived_id, make
+
+if TYPE_CHECKING:
+    from app.engine.runtime import Record
+
+#: Largest dead letter sent whole. The producer refuses records over 1,000,000 bytes and a
+#: dead letter is its original plus error and stack, so an input close to the broker's
+#: 1 MiB limit keeps only its first ``OVERSIZED_PREFIX_BYTES`` (``original_kind:
+#: "truncated"``, never redriven); the whole message stays readable at its source offset.
+MAX_DEAD_LETTER_BYTES = 960_000
+OVERSIZED_PREFIX_BYTES = 64 * 1024
+
+
+def dead_letter(stage: str, record: Record, error: BaseException) -> tuple[str, bytes, bytes]:
+    """``(dead-letter topic, key, value)`` for ``record``, which failed in ``stage`` with ``error``."""
+    from app.engine.runtime import dead_letter_payload
+
+    raw = record.value or b""
+    original: Any
+    try:
+        original, original_kind = orjson.loads(raw), "json"
+    except orjson.JSONDecodeError:
+        original, original_kind = raw.decode("utf-8", errors="replace"), "text"
+    dl_id = derived_id(f"{record.topic}/{record.partition}/{record.offset}", 0)
+    source_id = _text_field(original, "id")
+    key = record.key.decode("utf-8", errors="replace") if record.key is not None else None
+    payload = {
+        "dlq_id": dl_id,
+        **dead_letter_payload(stage, record, error),
+        "key": key,
+        "attempts": 1,
+        "original": original,
+        "original_kind": original_kind,
+        "original_id": source_id,
+    }
+    letter = make(
+        "event.processing.failed",
+        "dead_letter",
+        dl_id,
+        payload,
+        correlation_id=_text_field(original, "correlation_id") or dl_id,
+        causation_id=source_id,
+        event_id=dl_id,
+    )
+    value = orjson.dumps(letter)
+    if len(value) > MAX_DEAD_LETTER_BYTES:
+        payload["original"] = raw[:OVERSIZED_PREFIX_BYTES].decode("utf-8", errors="replace")
+        payload["original_kind"] = "truncated"
+        payload["original_bytes"] = len(raw)
+        value = orjson.dumps(letter)
+    return f"{record.topic}.dlq", dl_id.encode(), value
+
+
+def _text_field(value: Any, name: str) -> str | None:
+    """``value[name]`` when ``value`` is an object and that field a non-empty string."""
+    field = value.get(name) if isinstance(value, dict) else None
+    return field if isinstance(field, str) and field else None

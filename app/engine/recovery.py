@@ -1,0 +1,119 @@
+"""Bring a task's database to the end of its changelogs, trusting local state only when it is provably ours.
+
+Each store partition's checkpoint says which cluster and changelog topic it was written
+against and the changelog offset it has applied. Kafka Streams' rule: local state is
+kept only when that offset lies within what the changelog holds now; anything else —
+another cluster (a fresh broker under an old data directory), another topic (another
+app id), an offset past the changelog's end (the topic was deleted and recreated, or
+the state is a zombie's) or before its start (retention or truncation removed what it
+was built on), or records without a checkpoint — is discarded and rebuilt from the
+changelog, with one log line saying which partition and why.
+
+The changelogs are read ``read_committed`` after the task's transactional producer
+fenced the previous owner, so only committed transactions are restored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from app.engine.store import PartitionDB
+
+if TYPE_CHECKING:
+    from app.engine.runtime import Engine, Task
+
+log = logging.getLogger("orderstream.recovery")
+
+#: How long a restore may go without progress before it is retried from scratch.
+STALL_TIMEOUT = 60.0
+
+
+def verdict(cp: dict[str, Any] | None, has_records: bool, *, cluster: str, topic: str, start: int, end: int) -> str:
+    """Why a store partition's local state cannot be trusted, or ``""`` when it can."""
+    if cp is None:
+        return "it has records but no checkpoint" if has_records else ""
+    if cp.get("cluster") != cluster:
+        return f"it was written against cluster {cp.get('cluster')!r}, this is {cluster!r}"
+    if cp.get("topic") != topic:
+        return f"it was written from changelog {cp.get('topic')!r}"
+    offset = int(cp.get("offset", -1))
+    if offset > end:
+        return f"it is ahead of its changelog (checkpoint {offset}, changelog ends at {end})"
+    if offset < start:
+        return f"its changelog no longer holds what it was built on (checkpoint {offset}, changelog starts at {start})"
+    return ""
+
+
+async def restore(engine: Engine, tasks: list[Task]) -> None:
+    """Check and restore every store partition of ``tasks``."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=engine.bootstrap,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        group_id=None,
+        fetch_max_wait_ms=50,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        await _restore(engine, consumer, tasks)
+    finally:
+        await consumer.stop()
+
+
+async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]) -> None:
+    by_tp: dict[TopicPartition, tuple[PartitionDB, str]] = {}
+    for task in tasks:
+        for store in engine.stores.values():
+            by_tp[TopicPartition(store.changelog, task.partition)] = (task.step.db, store.name)
+    tps = list(by_tp)
+    consumer.assign(tps)
+    starts = await consumer.beginning_offsets(tps)
+    ends = await consumer.end_offsets(tps)
+    todo: dict[TopicPartition, int] = {}
+    for tp, (db, store) in by_tp.items():
+        cp = db.checkpoint(store)
+        reason = verdict(cp, db.has_records(store), cluster=engine.cluster_id, topic=tp.topic, start=starts[tp], end=ends[tp])
+        if reason:
+            log.warning("discarding local %s partition %s and rebuilding it from %s: %s", store, tp.partition, tp.topic, reason)
+            db.wipe_store(store)
+            cp = None
+        position = int(cp["offset"]) if cp else starts[tp]
+        if position < ends[tp]:
+            todo[tp] = position
+            consumer.seek(tp, position)
+        elif cp is None and ends[tp] > 0:
+            # Nothing to read, but record that this (empty) state matches the changelog.
+            db.apply({}, {store: {"offset": ends[tp], "cluster": engine.cluster_id, "topic": tp.topic}})
+    if not todo:
+        return
+    consumer.pause(*[tp for tp in tps if tp not in todo])
+    began = time.monotonic()
+    total = 0
+    last_progress = time.monotonic()
+    while todo:
+        batch = await consumer.getmany(*todo.keys(), timeout_ms=500, max_records=5000)
+        for tp, records in batch.items():
+            db, store = by_tp[tp]
+            writes: dict[str, Any] = {}
+            for r in records:
+                writes[r.key.decode()] = None if r.value is None else orjson.loads(r.value)
+            position = await consumer.position(tp)
+            db.apply({store: writes}, {store: {"offset": position, "cluster": engine.cluster_id, "topic": tp.topic}})
+            total += len(records)
+            last_progress = time.monotonic()
+        for tp in list(todo):
+            position = await consumer.position(tp)
+            if position >= ends[tp]:
+                db, store = by_tp[tp]
+                db.apply({}, {store: {"offset": position, "cluster": engine.cluster_id, "topic": tp.topic}})
+                del todo[tp]
+                consumer.pause(tp)
+        if todo and time.monotonic() - last_progress > STALL_TIMEOUT:
+            raise RuntimeError(f"restoring {sorted(map(str, todo))} made no progress for {STALL_TIMEOUT:.0f} s")
+    log.info("restored %d changelog records for partitions %s in %.2f s", total, sorted({t.partition for t in tasks}), time.monotonic() - began)

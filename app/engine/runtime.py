@@ -1,0 +1,750 @@
+"""The engine: every stage of a partition number as one task, batched steps, one transaction per commit.
+
+One consumer per worker reads every input topic of the stages (group ``{app_id}.engine``,
+:class:`~app.engine.assignor.TaskAssignor`: a member gets partition ``p`` of every topic).
+Partition number ``p`` is a *task*: the stages' handlers for ``p``'s messages, partition
+``p`` of every store (one RocksDB database, :mod:`app.engine.store`), and one
+transactional producer (``{app_id}-task-{p}``).
+
+A **step** handles everything buffered for a task in offset order: decode once per
+message, run each stage's handler for the message's type (pure decisions; writes go
+to an overlay, outputs to a list), dead-letter what fails. A **commit** (every
+``commit_interval``, or at once when the input is idle) sends one changelog record per
+key the task changed since the last commit, adds the input offsets, and commits the
+transaction; only then is the overlay written to RocksDB as one ``WriteBatch``
+together with each changelog partition's new offset (the checkpoint).
+
+Guarantees, both modes: a task's state, its changelogs and its input offsets move
+together in one Kafka transaction, so state is always the state after the committed
+inputs — a crash or a fenced zombie (a worker paused until its partitions moved) lands
+nothing, and a replay starts from exactly the state it had. Under ``exactly_once`` the
+outputs are in that transaction too (visible at commit); under ``at_least_once`` they go
+out at once through a plain idempotent producer, so a replay after a crash can send
+them again, with the same ids, and downstream handlers drop them by state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import traceback
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.partitioner import murmur2
+
+from app.engine.assignor import TaskAssignor
+from app.engine.step import Output, Step
+from app.engine.store import Indexer, PartitionDB
+
+log = logging.getLogger("orderstream.engine")
+
+Handler = Callable[[Step, dict[str, Any]], Awaitable[None] | None]
+Decoder = Callable[[Any, str | None], dict[str, Any]]
+DeadLetter = Callable[[str, "Record", BaseException], tuple[str, bytes, bytes]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A stage's handler for some message types of one input topic."""
+
+    stage: str
+    topic: str
+    types: frozenset[str]
+    handler: Handler
+
+
+@dataclass
+class Record:
+    """One input message as the step needs it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class Task:
+    """Partition ``p`` of every topic and store on this worker."""
+
+    partition: int
+    step: Step
+    producer: AIOKafkaProducer
+    #: Next offset to read per input topic-partition (what the step has handled).
+    position: dict[TopicPartition, int] = field(default_factory=dict)
+    #: Offsets of inputs whose effects are still running: the commit stays below them.
+    held: dict[TopicPartition, Counter[int]] = field(default_factory=dict)
+    backlog: deque[list[Record]] = field(default_factory=deque)
+    #: Local inputs: ``(logical topic, envelope, held topic-partition or None, held offset)``.
+    local: deque[tuple[str, dict[str, Any], TopicPartition | None, int]] = field(default_factory=deque)
+    effects: set[asyncio.Task[None]] = field(default_factory=set)
+    in_txn: bool = False
+    dirty: bool = False
+    committing: asyncio.Task[None] | None = None
+    last_commit: float = field(default_factory=time.monotonic)
+    sends: list[asyncio.Future[Any]] = field(default_factory=list)  # delivery of the outputs since the last commit
+    ready: bool = False
+
+
+class Waiters:
+    """Futures woken when a commit lands a key: long-polls and commands waiting to see their effect."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, set[asyncio.Future[None]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._by_key
+
+    async def wait(self, key: str, timeout: float) -> bool:
+        """Wait until :meth:`wake` is called for ``key``; ``False`` after ``timeout`` seconds."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        group = self._by_key.setdefault(key, set())
+        group.add(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            group.discard(fut)
+            if not group:
+                self._by_key.pop(key, None)
+
+    def wake(self, key: str) -> None:
+        """Wake everyone waiting for ``key``."""
+        for fut in self._by_key.pop(key, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+
+@dataclass
+class StoreDef:
+    """A store: its name, its changelog topic and how its derived indexes are computed."""
+
+    name: str
+    changelog: str
+    #: ``entity(key) -> str | None``: the id long-polls wait on when ``key`` is written.
+    entity: Callable[[str], str | None] | None = None
+
+
+class Engine:
+    """The stages of every owned partition number, their state and their commits."""
+
+    def __init__(
+        self,
+        *,
+        app_id: str,
+        bootstrap: str,
+        partitions: int,
+        exactly_once: bool,
+        commit_interval: float,
+        datadir: Path,
+        linger_ms: int,
+        session_timeout_ms: int,
+        decode: Decoder,
+        dead_letter: DeadLetter,
+        indexer: Indexer | None = None,
+    ) -> None:
+        self.app_id = app_id
+        self.group_id = f"{app_id}.engine"
+        self.bootstrap = bootstrap
+        self.partitions = partitions
+        self.exactly_once = exactly_once
+        self.commit_interval = commit_interval
+        self.datadir = datadir
+        self.linger_ms = linger_ms
+        self.session_timeout_ms = session_timeout_ms
+        self.decode = decode
+        self.dead_letter = dead_letter
+        self.indexer = indexer
+        self.routes: dict[str, list[Route]] = {}
+        self.stores: dict[str, StoreDef] = {}
+        self.topics: dict[str, str] = {}  # kafka topic -> logical name
+        self.tasks: dict[int, Task] = {}
+        self.dbs: dict[int, PartitionDB] = {}
+        self.waiters = Waiters()
+        self.cluster_id = ""
+        self.rebalancing = True
+        self.assigned = False
+        self.producer: AIOKafkaProducer | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._wakeup = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._stopping = False
+        self._timers: list[tuple[float, Callable[[Engine], Awaitable[None] | None]]] = []
+        self._next_timer = 0.0
+        self.counters: Counter[tuple[str, str, str]] = Counter()
+        self.on_commit: list[Callable[[Task, dict[str, dict[str, Any]]], None]] = []
+        self._replicas: list[tuple[str, Callable[[str, Any], None]]] = []
+        self._replica_tasks: list[asyncio.Task[None]] = []
+
+    # --- declaration ------------------------------------------------------------
+
+    def topic(self, logical: str) -> str:
+        """The Kafka name of a logical topic (registering it as an input)."""
+        name = f"{self.app_id}.{logical}"
+        self.topics[name] = logical
+        return name
+
+    def store(self, name: str, entity: Callable[[str], str | None] | None = None) -> StoreDef:
+        """Declare a store; its changelog topic is ``{app_id}-{name}-changelog``."""
+        store = StoreDef(name, f"{self.app_id}-{name}-changelog", entity)
+        self.stores[name] = store
+        return store
+
+    def route(self, stage: str, logical_topic: str, types: Iterable[str], handler: Handler) -> None:
+        """Run ``handler`` for messages of ``types`` on ``logical_topic``."""
+        self.topic(logical_topic)
+        self.routes.setdefault(logical_topic, []).append(Route(stage, logical_topic, frozenset(types), handler))
+
+    def replicate(self, store: str, fn: Callable[[str, Any], None]) -> None:
+        """Feed ``fn(key, value)`` every record of ``store`` from all partitions (a read-only replica)."""
+        self._replicas.append((store, fn))
+
+    def every(self, interval: float, fn: Callable[[Engine], Awaitable[None] | None]) -> None:
+        """Call ``fn(engine)`` about every ``interval`` seconds from the engine's loop."""
+        self._timers.append((interval, fn))
+
+    # --- lifecycle --------------------------------------------------------------
+
+    async def start(self, url: str) -> None:
+        """Connect, join the group and start the loop (returns at once; see :attr:`ready`)."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            self.cluster_id = str((await admin.describe_cluster()).get("cluster_id") or "")
+        finally:
+            await admin.close()
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=self.linger_ms,
+            max_batch_size=256 * 1024,
+        )
+        await self.producer.start()
+        TaskAssignor.url = url
+        TaskAssignor.partitions = self.partitions
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            partition_assignment_strategy=(TaskAssignor,),
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=max(500, self.session_timeout_ms // 5),
+            max_poll_interval_ms=300_000,
+            fetch_max_wait_ms=5,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        await self.consumer.start()
+        self.consumer.subscribe(sorted(self.topics), listener=_Listener(self))
+        self._loop_task = asyncio.create_task(self._run(), name="orderstream-engine")
+        for store, fn in self._replicas:
+            self._replica_tasks.append(asyncio.create_task(self._tail(self.stores[store].changelog, fn)))
+
+    async def _tail(self, topic: str, fn: Callable[[str, Any], None]) -> None:
+        """Follow a changelog (all partitions, committed records) for ever."""
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=self.bootstrap,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            group_id=None,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            async for record in consumer:
+                try:
+                    fn(record.key.decode(), None if record.value is None else orjson.loads(record.value))
+                except Exception:
+                    log.exception("replica of %s could not apply a record", topic)
+        finally:
+            await consumer.stop()
+
+    async def stop(self) -> None:
+        """Commit what is handled, leave the group, close everything."""
+        self._stopping = True
+        self._wakeup.set()
+        for job in self._replica_tasks:
+            job.cancel()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._loop_task
+        async with self._lock:
+            await self._commit_all()
+            for task in list(self.tasks.values()):
+                await self._close_task(task)
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await self.consumer.stop()
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+        for db in self.dbs.values():
+            db.close()
+        self.dbs.clear()
+
+    @property
+    def ready(self) -> bool:
+        """Partitions assigned, every task recovered, no rebalance under way."""
+        return self.assigned and not self.rebalancing and all(t.ready for t in self.tasks.values())
+
+    def serving(self) -> list[int]:
+        """Partition numbers this worker answers for now."""
+        if not self.ready:
+            return []
+        return sorted(p for p, t in self.tasks.items() if t.ready)
+
+    def db(self, partition: int) -> PartitionDB | None:
+        """The committed database of a partition this worker serves, else ``None``."""
+        task = self.tasks.get(partition)
+        return task.step.db if task is not None and task.ready and not self.rebalancing else None
+
+    def partition_for(self, key: str) -> int:
+        """The partition ``key`` hashes to (the Java client's default partitioner)."""
+        return (murmur2(key.encode()) & 0x7FFFFFFF) % self.partitions
+
+    # --- producing outside the steps (HTTP edge) ----------------------------------
+
+    async def produce(self, logical: str, key: str, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Send one record through the plain producer and wait until the broker has it."""
+        assert self.producer is not None, "the engine is not started"
+        fut = await self.producer.send(
+            f"{self.app_id}.{logical}", value, key.encode(), partition=self.partition_for(key), headers=headers
+        )
+        await fut
+
+    # --- the loop ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self.consumer is not None
+        fetch: asyncio.Task[dict[TopicPartition, list[Any]]] | None = None
+        wake: asyncio.Task[bool] | None = None
+        while not self._stopping:
+            if fetch is None:
+                fetch = asyncio.ensure_future(self.consumer.getmany(timeout_ms=200, max_records=2000))
+            if wake is None:
+                wake = asyncio.ensure_future(self._wakeup.wait())
+            await asyncio.wait({fetch, wake}, timeout=self._until_timer(), return_when=asyncio.FIRST_COMPLETED)
+            batch: dict[TopicPartition, list[Any]] = {}
+            if fetch.done():
+                try:
+                    batch = fetch.result()
+                except KafkaError as exc:
+                    log.warning("fetch failed: %s", exc)
+                fetch = None
+            if wake.done():
+                wake = None
+                self._wakeup.clear()
+            try:
+                async with self._lock:
+                    await self._cycle(batch)
+            except Exception:
+                log.exception("engine step failed")
+                await asyncio.sleep(0.1)
+
+    def _until_timer(self) -> float:
+        return max(0.0, min(self._next_timer - time.monotonic(), 0.25))
+
+    async def _cycle(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        for tp, records in batch.items():
+            task = self.tasks.get(tp.partition)
+            if task is None:
+                continue  # not ours anymore: its next owner reads it from the committed offset
+            topic = tp.topic
+            task.backlog.append(
+                [Record(topic, tp.partition, r.offset, r.key, r.value, list(r.headers or ())) for r in records]
+            )
+        for task in list(self.tasks.values()):
+            if task.ready and task.committing is None and (task.backlog or task.local):
+                await self._step(task)
+        now = time.monotonic()
+        if now >= self._next_timer:
+            self._next_timer = now + 1.0
+            for _interval, fn in self._timers:
+                result = fn(self)
+                if result is not None:
+                    await result
+        idle = not batch
+        for task in list(self.tasks.values()):
+            due = idle or now - task.last_commit >= self.commit_interval
+            if task.dirty and task.committing is None and due:
+                task.committing = asyncio.create_task(self._commit(task))
+
+    # --- a step -----------------------------------------------------------------
+
+    async def _step(self, task: Task) -> None:
+        step = task.step
+        if self.exactly_once and not task.in_txn:
+            await task.producer.begin_transaction()
+            task.in_txn = True
+        while task.local:
+            logical, env, tp, offset = task.local.popleft()
+            await self._handle_local(task, logical, env)
+            held = task.held.get(tp) if tp is not None else None
+            if held is not None:
+                held[offset] -= 1
+                if held[offset] <= 0:
+                    del held[offset]
+            task.dirty = True
+        while task.backlog:
+            records = task.backlog.popleft()
+            for record in records:
+                await self._handle(task, record)
+                task.position[TopicPartition(record.topic, record.partition)] = record.offset + 1
+            task.dirty = True
+        await self._flush_outputs(task)
+
+    async def _handle(self, task: Task, record: Record) -> None:
+        step = task.step
+        logical = self.topics.get(record.topic, record.topic)
+        routes = self.routes.get(logical, ())
+        try:
+            value = orjson.loads(record.value) if record.value is not None else None
+            env = self.decode(value, logical)
+        except Exception as exc:  # noqa: BLE001 - whatever cannot be read is dead-lettered, never crashes the task
+            self._dead_letter(task, logical, record, exc)
+            return
+        type_ = env["type"]
+        waited = env["id"] in self.waiters if len(self.waiters) else False
+        for route in routes:
+            if type_ not in route.types:
+                continue
+            step.begin(route.stage, logical, record.offset, env)
+            try:
+                result = route.handler(step, env)
+                if result is not None:
+                    await result
+            except Exception as exc:  # noqa: BLE001 - a handler failure dead-letters its input, never stops the task
+                step.rollback()
+                self.counters[(route.stage, type_, "dead_lettered")] += 1
+                self._dead_letter(task, logical, record, exc, stage=route.stage)
+                continue
+            self.counters[(route.stage, type_, "handled")] += 1
+            if step.effects:
+                self._launch(task, record, step.effects)
+                step.effects = []
+        if waited:
+            step.handled.append(env["id"])
+
+    async def _handle_local(self, task: Task, logical: str, env: dict[str, Any]) -> None:
+        """A local input (an effect's result, a timer's command): handled like a message of ``logical``."""
+        step = task.step
+        type_ = env["type"]
+        for route in self.routes.get(logical, ()):
+            if type_ not in route.types:
+                continue
+            step.begin(route.stage, logical, -1, env)
+            try:
+                result = route.handler(step, env)
+                if result is not None:
+                    await result
+            except Exception:
+                step.rollback()
+                log.exception("local input %s failed in stage %s", type_, route.stage)
+                continue
+            self.counters[(route.stage, type_, "handled")] += 1
+
+    def _launch(self, task: Task, record: Record, effects: list[tuple[str, Any]]) -> None:
+        tp = TopicPartition(record.topic, record.partition)
+        logical = self.topics.get(record.topic, record.topic)
+        held = task.held.setdefault(tp, Counter())
+        for name, effect in effects:
+            held[record.offset] += 1
+            job = asyncio.get_running_loop().create_task(self._effect(task, logical, tp, record.offset, name, effect))
+            task.effects.add(job)
+            job.add_done_callback(task.effects.discard)
+
+    async def _effect(self, task: Task, logical: str, tp: TopicPartition, offset: int, name: str, effect: Any) -> None:
+        """Run one effect; its result (or an empty marker) comes back as a local input that releases the hold."""
+        try:
+            env = await effect()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("effect %s failed; its input is read again after a restart", name)
+            env = None
+        task.local.append((logical, env or {"type": "_effect_done", "id": "", "payload": {}}, tp, offset))
+        self._wakeup.set()
+
+    def wake(self) -> None:
+        """Make the loop look at local inputs now."""
+        self._wakeup.set()
+
+    def _dead_letter(self, task: Task, logical: str, record: Record, error: BaseException, stage: str = "") -> None:
+        if logical.endswith(".dlq"):
+            log.error("dropping unreadable message %s[%s]@%s on a dead-letter topic: %s", record.topic, record.partition, record.offset, error)
+            return
+        log.warning(
+            "dead-lettering %s[%s]@%s (stage %s): %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            stage or logical,
+            f"{type(error).__name__}: {error}"[:500],
+        )
+        topic, key, value = self.dead_letter(stage or logical, record, error)
+        task.step.send(topic, key, value, [])
+        self.counters[(stage or logical, "_dead_letter", "dead_lettered")] += 1
+
+    async def _flush_outputs(self, task: Task) -> None:
+        """Hand the step's outputs to the producer: the task's transaction, or the plain producer."""
+        outputs = task.step.outputs
+        if not outputs:
+            return
+        task.step.outputs = []
+        producer = task.producer if self.exactly_once else self.producer
+        assert producer is not None
+        send = producer.send
+        partition_of = self._partition_of
+        for out in outputs:
+            fut = await send(out.topic, out.value, out.key, partition=partition_of(out), headers=out.headers or None)
+            task.sends.append(fut)
+
+    def _partition_of(self, out: Output) -> int:
+        if out.key is None:
+            return 0
+        return (murmur2(out.key) & 0x7FFFFFFF) % self.partitions
+
+    # --- commits ----------------------------------------------------------------
+
+    def _offsets(self, task: Task) -> dict[TopicPartition, int]:
+        offsets = {}
+        for tp, position in task.position.items():
+            held = task.held.get(tp)
+            offsets[tp] = min(position, min(held)) if held else position
+        return offsets
+
+    async def _commit(self, task: Task) -> None:
+        """Changelogs, offsets and (exactly-once) outputs in one transaction; then RocksDB."""
+        try:
+            step = task.step
+            writes = step.overlay
+            sends, task.sends = task.sends, []
+            if not self.exactly_once and sends:
+                await asyncio.gather(*sends)  # outputs first: offsets never commit over a lost output
+            if not task.in_txn:
+                await task.producer.begin_transaction()
+                task.in_txn = True
+            last: dict[str, int] = {}
+            futures = []
+            for store, records in writes.items():
+                changelog = self.stores[store].changelog
+                for key, value in records.items():
+                    futures.append(
+                        (
+                            store,
+                            await task.producer.send(
+                                changelog,
+                                None if value is None else orjson.dumps(value),
+                                key.encode(),
+                                partition=task.partition,
+                            ),
+                        )
+                    )
+            offsets = self._offsets(task)
+            if offsets:
+                await task.producer.send_offsets_to_transaction(offsets, self.group_id)
+            if self.exactly_once and sends:
+                await asyncio.gather(*sends)
+            for store, fut in futures:
+                meta = await fut
+                last[store] = max(last.get(store, -1), meta.offset)
+            await task.producer.commit_transaction()
+            task.in_txn = False
+            checkpoints = {
+                store: {"offset": offset + 1, "cluster": self.cluster_id, "topic": self.stores[store].changelog}
+                for store, offset in last.items()
+            }
+            step.db.apply(writes, checkpoints)
+            for fn in self.on_commit:
+                fn(task, writes)
+            self._wake_waiters(writes, step.handled)
+            step.committed()
+            task.dirty = bool(task.local or task.backlog)
+            task.last_commit = time.monotonic()
+        except ProducerFenced:
+            log.warning("partition %s moved to another worker while committing: dropping its uncommitted work", task.partition)
+            await self._reset(task, fenced=True)
+        except Exception:
+            log.exception("commit of partition %s failed: reading its inputs again from the last commit", task.partition)
+            await self._reset(task)
+        finally:
+            task.committing = None
+            self._wakeup.set()
+
+    def _wake_waiters(self, writes: dict[str, dict[str, Any]], handled: list[str]) -> None:
+        if not len(self.waiters):
+            return
+        for store, records in writes.items():
+            entity = self.stores[store].entity
+            if entity is None:
+                continue
+            for key in records:
+                name = entity(key)
+                if name is not None and name in self.waiters:
+                    self.waiters.wake(name)
+        for event_id in handled:
+            self.waiters.wake(event_id)
+
+    async def _reset(self, task: Task, *, fenced: bool = False) -> None:
+        """Drop uncommitted work and read the task's inputs again from the last committed offsets."""
+        for job in list(task.sends):
+            job.cancel()
+        task.sends.clear()
+        if task.in_txn:
+            with contextlib.suppress(Exception):
+                await task.producer.abort_transaction()
+            task.in_txn = False
+        task.step.committed()
+        task.step.outputs = []
+        task.backlog.clear()
+        task.local.clear()
+        for job in list(task.effects):
+            job.cancel()
+        task.held.clear()
+        task.dirty = False
+        if fenced:
+            task.ready = False
+            return
+        assert self.consumer is not None
+        for tp in list(task.position):
+            committed = await self.consumer.committed(tp)
+            if committed is not None:
+                self.consumer.seek(tp, committed)
+                task.position[tp] = committed
+            else:
+                await self.consumer.seek_to_beginning(tp)
+                task.position.pop(tp, None)
+
+    async def _commit_all(self) -> None:
+        for task in list(self.tasks.values()):
+            if task.committing is not None:
+                with contextlib.suppress(Exception):
+                    await task.committing
+        for task in list(self.tasks.values()):
+            if task.ready and (task.backlog or task.local):
+                await self._step(task)
+            if task.dirty or task.sends:
+                await self._commit(task)
+
+    # --- rebalances and recovery --------------------------------------------------
+
+    async def on_revoked(self) -> None:
+        """Before the group rebalances: commit what is handled, stop the effects of every task."""
+        async with self._lock:
+            self.rebalancing = True
+            await self._commit_all()
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """After the group rebalanced: close lost tasks, open and recover new ones."""
+        async with self._lock:
+            numbers = {tp.partition for tp in assigned}
+            for p, task in list(self.tasks.items()):
+                if p not in numbers or not task.ready:
+                    await self._close_task(task)
+            new = [p for p in sorted(numbers) if p not in self.tasks]
+            opened = await asyncio.gather(*(self._open_task(p) for p in new))
+            for task in opened:
+                self.tasks[task.partition] = task
+            await self._recover([self.tasks[p] for p in sorted(numbers)])
+            assert self.consumer is not None
+            for tp in assigned:
+                task = self.tasks[tp.partition]
+                if tp in task.position:
+                    self.consumer.seek(tp, task.position[tp])  # a kept task goes on where it was
+            self.assigned = True
+            self.rebalancing = False
+            log.info("serving partitions %s", sorted(numbers))
+        self._wakeup.set()
+
+    async def _open_task(self, partition: int) -> Task:
+        db = self.dbs.get(partition)
+        if db is None:
+            db = PartitionDB(self.datadir / f"p{partition}.rocksdb", partition, self.indexer)
+            self.dbs[partition] = db
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            transactional_id=f"{self.app_id}-task-{partition}",
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=self.linger_ms,
+            max_batch_size=256 * 1024,
+        )
+        await producer.start()  # fences the partition's previous owner and aborts its open transaction
+        return Task(partition, Step(partition, db), producer)
+
+    async def _close_task(self, task: Task) -> None:
+        for job in list(task.effects):
+            job.cancel()
+        for job in task.sends:
+            job.cancel()
+        if task.in_txn:
+            with contextlib.suppress(Exception):
+                await task.producer.abort_transaction()
+        with contextlib.suppress(Exception):
+            await task.producer.stop()
+        self.tasks.pop(task.partition, None)
+
+    async def _recover(self, tasks: list[Task]) -> None:
+        """Bring each task's database to the end of its changelogs (read_committed).
+
+        A store is kept only if its checkpoint was written against this cluster and this
+        changelog topic and lies within the changelog's retained range; otherwise it is
+        discarded and rebuilt from the changelog (Kafka Streams' checkpoint rule), with
+        one log line saying which and why.
+        """
+        from app.engine.recovery import restore
+
+        todo = [t for t in tasks if not t.ready]
+        if not todo:
+            return
+        await restore(self, todo)
+        for task in todo:
+            task.ready = True
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.engine.on_revoked()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.engine.on_assigned(set(assigned))
+
+
+def dead_letter_payload(stage: str, record: Record, error: BaseException, max_error: int = 2000) -> dict[str, Any]:
+    """The fields of a dead letter for ``record`` (see :mod:`app.engine.dead_letters`)."""
+    text = f"{type(error).__name__}: {error}"
+    stack = traceback.format_exception(type(error), error, error.__traceback__, limit=4)
+    return {
+        "stage": stage,
+        "error": text if len(text) <= max_error else text[: max_error - 1] + "…",
+        "stack": "".join(stack)[-2000:],
+        "source_topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+    }

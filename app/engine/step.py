@@ -1,0 +1,125 @@
+"""What a handler sees while its partition's step runs: its stores, the event, what to send.
+
+A step handles, in offset order, what is buffered for one partition number. Each
+handler stays a pure per-event decision wrapped by a thin adapter; the step collects
+its writes in an overlay over the partition's committed database (reads see them at
+once) and its outputs in a list. Nothing reaches RocksDB or a changelog until the
+commit; a failed handler's writes and outputs are rolled back before its input is
+dead-lettered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.engine.store import PartitionDB
+
+_MISSING: Any = object()
+
+#: A background job started by a handler; its result comes back to the partition as a local input.
+Effect = Callable[[], Awaitable[dict[str, Any] | None]]
+
+
+@dataclass
+class Output:
+    """One record to produce: Kafka topic, key, value bytes (already encoded)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+class Step:
+    """The state and outputs of one partition between two commits."""
+
+    def __init__(self, partition: int, db: PartitionDB) -> None:
+        self.partition = partition
+        self.db = db
+        #: ``{store: {key: value or None}}``: written since the last commit, not yet in RocksDB.
+        self.overlay: dict[str, dict[str, Any]] = {}
+        #: Per-store caches that views keep in step with the overlay (e.g. an order's latest entry).
+        self.caches: dict[str, dict[str, Any]] = {}
+        self.outputs: list[Output] = []
+        self.effects: list[tuple[str, Effect]] = []
+        #: Ids of the events handled since the last commit (only while someone waits for one).
+        self.handled: list[str] = []
+        # The event being handled.
+        self.topic = ""
+        self.offset = -1
+        self.stage = ""
+        self.env: dict[str, Any] = {}
+        self._undo: list[tuple[dict[str, Any], str, Any]] = []
+        self._outputs_mark = 0
+        self._effects_mark = 0
+
+    # --- the event scope --------------------------------------------------------
+
+    def begin(self, stage: str, topic: str, offset: int, env: dict[str, Any]) -> None:
+        """Start handling one event: later :meth:`rollback` undoes exactly what it did."""
+        self.stage, self.topic, self.offset, self.env = stage, topic, offset, env
+        self._undo.clear()
+        self._outputs_mark = len(self.outputs)
+        self._effects_mark = len(self.effects)
+
+    def rollback(self) -> None:
+        """Undo the writes, outputs and effects of the event being handled."""
+        for mapping, key, previous in reversed(self._undo):
+            if previous is _MISSING:
+                mapping.pop(key, None)
+            else:
+                mapping[key] = previous
+        self._undo.clear()
+        del self.outputs[self._outputs_mark :]
+        del self.effects[self._effects_mark :]
+
+    # --- state ----------------------------------------------------------------------
+
+    def get(self, store: str, key: str) -> Any:
+        """The value of ``key`` as this step sees it (its own writes first), or ``None``."""
+        pending = self.overlay.get(store)
+        if pending is not None and key in pending:
+            return pending[key]
+        return self.db.get(store, key)
+
+    def put(self, store: str, key: str, value: Any) -> None:
+        """Write ``key`` (``None`` deletes it)."""
+        pending = self.overlay.setdefault(store, {})
+        self._undo.append((pending, key, pending.get(key, _MISSING)))
+        pending[key] = value
+
+    def cache(self, name: str) -> dict[str, Any]:
+        """A view's cache of this step's writes, rolled back with them via :meth:`cache_put`."""
+        return self.caches.setdefault(name, {})
+
+    def cache_put(self, name: str, key: str, value: Any) -> None:
+        """Set a cache entry, undone on rollback."""
+        cache = self.cache(name)
+        self._undo.append((cache, key, cache.get(key, _MISSING)))
+        cache[key] = value
+
+    def scan(self, store: str, prefix: str) -> Iterator[tuple[str, Any]]:
+        """Committed ``(key, value)`` pairs under ``prefix`` (this step's own writes are not merged in)."""
+        return self.db.scan(store, prefix)
+
+    # --- outputs --------------------------------------------------------------------
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        """Queue one record (rolled back with the event)."""
+        self.outputs.append(Output(topic, key, value, headers))
+
+    def start(self, name: str, effect: Effect) -> None:
+        """Run ``effect`` once this event is handled; it comes back here as a local input.
+
+        The input's offset is held (not committed past) until then, so a crash makes the
+        partition's next owner read it again and start the effect again.
+        """
+        self.effects.append((name, effect))
+
+    def committed(self) -> None:
+        """Forget what was just committed."""
+        self.overlay = {}
+        self.caches.clear()
+        self.handled.clear()

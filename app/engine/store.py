@@ -1,0 +1,197 @@
+"""One RocksDB database (rocksdict) per partition number: every store's records of that partition.
+
+A task (partition ``p`` of every input topic) owns partition ``p`` of every store. The
+task's database holds them all, each store's keys under its own prefix
+(``<store>/<key>``), plus local bookkeeping that never goes to a changelog:
+
+* ``~cp/<store>``: the checkpoint — the changelog partition's next offset the database
+  has applied, and the cluster and changelog topic it was written against;
+* ``~ix/...``: derived indexes (by status, by user, deadlines, counters) computed from
+  the records as they are applied, live or during recovery, so they never disagree.
+
+Writes reach RocksDB only as whole commits: one ``WriteBatch`` with the records, their
+derived index entries and the new checkpoints, written after the commit's Kafka
+transaction succeeded. So the database is always exactly at a committed point.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+from rocksdict import Options, Rdict, WriteBatch
+
+SEP = "/"
+CHECKPOINT = "~cp/"
+INDEX = "~ix/"
+
+
+
+class IndexReader(Protocol):
+    """What an indexer may read: the store's derived entries as this commit left them so far."""
+
+    partition: int
+
+    def index_get(self, key: str) -> Any: ...
+
+
+#: ``index(store, key, value, reader) -> [(index key, value or None)]``: the derived entries one write
+#: changes, in the store's own index namespace (rebuilt with the store).
+Indexer = Callable[[str, str, Any, IndexReader], list[tuple[str, Any]]]
+
+
+def _options() -> Options:
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.set_max_background_jobs(1)
+    options.set_write_buffer_size(8 * 1024 * 1024)
+    return options
+
+
+class PartitionDB:
+    """The records of every store for one partition number, in one rocksdict database."""
+
+    def __init__(self, path: Path, partition: int, indexer: Indexer | None = None) -> None:
+        self.path = path
+        self.partition = partition
+        self.indexer = indexer
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = Rdict(str(path), _options())
+
+    # --- reads (committed state) ----------------------------------------------------
+
+    def get(self, store: str, key: str) -> Any:
+        """The committed value of ``key`` in ``store``, or ``None``."""
+        raw = self.db.get(f"{store}{SEP}{key}".encode())
+        return None if raw is None else orjson.loads(raw)
+
+    def get_raw(self, full_key: str) -> bytes | None:
+        """The committed bytes under a full key."""
+        return self.db.get(full_key.encode())  # type: ignore[no-any-return]
+
+    def scan(self, store: str, prefix: str, start: str = "", *, reverse: bool = False) -> Iterator[tuple[str, Any]]:
+        """``(key, value)`` of ``store`` whose key starts with ``prefix``, from ``prefix + start`` on, in key order.
+
+        Cost is proportional to what the caller reads: one seek, then one step per item.
+        """
+        base = f"{store}{SEP}{prefix}".encode()
+        cut = len(store) + len(SEP)
+        it = self.db.iter()
+        if reverse:
+            it.seek_for_prev(base + (start.encode() if start else b"\xff"))
+        else:
+            it.seek(base + start.encode())
+        while it.valid():
+            k = it.key()
+            if not k.startswith(base):
+                return
+            yield k[cut:].decode(), orjson.loads(it.value())
+            if reverse:
+                it.prev()
+            else:
+                it.next()
+
+    def last(self, store: str, prefix: str) -> tuple[str, Any] | None:
+        """The last ``(key, value)`` of ``store`` under ``prefix``, or ``None``."""
+        for item in self.scan(store, prefix, reverse=True):
+            return item
+        return None
+
+    def index_get(self, store: str, key: str) -> Any:
+        """A derived index entry of ``store`` (committed)."""
+        raw = self.db.get(f"{INDEX}{store}{SEP}{key}".encode())
+        return None if raw is None else orjson.loads(raw)
+
+    def index_scan(self, store: str, prefix: str, start: str = "", stop: str | None = None) -> Iterator[tuple[str, Any]]:
+        """Derived entries of ``store`` under ``prefix``, from ``prefix + start`` up to (not incl.) ``prefix + stop``."""
+        base = f"{INDEX}{store}{SEP}{prefix}".encode()
+        end = None if stop is None else base + stop.encode()
+        cut = len(INDEX) + len(store) + len(SEP)
+        it = self.db.iter()
+        it.seek(base + start.encode())
+        while it.valid():
+            k = it.key()
+            if not k.startswith(base) or (end is not None and k >= end):
+                return
+            yield k[cut:].decode(), orjson.loads(it.value())
+            it.next()
+
+    # --- checkpoints ----------------------------------------------------------------
+
+    def checkpoint(self, store: str) -> dict[str, Any] | None:
+        """What this database last applied of ``store``'s changelog partition."""
+        raw = self.db.get(f"{CHECKPOINT}{store}".encode())
+        return None if raw is None else orjson.loads(raw)
+
+    def has_records(self, store: str) -> bool:
+        """Whether ``store`` has any record here."""
+        base = f"{store}{SEP}".encode()
+        it = self.db.iter()
+        it.seek(base)
+        return bool(it.valid() and it.key().startswith(base))
+
+    # --- writes ---------------------------------------------------------------------
+
+    def apply(
+        self,
+        writes: dict[str, dict[str, Any]],
+        checkpoints: dict[str, dict[str, Any]],
+    ) -> None:
+        """Write one commit: ``{store: {key: value or None}}`` and each store's new checkpoint, atomically."""
+        batch = WriteBatch(raw_mode=True)
+        for store, records in writes.items():
+            derived: dict[str, Any] = {}
+            reader = _Pending(self, store, derived)
+            for key, value in records.items():
+                full = f"{store}{SEP}{key}".encode()
+                if value is None:
+                    batch.delete(full)
+                else:
+                    batch.put(full, orjson.dumps(value))
+                if self.indexer is not None:
+                    for ix_key, ix_value in self.indexer(store, key, value, reader):
+                        derived[ix_key] = ix_value
+            for ix_key, ix_value in derived.items():
+                full = f"{INDEX}{store}{SEP}{ix_key}".encode()
+                if ix_value is None:
+                    batch.delete(full)
+                else:
+                    batch.put(full, orjson.dumps(ix_value))
+        for store, cp in checkpoints.items():
+            batch.put(f"{CHECKPOINT}{store}".encode(), orjson.dumps(cp))
+        self.db.write(batch)
+
+    def wipe_store(self, store: str) -> None:
+        """Delete every record, derived entry and the checkpoint of ``store``."""
+        batch = WriteBatch(raw_mode=True)
+        for base in (f"{store}{SEP}".encode(), f"{INDEX}{store}{SEP}".encode()):
+            batch.delete_range(base, base[:-1] + bytes([base[-1] + 1]))
+        batch.delete(f"{CHECKPOINT}{store}".encode())
+        self.db.write(batch)
+
+    def close(self) -> None:
+        """Close the database."""
+        self.db.close()
+
+    @staticmethod
+    def destroy(path: Path) -> None:
+        """Remove a closed database from disk."""
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class _Pending:
+    """A store's committed derived entries, seen through the ones this commit already derived."""
+
+    def __init__(self, db: PartitionDB, store: str, derived: dict[str, Any]) -> None:
+        self._db = db
+        self._store = store
+        self._derived = derived
+        self.partition = db.partition
+
+    def index_get(self, key: str) -> Any:
+        if key in self._derived:
+            return self._derived[key]
+        return self._db.index_get(self._store, key)
