@@ -44,7 +44,9 @@ def handle(step: Step, env: Envelope) -> None:
         pid = str(item["product_id"])
         step.put(STORE, f"product/{pid}", domain.add_line(step.get(STORE, f"product/{pid}"), item))
     recorded = {"order_id": order_id, "total_cents": int(p["total_cents"]), "currency": p.get("currency")}
-    outs = envelopes([Emit(ORDERS, order_id, "analytics.order_recorded", "order", order_id, recorded)], env, stage=STAGE)
+    outs = envelopes(
+        [Emit(ORDERS, order_id, "analytics.order_recorded", "order", order_id, recorded)], env, stage=STAGE
+    )
     step.put(STORE, marker, {"event": outs[0][2]})
     send(step, outs)
 

@@ -50,7 +50,13 @@ def handle(step: Step, env: Envelope) -> None:
             step.put(
                 STORE,
                 key,
-                {**env["payload"], "id": dlq_id, "dead_lettered_at": env["timestamp"], "status": "dead", "redriven_at": None},
+                {
+                    **env["payload"],
+                    "id": dlq_id,
+                    "dead_lettered_at": env["timestamp"],
+                    "status": "dead",
+                    "redriven_at": None,
+                },
             )
         return
     if letter is None or letter["status"] != "dead":

@@ -95,7 +95,9 @@ class Settings:
     )
     producer_linger: float = field(
         default=0.002,
-        metadata=_doc("Seconds the producer waits to fill a batch: fewer, larger produce requests for this much latency."),
+        metadata=_doc(
+            "Seconds the producer waits to fill a batch: fewer, larger produce requests for this much latency."
+        ),
     )
     max_body_bytes: int = field(default=64 * 1024, metadata=_doc("Largest accepted request body; larger is a 413."))
     log_level: str = field(default="info", metadata=_doc("Log level: crit, error, warn, info, debug."))

@@ -73,7 +73,7 @@ def _log_prefix(order_id: str) -> str:
 
 def latest_order(step: Step, order_id: str) -> tuple[int, dict[str, Any]] | None:
     """``(seq, state)`` of the order's last entry as the step sees it, or ``None`` if unknown."""
-    cached = step.cache(ORDERS).get(order_id)
+    cached = step.cached(ORDERS, order_id)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
     item = step.db.last(ORDERS, _log_prefix(order_id))

@@ -76,7 +76,11 @@ def _settled_again(reservation: Reservation | None, env: Envelope, state: str, t
     if reservation is None or reservation["state"] != state:
         return None
     p = env["payload"]
-    line = {"order_id": str(p["order_id"]), "product_id": str(p["product_id"]), "quantity": int(reservation["quantity"])}
+    line = {
+        "order_id": str(p["order_id"]),
+        "product_id": str(p["product_id"]),
+        "quantity": int(reservation["quantity"]),
+    }
     return Decision(None, None, [_to_order(type_, line)])
 
 

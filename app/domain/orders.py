@@ -334,7 +334,11 @@ def decide(
     """Route one input of the saga to its transition."""
     type_ = env["type"]
     if type_ == "order.placed":
-        return place(env, payment_timeout if pending_timeout is None else pending_timeout) if state is None else Decision(None)
+        return (
+            place(env, payment_timeout if pending_timeout is None else pending_timeout)
+            if state is None
+            else Decision(None)
+        )
     if state is None:
         # A result for an order this partition never saw placed: nothing to apply it to.
         return Decision(None)

@@ -78,9 +78,13 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
     todo: dict[TopicPartition, int] = {}
     for tp, (db, store) in by_tp.items():
         cp = db.checkpoint(store)
-        reason = verdict(cp, db.has_records(store), cluster=engine.cluster_id, topic=tp.topic, start=starts[tp], end=ends[tp])
+        reason = verdict(
+            cp, db.has_records(store), cluster=engine.cluster_id, topic=tp.topic, start=starts[tp], end=ends[tp]
+        )
         if reason:
-            log.warning("discarding local %s partition %s and rebuilding it from %s: %s", store, tp.partition, tp.topic, reason)
+            log.warning(
+                "discarding local %s partition %s and rebuilding it from %s: %s", store, tp.partition, tp.topic, reason
+            )
             db.wipe_store(store)
             cp = None
         position = int(cp["offset"]) if cp else starts[tp]
@@ -116,4 +120,9 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
                 consumer.pause(tp)
         if todo and time.monotonic() - last_progress > STALL_TIMEOUT:
             raise RuntimeError(f"restoring {sorted(map(str, todo))} made no progress for {STALL_TIMEOUT:.0f} s")
-    log.info("restored %d changelog records for partitions %s in %.2f s", total, sorted({t.partition for t in tasks}), time.monotonic() - began)
+    log.info(
+        "restored %d changelog records for partitions %s in %.2f s",
+        total,
+        sorted({t.partition for t in tasks}),
+        time.monotonic() - began,
+    )

@@ -93,7 +93,10 @@ class Task:
     dirty: bool = False
     committing: asyncio.Task[None] | None = None
     last_commit: float = field(default_factory=time.monotonic)
-    sends: list[asyncio.Future[Any]] = field(default_factory=list)  # delivery of the outputs since the last commit
+    #: Delivery of the outputs sent since the last commit began.
+    sends: list[asyncio.Future[Any]] = field(default_factory=list)
+    #: Exactly-once outputs of steps that ran while a commit was in flight: they go in the next transaction.
+    deferred: list[Output] = field(default_factory=list)
     ready: bool = False
 
 
@@ -189,6 +192,8 @@ class Engine:
         self._timers: list[tuple[float, Callable[[Engine], Awaitable[None] | None]]] = []
         self._next_timer = 0.0
         self.counters: Counter[tuple[str, str, str]] = Counter()
+        #: Running totals for the periodic engine log line and the metrics.
+        self.stats: Counter[str] = Counter()
         self.on_commit: list[Callable[[Task, dict[str, dict[str, Any]]], None]] = []
         self._replicas: list[tuple[str, Callable[[str, Any], None]]] = []
         self._replica_tasks: list[asyncio.Task[None]] = []
@@ -327,7 +332,9 @@ class Engine:
 
     # --- producing outside the steps (HTTP edge) ----------------------------------
 
-    async def produce(self, logical: str, key: str, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
+    async def produce(
+        self, logical: str, key: str, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         """Send one record through the plain producer and wait until the broker has it."""
         assert self.producer is not None, "the engine is not started"
         fut = await self.producer.send(
@@ -377,11 +384,12 @@ class Engine:
                 [Record(topic, tp.partition, r.offset, r.key, r.value, list(r.headers or ())) for r in records]
             )
         for task in list(self.tasks.values()):
-            if task.ready and task.committing is None and (task.backlog or task.local):
+            if task.ready and (task.backlog or task.local):
                 await self._step(task)
         now = time.monotonic()
         if now >= self._next_timer:
             self._next_timer = now + 1.0
+            self._log_stats(now)
             for _interval, fn in self._timers:
                 result = fn(self)
                 if result is not None:
@@ -392,13 +400,28 @@ class Engine:
             if task.dirty and task.committing is None and due:
                 task.committing = asyncio.create_task(self._commit(task))
 
+    def _log_stats(self, now: float) -> None:
+        last = getattr(self, "_last_stats", None)
+        self._last_stats = (now, Counter(self.stats))
+        if last is None or now - last[0] < 5.0 and not log.isEnabledFor(logging.DEBUG):
+            if last is not None:
+                self._last_stats = last
+            return
+        delta = self.stats - last[1]
+        if delta["records"]:
+            log.info(
+                "engine: %d records in %d steps, %d commits (avg %.1f ms), %d changelog records in %.1f s",
+                delta["records"],
+                delta["steps"],
+                delta["commits"],
+                delta["commit_ms"] / max(delta["commits"], 1),
+                delta["changelog_records"],
+                now - last[0],
+            )
+
     # --- a step -----------------------------------------------------------------
 
     async def _step(self, task: Task) -> None:
-        step = task.step
-        if self.exactly_once and not task.in_txn:
-            await task.producer.begin_transaction()
-            task.in_txn = True
         while task.local:
             logical, env, tp, offset = task.local.popleft()
             await self._handle_local(task, logical, env)
@@ -408,8 +431,10 @@ class Engine:
                 if held[offset] <= 0:
                     del held[offset]
             task.dirty = True
+        self.stats["steps"] += 1
         while task.backlog:
             records = task.backlog.popleft()
+            self.stats["records"] += len(records)
             for record in records:
                 await self._handle(task, record)
                 task.position[TopicPartition(record.topic, record.partition)] = record.offset + 1
@@ -494,7 +519,13 @@ class Engine:
 
     def _dead_letter(self, task: Task, logical: str, record: Record, error: BaseException, stage: str = "") -> None:
         if logical.endswith(".dlq"):
-            log.error("dropping unreadable message %s[%s]@%s on a dead-letter topic: %s", record.topic, record.partition, record.offset, error)
+            log.error(
+                "dropping unreadable message %s[%s]@%s on a dead-letter topic: %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                error,
+            )
             return
         log.warning(
             "dead-lettering %s[%s]@%s (stage %s): %s",
@@ -514,8 +545,20 @@ class Engine:
         if not outputs:
             return
         task.step.outputs = []
-        producer = task.producer if self.exactly_once else self.producer
-        assert producer is not None
+        if self.exactly_once and task.committing is not None:
+            task.deferred.extend(outputs)
+            return
+        await self._send(task, outputs)
+
+    async def _send(self, task: Task, outputs: list[Output]) -> None:
+        if self.exactly_once:
+            producer = task.producer
+            if not task.in_txn:
+                await producer.begin_transaction()
+                task.in_txn = True
+        else:
+            assert self.producer is not None
+            producer = self.producer
         send = producer.send
         partition_of = self._partition_of
         for out in outputs:
@@ -537,58 +580,74 @@ class Engine:
         return offsets
 
     async def _commit(self, task: Task) -> None:
-        """Changelogs, offsets and (exactly-once) outputs in one transaction; then RocksDB."""
+        """Changelogs, offsets and (exactly-once) outputs in one transaction; then RocksDB.
+
+        The task goes on handling input meanwhile: its writes land in a fresh overlay (the
+        commit's own stay readable until RocksDB has them), and under exactly-once its
+        outputs wait for the next transaction, which begins as soon as this one is committed.
+        """
+        began = time.monotonic()
+        step = task.step
+        writes, handled = step.freeze()
+        offsets = self._offsets(task)
+        sends, task.sends = task.sends, []
+        task.dirty = False
+        marks = [time.monotonic()]
         try:
-            step = task.step
-            writes = step.overlay
-            sends, task.sends = task.sends, []
             if not self.exactly_once and sends:
                 await asyncio.gather(*sends)  # outputs first: offsets never commit over a lost output
+            marks.append(time.monotonic())
             if not task.in_txn:
                 await task.producer.begin_transaction()
                 task.in_txn = True
-            last: dict[str, int] = {}
             futures = []
             for store, records in writes.items():
                 changelog = self.stores[store].changelog
                 for key, value in records.items():
-                    futures.append(
-                        (
-                            store,
-                            await task.producer.send(
-                                changelog,
-                                None if value is None else orjson.dumps(value),
-                                key.encode(),
-                                partition=task.partition,
-                            ),
-                        )
-                    )
-            offsets = self._offsets(task)
+                    value_bytes = None if value is None else orjson.dumps(value)
+                    fut = await task.producer.send(changelog, value_bytes, key.encode(), partition=task.partition)
+                    futures.append((store, fut))
+            marks.append(time.monotonic())
             if offsets:
                 await task.producer.send_offsets_to_transaction(offsets, self.group_id)
+            marks.append(time.monotonic())
             if self.exactly_once and sends:
                 await asyncio.gather(*sends)
+            last: dict[str, int] = {}
             for store, fut in futures:
                 meta = await fut
                 last[store] = max(last.get(store, -1), meta.offset)
+            marks.append(time.monotonic())
             await task.producer.commit_transaction()
+            marks.append(time.monotonic())
+            if marks[-1] - marks[0] > 0.3:
+                log.info("slow commit p%s: %s ms (%d sends, %d changelog)", task.partition, [int((b - a) * 1000) for a, b in zip(marks, marks[1:], strict=False)], len(sends), len(futures))
             task.in_txn = False
             checkpoints = {
                 store: {"offset": offset + 1, "cluster": self.cluster_id, "topic": self.stores[store].changelog}
                 for store, offset in last.items()
             }
             step.db.apply(writes, checkpoints)
+            step.landed()
             for fn in self.on_commit:
                 fn(task, writes)
-            self._wake_waiters(writes, step.handled)
-            step.committed()
-            task.dirty = bool(task.local or task.backlog)
+            self._wake_waiters(writes, handled)
             task.last_commit = time.monotonic()
+            self.stats["commits"] += 1
+            self.stats["commit_ms"] += int((task.last_commit - began) * 1000)
+            self.stats["changelog_records"] += len(futures)
+            if task.deferred:
+                deferred, task.deferred = task.deferred, []
+                await self._send(task, deferred)
         except ProducerFenced:
-            log.warning("partition %s moved to another worker while committing: dropping its uncommitted work", task.partition)
+            log.warning(
+                "partition %s moved to another worker while committing: dropping its uncommitted work", task.partition
+            )
             await self._reset(task, fenced=True)
         except Exception:
-            log.exception("commit of partition %s failed: reading its inputs again from the last commit", task.partition)
+            log.exception(
+                "commit of partition %s failed: reading its inputs again from the last commit", task.partition
+            )
             await self._reset(task)
         finally:
             task.committing = None
@@ -613,12 +672,12 @@ class Engine:
         for job in list(task.sends):
             job.cancel()
         task.sends.clear()
+        task.deferred.clear()
         if task.in_txn:
             with contextlib.suppress(Exception):
                 await task.producer.abort_transaction()
             task.in_txn = False
-        task.step.committed()
-        task.step.outputs = []
+        task.step.reset()
         task.backlog.clear()
         task.local.clear()
         for job in list(task.effects):
@@ -646,7 +705,7 @@ class Engine:
         for task in list(self.tasks.values()):
             if task.ready and (task.backlog or task.local):
                 await self._step(task)
-            if task.dirty or task.sends:
+            if task.dirty or task.sends or task.deferred:
                 await self._commit(task)
 
     # --- rebalances and recovery --------------------------------------------------

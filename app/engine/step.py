@@ -38,10 +38,13 @@ class Step:
     def __init__(self, partition: int, db: PartitionDB) -> None:
         self.partition = partition
         self.db = db
-        #: ``{store: {key: value or None}}``: written since the last commit, not yet in RocksDB.
+        #: ``{store: {key: value or None}}``: written since the last commit began, not yet in RocksDB.
         self.overlay: dict[str, dict[str, Any]] = {}
+        #: The writes of the commit in flight: read through until RocksDB has them.
+        self.frozen: dict[str, dict[str, Any]] = {}
         #: Per-store caches that views keep in step with the overlay (e.g. an order's latest entry).
         self.caches: dict[str, dict[str, Any]] = {}
+        self.frozen_caches: dict[str, dict[str, Any]] = {}
         self.outputs: list[Output] = []
         self.effects: list[tuple[str, Effect]] = []
         #: Ids of the events handled since the last commit (only while someone waits for one).
@@ -82,6 +85,9 @@ class Step:
         pending = self.overlay.get(store)
         if pending is not None and key in pending:
             return pending[key]
+        pending = self.frozen.get(store)
+        if pending is not None and key in pending:
+            return pending[key]
         return self.db.get(store, key)
 
     def put(self, store: str, key: str, value: Any) -> None:
@@ -90,13 +96,17 @@ class Step:
         self._undo.append((pending, key, pending.get(key, _MISSING)))
         pending[key] = value
 
-    def cache(self, name: str) -> dict[str, Any]:
-        """A view's cache of this step's writes, rolled back with them via :meth:`cache_put`."""
-        return self.caches.setdefault(name, {})
+    def cached(self, name: str, key: str) -> Any:
+        """A view's cached value for ``key`` (set with :meth:`cache_put` since the last commit landed), or ``None``."""
+        for layer in (self.caches, self.frozen_caches):
+            cache = layer.get(name)
+            if cache is not None and key in cache:
+                return cache[key]
+        return None
 
     def cache_put(self, name: str, key: str, value: Any) -> None:
-        """Set a cache entry, undone on rollback."""
-        cache = self.cache(name)
+        """Set a view's cache entry, undone on rollback."""
+        cache = self.caches.setdefault(name, {})
         self._undo.append((cache, key, cache.get(key, _MISSING)))
         cache[key] = value
 
@@ -118,8 +128,22 @@ class Step:
         """
         self.effects.append((name, effect))
 
-    def committed(self) -> None:
-        """Forget what was just committed."""
-        self.overlay = {}
-        self.caches.clear()
-        self.handled.clear()
+    def freeze(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
+        """Hand the writes so far to a commit (still read through) and start a new overlay."""
+        self.frozen, self.overlay = self.overlay, {}
+        self.frozen_caches, self.caches = self.caches, {}
+        handled, self.handled = self.handled, []
+        return self.frozen, handled
+
+    def landed(self) -> None:
+        """The commit in flight reached RocksDB: stop reading through it."""
+        self.frozen = {}
+        self.frozen_caches = {}
+
+    def reset(self) -> None:
+        """Forget every write not in RocksDB."""
+        self.overlay, self.frozen = {}, {}
+        self.caches, self.frozen_caches = {}, {}
+        self.handled = []
+        self.outputs = []
+        self.effects = []

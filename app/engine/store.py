@@ -29,7 +29,6 @@ CHECKPOINT = "~cp/"
 INDEX = "~ix/"
 
 
-
 class IndexReader(Protocol):
     """What an indexer may read: the store's derived entries as this commit left them so far."""
 
@@ -105,7 +104,9 @@ class PartitionDB:
         raw = self.db.get(f"{INDEX}{store}{SEP}{key}".encode())
         return None if raw is None else orjson.loads(raw)
 
-    def index_scan(self, store: str, prefix: str, start: str = "", stop: str | None = None) -> Iterator[tuple[str, Any]]:
+    def index_scan(
+        self, store: str, prefix: str, start: str = "", stop: str | None = None
+    ) -> Iterator[tuple[str, Any]]:
         """Derived entries of ``store`` under ``prefix``, from ``prefix + start`` up to (not incl.) ``prefix + stop``."""
         base = f"{INDEX}{store}{SEP}{prefix}".encode()
         end = None if stop is None else base + stop.encode()
