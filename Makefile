@@ -43,6 +43,10 @@ crash-test: $(STAMP) kafka-fetch ## Full crash test: 1,000+ orders, SIGKILLs, bo
 loadgen: $(STAMP) ## Place orders against a running worker (ARGS="--orders 1000 --rate 200")
 	$(PY) -m app.loadgen $(ARGS)
 
+chromium: ## Install Debian's chromium for the dashboard's screenshot test (apt-get; sudo when not root)
+	@if command -v chromium >/dev/null; then chromium --version 2>/dev/null; \
+	else SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update && $$SUDO apt-get install -y chromium; fi
+
 format: $(STAMP) ## Apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
@@ -50,4 +54,4 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 clean: ## Remove local data directories (not the Kafka jar cache)
 	rm -rf .data orderstream-data
 
-.PHONY: help install kafka-fetch run lint unit test crash-test loadgen format clean
+.PHONY: help install kafka-fetch run lint unit test crash-test loadgen chromium format clean
