@@ -60,12 +60,22 @@ HEADERS = {
 # --- sampling (pure: a registry in, a JSON-ready sample out) ----------------------------
 
 
+_SUFFIX = {"counter": "_total", "histogram": "_bucket"}
+
+
 def _values(registry: CollectorRegistry) -> dict[str, list[tuple[Mapping[str, str], float]]]:
-    out: dict[str, list[tuple[Mapping[str, str], float]]] = defaultdict(list)
+    """Samples by series name; a registered counter or histogram with no labelled child yet is ``[]``."""
+    out: dict[str, list[tuple[Mapping[str, str], float]]] = {}
     for family in registry.collect():
+        if family.type in _SUFFIX:
+            out.setdefault(family.name + _SUFFIX[family.type], [])
         for s in family.samples:
-            out[s.name].append((s.labels, float(s.value)))
+            out.setdefault(s.name, []).append((s.labels, float(s.value)))
     return out
+
+
+def _counter(rows: Iterable[tuple[Mapping[str, str], float]] | None) -> float | None:
+    return None if rows is None else sum(v for _, v in rows)
 
 
 def _total(rows: Iterable[tuple[Mapping[str, str], float]] | None) -> float | None:
@@ -73,25 +83,28 @@ def _total(rows: Iterable[tuple[Mapping[str, str], float]] | None) -> float | No
     return sum(v for _, v in rows) if rows else None
 
 
-def sample(registry: CollectorRegistry, t: float) -> Sample:
-    """Read the flow counters of ``registry`` as one sample taken at ``t`` (epoch seconds).
+def sample(registry: CollectorRegistry, t: float, at: float | None = None) -> Sample:
+    """Read the flow counters of ``registry`` as one sample for grid point ``t``, read at ``at``.
 
-    ``None`` marks a family the registry does not export (yet).
+    ``None`` marks a family the registry does not export (yet); a lag gauge without any
+    partition is ``None`` too (nothing measured), a counter without children is 0.
     """
     values = _values(registry)
     events = values.get(EVENTS)
+    rows = values.get(LATENCY_BUCKETS)
     buckets: dict[str, float] = defaultdict(float)
-    for labels, v in values.get(LATENCY_BUCKETS, ()):
+    for labels, v in rows or ():
         buckets[labels.get("le", "+Inf")] += v
     return {
         "t": t,
-        "placed": _total(values.get(PLACED)),
-        "finished": _total(values.get(OUTCOMES)),
+        "at": t if at is None else at,
+        "placed": _counter(values.get(PLACED)),
+        "finished": _counter(values.get(OUTCOMES)),
         "events": None
         if events is None
         else sum(v for labels, v in events if not NOT_THROUGHPUT.intersection(labels.values())),
         # [[le, cumulative count], ...] by bound; the le stays a string ("+Inf" is not JSON)
-        "buckets": sorted(buckets.items(), key=lambda kv: float(kv[0])) if buckets else None,
+        "buckets": None if rows is None else sorted(buckets.items(), key=lambda kv: float(kv[0])),
         "lag": _total(values.get(LAG)),
     }
 
@@ -106,10 +119,11 @@ class Sampler:
 
     def take(self, now: float | None = None) -> None:
         """Take one sample, stamped with the grid point nearest ``now``."""
-        t = round((time.time() if now is None else now) / INTERVAL) * INTERVAL
+        at = time.time() if now is None else now
+        t = round(at / INTERVAL) * INTERVAL
         if self.samples and self.samples[-1]["t"] >= t:
             return
-        self.samples.append(sample(self.registry, t))
+        self.samples.append(sample(self.registry, t, at))
 
     async def run(self) -> None:
         """Sample on the grid until cancelled."""
@@ -170,9 +184,19 @@ def quantile(q: float, buckets: Mapping[str, float]) -> float | None:
     return lower
 
 
+def _read_at(s: Sample) -> float:
+    return float(s["at"] if "at" in s else s["t"])
+
+
 def _steps(samples: Sequence[Sample]) -> list[tuple[float, float, Sample, Sample]]:
-    """Consecutive pairs of one worker's samples as ``(t, seconds, before, after)``."""
-    return [(b["t"], b["t"] - a["t"], a, b) for a, b in itertools.pairwise(samples) if b["t"] > a["t"]]
+    """Consecutive pairs of one worker's samples as ``(grid point, seconds between the reads, before, after)``.
+
+    The grid point lines workers up; the read times make the rate exact when a busy
+    event loop read a sample late.
+    """
+    return [
+        (b["t"], max(_read_at(b) - _read_at(a), 0.1), a, b) for a, b in itertools.pairwise(samples) if b["t"] > a["t"]
+    ]
 
 
 def worker_series(samples: Sequence[Sample]) -> dict[str, Any]:
@@ -205,6 +229,7 @@ def flow(by_worker: Mapping[str, Sequence[Sample]]) -> dict[str, Any]:
     seen_placed: set[float] = set()
     seen_finished: set[float] = set()
     latency: dict[float, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    seen_latency = False
     lag: dict[float, float] = defaultdict(float)
     seen_lag: set[float] = set()
     times: set[float] = set()
@@ -218,6 +243,7 @@ def flow(by_worker: Mapping[str, Sequence[Sample]]) -> dict[str, Any]:
                 finished[t] += inc / dt
                 seen_finished.add(t)
             if (incs := _bucket_increase(a["buckets"], b["buckets"])) is not None:
+                seen_latency = True
                 for le, n in incs.items():
                     latency[t][le] += n
             if b["lag"] is not None:
@@ -244,7 +270,7 @@ def flow(by_worker: Mapping[str, Sequence[Sample]]) -> dict[str, Any]:
         "families": {
             "placed": bool(seen_placed),
             "finished": bool(seen_finished),
-            "latency": bool(latency),
+            "latency": seen_latency,
             "lag": bool(seen_lag),
         },
     }
@@ -308,7 +334,7 @@ async def data(request: web.Request) -> web.Response:
     async def one(url: str) -> None:
         try:
             async with asyncio.timeout(3):
-                async with routing.session().get(url + "/_local/dashboard") as resp:
+                async with routing.session().get(url + "/_local/dashboard", headers={routing.FORWARDED: me}) as resp:
                     if resp.status != 200:
                         missing[url] = f"answered {resp.status}"
                         return

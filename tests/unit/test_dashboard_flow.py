@@ -23,11 +23,23 @@ def test_a_family_not_exported_is_none_never_zero() -> None:
     registry = CollectorRegistry()
     Counter("orderstream_orders_placed_total", "", registry=registry).inc(3)
     s = dashboard.sample(registry, 10.0)
-    assert s == {"t": 10.0, "placed": 3.0, "finished": None, "events": None, "buckets": None, "lag": None}
-    data = dashboard.dashboard_data({"w": [s, {**s, "t": 12.0, "placed": 5.0}]}, {})
+    assert s == {"t": 10.0, "at": 10.0, "placed": 3.0, "finished": None, "events": None, "buckets": None, "lag": None}
+    data = dashboard.dashboard_data({"w": [s, {**s, "t": 12.0, "at": 12.0, "placed": 5.0}]}, {})
     assert data["flow"]["placed_per_s"] == [1.0]
     assert data["flow"]["latency_p50"] == [None]
     assert data["flow"]["families"] == {"placed": True, "finished": False, "latency": False, "lag": False}
+
+
+def test_a_registered_counter_without_children_counts_zero() -> None:
+    registry, *_ = _registry()
+    s = dashboard.sample(registry, 0.0)
+    assert (s["placed"], s["finished"], s["buckets"], s["lag"]) == (0.0, 0.0, [], None)
+
+
+def test_a_late_read_divides_by_the_time_it_covers() -> None:
+    empty = {"finished": None, "events": None, "buckets": None, "lag": None}
+    samples = [{**empty, "t": 0.0, "at": 0.0, "placed": 0.0}, {**empty, "t": 2.0, "at": 2.5, "placed": 10.0}]
+    assert dashboard.flow({"w": samples})["placed_per_s"] == [4.0]
 
 
 def test_events_that_are_results_are_not_throughput() -> None:
