@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from app.web import dashboard
 from tests import dashboard_render as render
 from tests.conftest import ClusterFactory
-from tests.support import FINAL, http, order_body, uid
+from tests.support import FINAL, eventually, http, order_body, uid
 
 pytestmark = [
     pytest.mark.e2e,
@@ -150,7 +150,16 @@ def test_dashboard_shows_flow_under_load(make_cluster: ClusterFactory) -> None:
     orders = [cluster.place(order_body([(product, 1, "3.50")], user_id=uid("u")), i=n % 2) for n in range(50)]
     for order_id in orders:
         assert cluster.final(order_id)["status"] in FINAL
-    time.sleep(2 * dashboard.INTERVAL)  # the sample after the last outcome: a rate needs two samples
+    done = time.time()
+    eventually(  # a sample after the last outcome on every worker: a rate needs the samples on both sides
+        lambda: all(
+            w["t"] and w["t"][-1] >= done + dashboard.INTERVAL
+            for w in http("GET", cluster.urls[0] + "/dashboard/data").body["workers"]
+        ),
+        30,
+        0.5,
+        what="a dashboard sample after the last order",
+    )
 
     exported = http("GET", cluster.urls[0] + "/metrics").raw.decode()
     url = cluster.urls[0] + "/"
