@@ -1,4 +1,4 @@
-"""The README and docs/ stand on their own in a clone: links resolve inside the repository, the settings table is current."""
+"""README and docs/ stand alone in a clone: links stay in the repository, the settings table is current."""
 
 from __future__ import annotations
 
