@@ -43,6 +43,17 @@ crash-test: $(STAMP) kafka-fetch ## Full crash test: 1,000+ orders, SIGKILLs, bo
 loadgen: $(STAMP) ## Place orders against a running worker (ARGS="--orders 1000 --rate 200")
 	$(PY) -m app.loadgen $(ARGS)
 
+chromium: ## Install Debian's chromium for the dashboard's screenshot test (apt-get; sudo when not root)
+	@if command -v chromium >/dev/null; then chromium --version 2>/dev/null; \
+	else SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO apt-get update && $$SUDO apt-get install -y chromium; fi
+
+readme-settings: $(STAMP) ## Rewrite the README's settings table from app/settings.py (python -m app.settings)
+	$(PY) -c 'import pathlib, subprocess, sys; \
+	table = subprocess.run([sys.executable, "-m", "app.settings"], capture_output=True, text=True, check=True).stdout.strip(); \
+	path = pathlib.Path("README.md"); text = path.read_text(); \
+	start = text.index("-->", text.index("<!-- settings: generated")) + 3; end = text.index("<!-- end of settings -->"); \
+	path.write_text(text[:start] + "\n" + table + "\n" + text[end:])'
+
 format: $(STAMP) ## Apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
@@ -50,4 +61,4 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 clean: ## Remove local data directories (not the Kafka jar cache)
 	rm -rf .data orderstream-data
 
-.PHONY: help install kafka-fetch run lint unit test crash-test loadgen format clean
+.PHONY: help install kafka-fetch run lint unit test crash-test loadgen chromium readme-settings format clean

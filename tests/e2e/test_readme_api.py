@@ -51,3 +51,19 @@ def test_every_curl_example_works_as_written(make_cluster: ClusterFactory) -> No
     stock = http("GET", f"{cluster.urls[0]}/inventory/widget").body
     assert (stock["on_hand"], stock["reserved"], stock["sold"]) == (13, 0, 2)
     assert http("GET", f"{cluster.urls[0]}/users/u2").body["email"] == "ada@example.com"
+
+
+ADMIN = ("/inventory/widget -", "/restock", "/ship", "/deliver", "/users -", "/users/u2 -", "/dlq")
+
+
+def test_every_body_is_declared_json_and_every_admin_call_authorised() -> None:
+    block = api_block()
+    assert "J='Content-Type: application/json'\n" in block
+    # One command per entry: a body may continue on the next lines.
+    commands = re.split(r"\n(?=\S)", block)
+    for command in (c for c in commands if "curl -s" in c):
+        for call in command.split("curl -s")[1:]:
+            if " -d " in call:
+                assert '-H "$J"' in call, f"a body without Content-Type (answered 415): curl -s{call}"
+            if any(a in call for a in ADMIN):
+                assert '-H "Authorization: Bearer $TOKEN"' in call, f"an admin call without the token: curl -s{call}"
