@@ -46,7 +46,7 @@ def handle(step: Step, env: Envelope) -> None:
     order_id = order_id_of(env)
     latest = latest_order(step, order_id)
     state = latest[1] if latest else None
-    decision = domain.decide(state, env, settings.payment_timeout, settings.pending_timeout)
+    decision = domain.decide(state, env, settings.payment_timeout, settings.pending_timeout, time.time())
     new_state = decision.state if decision.state is not None else state
     if new_state is None or (decision.state is None and not decision.emits):
         return  # unknown order, or nothing changes (a duplicate, a late answer)

@@ -18,7 +18,7 @@ from app.admin import bootstrap_servers
 from app.engine.dead_letters import dead_letter
 from app.engine.runtime import Engine
 from app.settings import Settings, SettingsError, load
-from schemas.registry import read
+from schemas.registry import TOPIC_TYPES, read
 
 try:
     settings: Settings = load()
@@ -99,6 +99,7 @@ def create_engine(s: Settings, datadir: Path) -> Engine:
         linger_ms=int(s.producer_linger * 1000),
         session_timeout_ms=int(s.session_timeout * 1000),
         decode=read,
+        topic_types=TOPIC_TYPES,
         dead_letter=dead_letter,
     )
 

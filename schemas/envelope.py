@@ -8,11 +8,14 @@ imperative (``inventory.reserve``).
 
 from __future__ import annotations
 
+import hashlib
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 NAMESPACE = uuid.UUID("6f1c2a4e-6b1d-4c55-9a53-0f5d7e1b2c3a")
+_NAMESPACE_BYTES = NAMESPACE.bytes
 
 EVENT_TYPES = frozenset(
     {
@@ -89,9 +92,16 @@ class EnvelopeError(ValueError):
     """A message is not a well-formed envelope."""
 
 
+_last_ms: list[Any] = [-1, ""]
+
+
 def now_iso() -> str:
-    """Return the current UTC time in ISO-8601 with milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Return the current UTC time in ISO-8601 with milliseconds (formatted once per millisecond)."""
+    ms = int(time.time() * 1000)
+    if ms != _last_ms[0]:
+        _last_ms[0] = ms
+        _last_ms[1] = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _last_ms[1]  # type: ignore[no-any-return]
 
 
 def parse_ts(value: str) -> datetime:
@@ -101,8 +111,16 @@ def parse_ts(value: str) -> datetime:
 
 
 def derived_id(cause_id: str, index: int) -> str:
-    """Return the id of the ``index``-th message caused by ``cause_id``; the same on every replay."""
-    return str(uuid.uuid5(NAMESPACE, f"{cause_id}/{index}"))
+    """Return the id of the ``index``-th message caused by ``cause_id``; the same on every replay.
+
+    ``uuid5(NAMESPACE, f"{cause_id}/{index}")``, computed without building UUID objects
+    (this runs for every event the stages emit).
+    """
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{cause_id}/{index}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def make(

@@ -55,30 +55,29 @@ def _ok(kind: str, value: Any) -> bool:
 def check(record: dict[str, Field], obj: dict[str, Any], where: str = "payload") -> None:
     """Raise :class:`PayloadError` unless ``obj`` holds ``record``'s fields with the right kinds."""
     for name, f in record.items():
-        path = f"{where}.{name}"
         if name not in obj:
             if f.required:
-                raise PayloadError(f"{path} is required")
+                raise PayloadError(f"{where}.{name} is required")
             continue
         value = obj[name]
         if value is None:
             if not f.nullable:
-                raise PayloadError(f"{path} must not be null")
+                raise PayloadError(f"{where}.{name} must not be null")
             continue
         if not _ok(f.kind, value):
             raise PayloadError(
-                f"{path} must be {'a non-empty string' if f.kind == 'id' else f.kind}, not {_kind(value)}"
+                f"{where}.{name} must be {'a non-empty string' if f.kind == 'id' else f.kind}, not {_kind(value)}"
             )
         if f.kind == "list":
             if len(value) < f.min_items:
-                raise PayloadError(f"{path} needs at least {f.min_items} element(s)")
+                raise PayloadError(f"{where}.{name} needs at least {f.min_items} element(s)")
             if f.fields is not None:
                 for i, element in enumerate(value):
                     if not isinstance(element, dict):
-                        raise PayloadError(f"{path}[{i}] must be object, not {_kind(element)}")
-                    check(f.fields, element, f"{path}[{i}]")
+                        raise PayloadError(f"{where}.{name}[{i}] must be object, not {_kind(element)}")
+                    check(f.fields, element, f"{where}.{name}[{i}]")
         elif f.kind == "object" and f.fields is not None:
-            check(f.fields, value, path)
+            check(f.fields, value, f"{where}.{name}")
 
 
 def _kind(value: Any) -> str:

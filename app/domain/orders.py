@@ -88,7 +88,12 @@ def _touch(order: OrderState, env: Envelope, status: str | None = None) -> None:
         order["status"] = status
 
 
-def place(env: Envelope, pending_timeout: float = 30.0) -> Decision:
+def _deadline(env: Envelope, timeout: float, now: float | None) -> float:
+    """``timeout`` seconds after the event, or after ``now`` if it is handled later (a backlog, an old message)."""
+    return max(parse_ts(env["timestamp"]).timestamp(), now or 0.0) + timeout
+
+
+def place(env: Envelope, pending_timeout: float = 30.0, now: float | None = None) -> Decision:
     """Create the order from ``order.placed`` and ask every line's product partition to reserve."""
     p = env["payload"]
     items: list[dict[str, Any]] = [
@@ -119,7 +124,7 @@ def place(env: Envelope, pending_timeout: float = 30.0) -> Decision:
             "token": payment.get("token"),
         },
         "lines": {i["product_id"]: "pending" for i in items},
-        "deadline": parse_ts(env["timestamp"]).timestamp() + pending_timeout,
+        "deadline": _deadline(env, pending_timeout, now),
         "shipment": None,
     }
     request_hash = (env.get("metadata") or {}).get("request_hash")
@@ -133,7 +138,7 @@ def _all_answered(order: OrderState) -> bool:
     return all(st != "pending" for st in order["lines"].values())
 
 
-def _gather(order: OrderState, env: Envelope, payment_timeout: float) -> list[Emit]:
+def _gather(order: OrderState, env: Envelope, payment_timeout: float, now: float | None = None) -> list[Emit]:
     """Once every line answered: go on to payment, or release what was reserved and reject."""
     if not _all_answered(order):
         return []
@@ -148,7 +153,7 @@ def _gather(order: OrderState, env: Envelope, payment_timeout: float) -> list[Em
         emits.append(_event(order, "order.rejected", reason="out_of_stock", details=order["details"]))
         return emits
     order["status"] = "reserved"
-    order["deadline"] = parse_ts(env["timestamp"]).timestamp() + payment_timeout
+    order["deadline"] = _deadline(env, payment_timeout, now)
     payment_id = f"pay_{order['order_id']}"
     order["payment"]["payment_id"] = payment_id
     order["payment"]["status"] = "charging"
@@ -163,7 +168,7 @@ def _gather(order: OrderState, env: Envelope, payment_timeout: float) -> list[Em
     return [Emit(PAYMENTS, order["order_id"], "payment.charge", "payment", payment_id, charge)]
 
 
-def line_answered(state: OrderState, env: Envelope, payment_timeout: float) -> Decision:
+def line_answered(state: OrderState, env: Envelope, payment_timeout: float, now: float | None = None) -> Decision:
     """Record one line's reservation result and gather."""
     order = _copy(state)
     p = env["payload"]
@@ -185,7 +190,7 @@ def line_answered(state: OrderState, env: Envelope, payment_timeout: float) -> D
         }
         if order["status"] != "pending":
             return Decision(order)
-    return Decision(order, _gather(order, env, payment_timeout))
+    return Decision(order, _gather(order, env, payment_timeout, now))
 
 
 def payment_answered(state: OrderState, env: Envelope) -> Decision:
@@ -343,7 +348,7 @@ def decide(
         # A result for an order this partition never saw placed: nothing to apply it to.
         return Decision(None)
     if type_ in ("inventory.reserved", "inventory.rejected"):
-        return line_answered(state, env, payment_timeout)
+        return line_answered(state, env, payment_timeout, now)
     if type_ in ("payment.processed", "payment.failed"):
         return payment_answered(state, env)
     if type_ == "order.cancel":

@@ -40,6 +40,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.partitioner import murmur2
+from aiokafka.structs import ConsumerRecord
 
 from app.engine.assignor import TaskAssignor
 from app.engine.step import Output, Step
@@ -62,16 +63,8 @@ class Route:
     handler: Handler
 
 
-@dataclass
-class Record:
-    """One input message as the step needs it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]] = field(default_factory=list)
+#: One input message (aiokafka's ``ConsumerRecord``: topic, partition, offset, key, value, headers).
+Record = ConsumerRecord
 
 
 @dataclass
@@ -85,7 +78,7 @@ class Task:
     position: dict[TopicPartition, int] = field(default_factory=dict)
     #: Offsets of inputs whose effects are still running: the commit stays below them.
     held: dict[TopicPartition, Counter[int]] = field(default_factory=dict)
-    backlog: deque[list[Record]] = field(default_factory=deque)
+    backlog: deque[tuple[TopicPartition, list[Record]]] = field(default_factory=deque)
     #: Local inputs: ``(logical topic, envelope, held topic-partition or None, held offset)``.
     local: deque[tuple[str, dict[str, Any], TopicPartition | None, int]] = field(default_factory=deque)
     effects: set[asyncio.Task[None]] = field(default_factory=set)
@@ -161,6 +154,7 @@ class Engine:
         decode: Decoder,
         dead_letter: DeadLetter,
         indexer: Indexer | None = None,
+        topic_types: dict[str, frozenset[str]] | None = None,
     ) -> None:
         self.app_id = app_id
         self.group_id = f"{app_id}.engine"
@@ -174,6 +168,9 @@ class Engine:
         self.decode = decode
         self.dead_letter = dead_letter
         self.indexer = indexer
+        #: The message types each logical topic carries; those no route handles are skipped unread.
+        self.topic_types = topic_types or {}
+        self._unrouted: dict[str, frozenset[str]] = {}
         self.routes: dict[str, list[Route]] = {}
         self.stores: dict[str, StoreDef] = {}
         self.topics: dict[str, str] = {}  # kafka topic -> logical name
@@ -216,6 +213,10 @@ class Engine:
         """Run ``handler`` for messages of ``types`` on ``logical_topic``."""
         self.topic(logical_topic)
         self.routes.setdefault(logical_topic, []).append(Route(stage, logical_topic, frozenset(types), handler))
+        self._unrouted = {
+            topic: frozenset(known - {t for r in self.routes.get(topic, ()) for t in r.types})
+            for topic, known in self.topic_types.items()
+        }
 
     def replicate(self, store: str, fn: Callable[[str, Any], None]) -> None:
         """Feed ``fn(key, value)`` every record of ``store`` from all partitions (a read-only replica)."""
@@ -379,10 +380,7 @@ class Engine:
             task = self.tasks.get(tp.partition)
             if task is None:
                 continue  # not ours anymore: its next owner reads it from the committed offset
-            topic = tp.topic
-            task.backlog.append(
-                [Record(topic, tp.partition, r.offset, r.key, r.value, list(r.headers or ())) for r in records]
-            )
+            task.backlog.append((tp, records))
         for task in list(self.tasks.values()):
             if task.ready and (task.backlog or task.local):
                 await self._step(task)
@@ -433,20 +431,22 @@ class Engine:
             task.dirty = True
         self.stats["steps"] += 1
         while task.backlog:
-            records = task.backlog.popleft()
+            tp, records = task.backlog.popleft()
             self.stats["records"] += len(records)
+            logical = self.topics.get(tp.topic, tp.topic)
             for record in records:
-                await self._handle(task, record)
-                task.position[TopicPartition(record.topic, record.partition)] = record.offset + 1
+                await self._handle(task, logical, record)
+            task.position[tp] = records[-1].offset + 1
             task.dirty = True
         await self._flush_outputs(task)
 
-    async def _handle(self, task: Task, record: Record) -> None:
+    async def _handle(self, task: Task, logical: str, record: Record) -> None:
         step = task.step
-        logical = self.topics.get(record.topic, record.topic)
         routes = self.routes.get(logical, ())
         try:
             value = orjson.loads(record.value) if record.value is not None else None
+            if type(value) is dict and value.get("type") in self._unrouted.get(logical, ()):
+                return  # a known type no stage here handles (our own events coming back): nothing to do
             env = self.decode(value, logical)
         except Exception as exc:  # noqa: BLE001 - whatever cannot be read is dead-lettered, never crashes the task
             self._dead_letter(task, logical, record, exc)
@@ -603,10 +603,17 @@ class Engine:
             futures = []
             for store, records in writes.items():
                 changelog = self.stores[store].changelog
+                batch, n = task.producer.create_batch(), 0
                 for key, value in records.items():
                     value_bytes = None if value is None else orjson.dumps(value)
-                    fut = await task.producer.send(changelog, value_bytes, key.encode(), partition=task.partition)
-                    futures.append((store, fut))
+                    if batch.append(key=key.encode(), value=value_bytes, timestamp=None) is None:
+                        fut = await task.producer.send_batch(batch, changelog, partition=task.partition)
+                        futures.append((store, fut, n))
+                        batch, n = task.producer.create_batch(), 0
+                        batch.append(key=key.encode(), value=value_bytes, timestamp=None)
+                    n += 1
+                fut = await task.producer.send_batch(batch, changelog, partition=task.partition)
+                futures.append((store, fut, n))
             marks.append(time.monotonic())
             if offsets:
                 await task.producer.send_offsets_to_transaction(offsets, self.group_id)
@@ -614,14 +621,20 @@ class Engine:
             if self.exactly_once and sends:
                 await asyncio.gather(*sends)
             last: dict[str, int] = {}
-            for store, fut in futures:
-                meta = await fut
-                last[store] = max(last.get(store, -1), meta.offset)
+            for store, fut, n in futures:
+                meta = await fut  # a batch's metadata: the offset of its first record
+                last[store] = max(last.get(store, -1), meta.offset + n - 1)
             marks.append(time.monotonic())
             await task.producer.commit_transaction()
             marks.append(time.monotonic())
             if marks[-1] - marks[0] > 0.3:
-                log.info("slow commit p%s: %s ms (%d sends, %d changelog)", task.partition, [int((b - a) * 1000) for a, b in zip(marks, marks[1:], strict=False)], len(sends), len(futures))
+                log.info(
+                    "slow commit p%s: %s ms (%d sends, %d changelog)",
+                    task.partition,
+                    [int((b - a) * 1000) for a, b in zip(marks, marks[1:], strict=False)],
+                    len(sends),
+                    len(futures),
+                )
             task.in_txn = False
             checkpoints = {
                 store: {"offset": offset + 1, "cluster": self.cluster_id, "topic": self.stores[store].changelog}
@@ -635,7 +648,7 @@ class Engine:
             task.last_commit = time.monotonic()
             self.stats["commits"] += 1
             self.stats["commit_ms"] += int((task.last_commit - began) * 1000)
-            self.stats["changelog_records"] += len(futures)
+            self.stats["changelog_records"] += sum(n for _, _, n in futures)
             if task.deferred:
                 deferred, task.deferred = task.deferred, []
                 await self._send(task, deferred)
