@@ -1,0 +1,37 @@
+"""Kafka Streams' checkpoint rule: local state is trusted only when it is provably this changelog's."""
+
+from __future__ import annotations
+
+from app.engine.recovery import verdict
+
+CP = {"cluster": "c1", "topic": "app-s-changelog", "offset": 50}
+
+
+def judge(cp: dict[str, object] | None, *, has_records: bool = True, start: int = 0, end: int = 80) -> str:
+    return verdict(cp, has_records, cluster="c1", topic="app-s-changelog", start=start, end=end)
+
+
+def test_a_checkpoint_within_the_changelog_is_kept() -> None:
+    assert judge(CP) == ""
+    assert judge({**CP, "offset": 80}) == ""  # at the end: nothing to read
+    assert judge(None, has_records=False) == ""  # nothing local: restore from the start
+
+
+def test_another_cluster_is_discarded() -> None:
+    assert "cluster" in judge({**CP, "cluster": "c0"})
+
+
+def test_another_changelog_topic_is_discarded() -> None:
+    assert "changelog" in judge({**CP, "topic": "other-s-changelog"})
+
+
+def test_state_ahead_of_its_changelog_is_discarded() -> None:
+    assert "ahead" in judge(CP, end=20)  # recreated topic, or a zombie's writes
+
+
+def test_state_built_on_records_the_changelog_no_longer_holds_is_discarded() -> None:
+    assert "no longer holds" in judge(CP, start=60)
+
+
+def test_records_without_a_checkpoint_are_discarded() -> None:
+    assert "no checkpoint" in judge(None)
