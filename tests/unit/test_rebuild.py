@@ -714,3 +714,25 @@ def test_importing_the_fold_builds_no_app() -> None:
     code = "import sys, app.rebuild.fold; print('app.main' in sys.modules, 'faust.app' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_importing_the_package_registers_the_faust_subcommand() -> None:
+    from faust.cli.base import cli
+
+    import app.rebuild  # noqa: F401  # what app.__getattr__ imports to register it
+
+    assert "rebuild" in cli.commands
+    assert [p.name for p in cli.commands["rebuild"].params][:5] == [
+        "compare_url",
+        "output",
+        "broker",
+        "app_id",
+        "progress",
+    ]
+
+
+def test_the_command_line_exits_2_when_the_broker_does_not_answer(capsys: pytest.CaptureFixture[str]) -> None:
+    status = rb.main(["--broker", "kafka://127.0.0.1:1", "--app-id", "nothing-here", "--no-progress"])
+
+    assert status == 2
+    assert "error: cannot reach the broker at 127.0.0.1:1" in capsys.readouterr().err
