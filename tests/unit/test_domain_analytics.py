@@ -10,7 +10,7 @@ from app.domain import analytics
 
 
 def confirmed(order_id: str, at: str, *lines: tuple[str, int, int]) -> dict[str, Any]:
-    """Build an ``analytics.record`` payload from (product, quantity, price_cents) lines."""
+    """Build the part of an ``order.confirmed`` payload analytics reads, from (product, quantity, price_cents) lines."""
     items = [{"product_id": pid, "quantity": qty, "price_cents": cents} for pid, qty, cents in lines]
     return {
         "order_id": order_id,
@@ -158,3 +158,85 @@ def test_status_delta_moves_an_order_between_statuses() -> None:
 
 def test_status_delta_to_the_same_status_changes_nothing() -> None:
     assert analytics.status_delta({"confirmed": 1}, "confirmed", "confirmed") == {"confirmed": 1}
+
+
+# --- the per-key helpers the analytics stage keeps one record each with ----------------------
+
+
+def test_totals_add_orders_and_keep_the_first_currency() -> None:
+    total = analytics.empty_total()
+    for payload in (A, B, {**C, "currency": "EUR"}):
+        total = analytics.add_total(total, payload)
+
+    assert total == {"orders": 3, "revenue_cents": 4649, "currency": "USD"}
+    assert analytics.empty_total() == {"orders": 0, "revenue_cents": 0, "currency": None}
+
+
+def test_window_adds_orders_and_revenue() -> None:
+    window = analytics.add_window(analytics.add_window(analytics.empty_window(), A), B)
+
+    assert window == {"orders": 2, "revenue_cents": 4249}
+
+
+def test_add_line_adds_units_and_revenue_per_product() -> None:
+    first = analytics.add_line(None, {"product_id": "p1", "quantity": 2, "price_cents": 1250})
+    second = analytics.add_line(first, {"product_id": "p1", "quantity": 1, "price_cents": 1000})
+
+    assert first == {"units": 2, "revenue_cents": 2500}
+    assert second == {"units": 3, "revenue_cents": 3500}
+
+
+def test_the_per_key_helpers_add_up_to_record() -> None:
+    total, windows, products = analytics.empty_total(), {}, {}
+    for payload in (A, B, C):
+        total = analytics.add_total(total, payload)
+        w = analytics.window_start(payload["confirmed_at"])
+        windows[w] = analytics.add_window(windows.get(w) or analytics.empty_window(), payload)
+        for item in payload["items"]:
+            products[item["product_id"]] = analytics.add_line(products.get(item["product_id"]), item)
+
+    assert {**total, "windows": windows, "products": products} == record_all(A, B, C)
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "oldest"),
+    [
+        ("2024-05-01T12:00:30.000Z", "2024-05-01T10:00:00Z"),
+        ("2024-05-01T12:00:00.000Z", "2024-05-01T10:00:00Z"),
+        ("2024-05-01T12:59:59.999Z", "2024-05-01T10:59:00Z"),
+        ("2024-05-01T01:30:00.000Z", "2024-04-30T23:30:00Z"),
+        ("2024-05-01T14:00:30+02:00", "2024-05-01T10:00:00Z"),
+    ],
+)
+def test_oldest_kept_is_keep_minutes_before_the_orders_window(timestamp: str, oldest: str) -> None:
+    assert analytics.KEEP_MINUTES == 120
+    assert analytics.oldest_kept(timestamp) == oldest
+
+
+def _prune(windows: dict[str, dict[str, int]], at: str) -> dict[str, dict[str, int]]:
+    """Drop the windows older than the oldest kept, as the analytics stage does when ``at`` opens a window."""
+    cutoff = analytics.oldest_kept(at)
+    return {w: v for w, v in windows.items() if w >= cutoff}
+
+
+def test_pruning_keeps_the_window_at_the_boundary_and_drops_the_one_before() -> None:
+    windows = {
+        "2024-05-01T09:59:00Z": {"orders": 1, "revenue_cents": 100},
+        "2024-05-01T10:00:00Z": {"orders": 1, "revenue_cents": 200},
+        "2024-05-01T11:00:00Z": {"orders": 1, "revenue_cents": 300},
+    }
+
+    kept = _prune(windows, "2024-05-01T12:00:59.999Z")
+
+    assert sorted(kept) == ["2024-05-01T10:00:00Z", "2024-05-01T11:00:00Z"]
+    # KEEP_MINUTES + 1 windows fit: the order's own and the KEEP_MINUTES before it.
+    assert analytics.window_start("2024-05-01T12:00:59.999Z") == "2024-05-01T12:00:00Z"
+
+
+def test_window_keys_sort_like_time_so_a_prefix_scan_can_stop_at_the_cutoff() -> None:
+    stamps = ["2024-04-30T23:59:59Z", "2024-05-01T00:00:00Z", "2024-05-01T09:05:00Z", "2024-05-01T10:00:00Z"]
+    keys = [analytics.window_start(t) for t in stamps]
+
+    assert keys == sorted(keys)
+    assert analytics.oldest_kept("2024-05-01T02:00:00Z") == "2024-05-01T00:00:00Z"
+    assert [k for k in keys if k < analytics.oldest_kept("2024-05-01T02:00:00Z")] == ["2024-04-30T23:59:00Z"]

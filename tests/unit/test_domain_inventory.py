@@ -65,7 +65,7 @@ def test_reserve_more_than_available_rejects_and_says_how_many_were_left() -> No
     decision = inventory.reserve(stock(5, reserved=3), None, line("inventory.reserve", "o1", 3))
 
     assert decision.stock is None
-    assert decision.reservation == {"state": "rejected", "quantity": 3}
+    assert decision.reservation == {"state": "rejected", "quantity": 3, "available": 2}
     assert decision.emits == [
         Emit(
             ORDERS,
@@ -85,11 +85,46 @@ def test_reserve_an_unknown_product_rejects_with_nothing_available() -> None:
     assert decision.emits[0].payload["available"] == 0
 
 
-@pytest.mark.parametrize("reservation", [RESERVED, {"state": "rejected", "quantity": 3}], ids=["reserved", "rejected"])
-def test_a_second_reserve_for_the_same_order_is_a_no_op(reservation: inventory.Reservation) -> None:
-    decision = inventory.reserve(stock(10, reserved=3), reservation, line("inventory.reserve", "o1", 3))
+def _answer(type_: str, quantity: int, **extra: int) -> Emit:
+    payload = {"order_id": "o1", "product_id": PRODUCT, "quantity": quantity, **extra}
+    return Emit(ORDERS, "o1", type_, "product", PRODUCT, payload)
 
-    assert decision == inventory.Decision()
+
+@pytest.mark.parametrize("state", ["reserved", "released", "committed"])
+def test_a_repeated_reserve_re_emits_reserved_and_changes_nothing(state: str) -> None:
+    decision = inventory.reserve(
+        stock(10, reserved=3), {**RESERVED, "state": state}, line("inventory.reserve", "o1", 3)
+    )
+
+    assert decision.stock is None
+    assert decision.reservation is None
+    assert decision.emits == [_answer("inventory.reserved", 3)]
+
+
+def test_a_repeated_reserve_answers_with_the_reserved_quantity() -> None:
+    decision = inventory.reserve(stock(10, reserved=3), RESERVED, line("inventory.reserve", "o1", 5))
+
+    assert decision.emits == [_answer("inventory.reserved", 3)]
+
+
+def test_a_repeated_reserve_of_a_rejected_line_re_emits_the_rejection() -> None:
+    first = inventory.reserve(stock(5, reserved=3), None, line("inventory.reserve", "o1", 3))
+    assert first.reservation is not None
+
+    # Stock was added since: the order still gets the answer it got, not a new reservation.
+    again = inventory.reserve(stock(50, reserved=3), first.reservation, line("inventory.reserve", "o1", 3))
+
+    assert again.stock is None
+    assert again.reservation is None
+    assert again.emits == first.emits == [_answer("inventory.rejected", 3, requested=3, available=2)]
+
+
+def test_a_repeated_reserve_of_a_rejection_recorded_without_available_says_zero() -> None:
+    old_record = {"state": "rejected", "quantity": 3}  # written before ``available`` was kept
+
+    decision = inventory.reserve(stock(10), old_record, line("inventory.reserve", "o1", 3))
+
+    assert decision.emits == [_answer("inventory.rejected", 3, requested=3, available=0)]
 
 
 @pytest.mark.parametrize("quantity", [0, -1])
@@ -118,15 +153,21 @@ def test_release_gives_back_what_was_reserved_not_what_the_command_says() -> Non
     assert decision.emits[0].payload["quantity"] == 3
 
 
+def test_a_repeated_release_re_emits_released_and_changes_nothing() -> None:
+    first = inventory.release(stock(10, reserved=3), RESERVED, line("inventory.release", "o1", 3))
+    assert first.stock is not None and first.reservation is not None
+
+    again = inventory.release(first.stock, first.reservation, line("inventory.release", "o1", 3))
+
+    assert again.stock is None
+    assert again.reservation is None
+    assert again.emits == first.emits == [_answer("inventory.released", 3)]
+
+
 @pytest.mark.parametrize(
     "reservation",
-    [
-        None,
-        {"state": "rejected", "quantity": 3},
-        {"state": "released", "quantity": 3},
-        {"state": "committed", "quantity": 3},
-    ],
-    ids=["never-reserved", "rejected", "already-released", "already-committed"],
+    [None, {"state": "rejected", "quantity": 3}, {"state": "committed", "quantity": 3}],
+    ids=["never-reserved", "rejected", "committed"],
 )
 def test_release_of_anything_but_a_reservation_is_a_no_op(reservation: inventory.Reservation | None) -> None:
     decision = inventory.release(stock(10, reserved=3), reservation, line("inventory.release", "o1", 3))
@@ -147,10 +188,21 @@ def test_commit_turns_reserved_units_into_sold_units() -> None:
     ]
 
 
+def test_a_repeated_commit_re_emits_committed_and_sells_nothing_more() -> None:
+    first = inventory.commit(stock(10, reserved=3), RESERVED, line("inventory.commit", "o1", 3))
+    assert first.stock is not None and first.reservation is not None
+
+    again = inventory.commit(first.stock, first.reservation, line("inventory.commit", "o1", 3))
+
+    assert again.stock is None
+    assert again.reservation is None
+    assert again.emits == first.emits == [_answer("inventory.committed", 3)]
+
+
 @pytest.mark.parametrize(
     "reservation",
-    [None, {"state": "released", "quantity": 3}, {"state": "committed", "quantity": 3}],
-    ids=["never-reserved", "already-released", "already-committed"],
+    [None, {"state": "rejected", "quantity": 3}, {"state": "released", "quantity": 3}],
+    ids=["never-reserved", "rejected", "released"],
 )
 def test_commit_of_anything_but_a_reservation_is_a_no_op(reservation: inventory.Reservation | None) -> None:
     decision = inventory.commit(stock(10, reserved=3), reservation, line("inventory.commit", "o1", 3))

@@ -8,13 +8,15 @@ from typing import Any
 import pytest
 
 from app.domain import orders
-from app.domain.common import ANALYTICS, INVENTORY, NOTIFICATIONS, ORDERS, PAYMENTS, Emit
-from schemas.envelope import Envelope, make, parse_ts
+from app.domain.common import INVENTORY, ORDERS, PAYMENTS, Emit
+from schemas.envelope import Envelope, derived_id, make, parse_ts
 
 ORDER_ID = "ord-1"
 USER_ID = "u-1"
 PAYMENT_ID = f"pay_{ORDER_ID}"
 TIMEOUT = 30.0
+#: The pending deadline given to ``decide`` where a test needs one apart from the payment timeout.
+PENDING_TIMEOUT = 20.0
 #: Two lines: 2 x 12.50 + 1 x 4.99 = 29.99.
 LINES = (("p1", 2, 1250), ("p2", 1, 499))
 TOTAL_CENTS = 2999
@@ -25,7 +27,12 @@ def ts(second: int) -> str:
     return f"2024-05-01T12:00:{second:02d}.000Z"
 
 
-def placed(lines: tuple[tuple[str, int, int], ...] = LINES, *, payment: dict[str, Any] | None = None) -> Envelope:
+def placed(
+    lines: tuple[tuple[str, int, int], ...] = LINES,
+    *,
+    payment: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Envelope:
     """Build a current-version ``order.placed``."""
     items = [{"product_id": pid, "quantity": qty, "price_cents": cents} for pid, qty, cents in lines]
     payload = {
@@ -37,7 +44,16 @@ def placed(lines: tuple[tuple[str, int, int], ...] = LINES, *, payment: dict[str
         "currency": "USD",
         "payment": {"method": "card", "token": "tok_ok_abc", "last4": "4242"} if payment is None else payment,
     }
-    return make("order.placed", "order", ORDER_ID, payload, correlation_id=ORDER_ID, timestamp=ts(0), version=2)
+    return make(
+        "order.placed",
+        "order",
+        ORDER_ID,
+        payload,
+        correlation_id=ORDER_ID,
+        timestamp=ts(0),
+        version=2,
+        metadata=metadata,
+    )
 
 
 def event(type_: str, entity_type: str, entity_id: str, second: int = 1, **payload: Any) -> Envelope:
@@ -53,6 +69,14 @@ def reserved(pid: str, qty: int, second: int = 1) -> Envelope:
 def rejected(pid: str, requested: int, available: int, second: int = 1) -> Envelope:
     payload = {"product_id": pid, "quantity": requested, "requested": requested, "available": available}
     return event("inventory.rejected", "product", pid, second, **payload)
+
+
+def committed(pid: str, qty: int, second: int = 4) -> Envelope:
+    return event("inventory.committed", "product", pid, second, product_id=pid, quantity=qty)
+
+
+def released(pid: str, qty: int, second: int = 4) -> Envelope:
+    return event("inventory.released", "product", pid, second, product_id=pid, quantity=qty)
 
 
 def processed(second: int = 3) -> Envelope:
@@ -97,21 +121,23 @@ def releases(emits: list[Emit]) -> list[tuple[str, int]]:
     return [(e.payload["product_id"], e.payload["quantity"]) for e in emits if e.type == "inventory.release"]
 
 
+_RESERVED = (placed(), reserved("p1", 2), reserved("p2", 1, 2))
+_PAID = (*_RESERVED, processed())
+_CONFIRMED = (*_PAID, committed("p1", 2), committed("p2", 1))
 HISTORIES: dict[str, tuple[Envelope, ...]] = {
     "pending": (placed(),),
-    "reserved": (placed(), reserved("p1", 2), reserved("p2", 1, 2)),
-    "confirmed": (placed(), reserved("p1", 2), reserved("p2", 1, 2), processed()),
-    "shipped": (placed(), reserved("p1", 2), reserved("p2", 1, 2), processed(), ship()),
-    "delivered": (placed(), reserved("p1", 2), reserved("p2", 1, 2), processed(), ship(), deliver()),
+    "reserved": _RESERVED,
+    "paid": _PAID,
+    "confirmed": _CONFIRMED,
+    "shipped": (*_CONFIRMED, ship()),
+    "delivered": (*_CONFIRMED, ship(), deliver()),
     "rejected": (placed(), reserved("p1", 2), rejected("p2", 1, 0, 2)),
     "cancelled": (placed(), cancel(second=1)),
 }
 
 
 def state_in(status: str) -> orders.OrderState:
-    """Reach ``status`` through the real transitions (``paid`` is never reached, so it is forged)."""
-    if status == "paid":
-        return {**run(*HISTORIES["confirmed"]), "status": "paid"}
+    """Reach ``status`` through the real transitions."""
     state = run(*HISTORIES[status])
     assert state["status"] == status
     return state
@@ -320,42 +346,121 @@ def test_a_line_rejected_after_cancel_is_only_recorded() -> None:
 # --- payment.processed / payment.failed --------------------------------------------------------
 
 
-def test_payment_processed_confirms_the_order() -> None:
+def test_payment_processed_marks_the_order_paid() -> None:
     decision = orders.decide(state_in("reserved"), processed(), TIMEOUT)
 
     assert decision.state is not None
-    assert decision.state["status"] == "confirmed"
+    assert decision.state["status"] == "paid"
     assert decision.state["deadline"] is None
     assert decision.state["updated_at"] == ts(3)
     assert decision.state["payment"]["status"] == "charged"
+    assert decision.state["payment"]["payment_id"] == PAYMENT_ID
     assert decision.state["payment"]["charge_id"] == "ch_1"
+    assert decision.state["lines"] == {"p1": "committing", "p2": "committing"}
 
 
-def test_payment_processed_emits_confirmation_commits_notification_and_analytics() -> None:
+def test_payment_processed_records_order_paid_and_commits_every_line() -> None:
     decision = orders.decide(state_in("reserved"), processed(), TIMEOUT)
 
     assert summary(decision.emits) == [
-        (ORDERS, ORDER_ID, "order.confirmed"),
+        (ORDERS, ORDER_ID, "order.paid"),
         (INVENTORY, "p1", "inventory.commit"),
         (INVENTORY, "p2", "inventory.commit"),
-        (NOTIFICATIONS, USER_ID, "notification.send"),
-        (ANALYTICS, ORDER_ID, "analytics.record"),
     ]
-    confirmed, commit_p1, commit_p2, notification, analytics = decision.emits
-    assert confirmed.payload == {"order_id": ORDER_ID, "total": "29.99", "currency": "USD"}
+    paid, commit_p1, commit_p2 = decision.emits
+    assert paid == Emit(
+        ORDERS,
+        ORDER_ID,
+        "order.paid",
+        "order",
+        ORDER_ID,
+        {"order_id": ORDER_ID, "payment_id": PAYMENT_ID, "amount": "29.99", "currency": "USD"},
+    )
+    assert (commit_p1.entity_type, commit_p1.entity_id) == ("product", "p1")
     assert commit_p1.payload == {"order_id": ORDER_ID, "product_id": "p1", "quantity": 2}
     assert commit_p2.payload == {"order_id": ORDER_ID, "product_id": "p2", "quantity": 1}
-    assert notification.payload == {
-        "order_id": ORDER_ID,
-        "user_id": USER_ID,
-        "email": "ada@example.com",
-        "total": "29.99",
-        "currency": "USD",
-        "kind": "order_confirmed",
-    }
-    assert analytics.payload["total_cents"] == TOTAL_CENTS
-    assert analytics.payload["confirmed_at"] == ts(3)
-    assert [(i["product_id"], i["quantity"], i["price_cents"]) for i in analytics.payload["items"]] == list(LINES)
+
+
+def test_paid_is_not_final_and_cannot_be_cancelled_shipped_or_delivered() -> None:
+    state = state_in("paid")
+
+    assert not orders.is_final(state)
+    assert not orders.can_cancel(state)
+    assert not orders.can_ship(state)
+    assert not orders.can_deliver(state)
+
+
+def test_a_commit_of_one_line_of_two_keeps_the_order_paid() -> None:
+    decision = orders.decide(state_in("paid"), committed("p1", 2), TIMEOUT)
+
+    assert decision.state is not None
+    assert decision.state["status"] == "paid"
+    assert decision.state["lines"] == {"p1": "committed", "p2": "committing"}
+    assert decision.state["updated_at"] == ts(3)
+    assert decision.emits == []
+
+
+def test_the_last_commit_confirms_the_order_with_everything_downstream_needs() -> None:
+    state = run(*HISTORIES["paid"], committed("p1", 2, second=4))
+
+    decision = orders.decide(state, committed("p2", 1, second=5), TIMEOUT)
+
+    assert decision.state is not None
+    assert decision.state["status"] == "confirmed"
+    assert decision.state["updated_at"] == ts(5)
+    assert decision.state["lines"] == {"p1": "committed", "p2": "committed"}
+    assert decision.emits == [
+        Emit(
+            ORDERS,
+            ORDER_ID,
+            "order.confirmed",
+            "order",
+            ORDER_ID,
+            {
+                "order_id": ORDER_ID,
+                "user_id": USER_ID,
+                "user_email": "ada@example.com",
+                "total": "29.99",
+                "total_cents": TOTAL_CENTS,
+                "currency": "USD",
+                "items": [
+                    {"product_id": "p1", "quantity": 2, "price_cents": 1250},
+                    {"product_id": "p2", "quantity": 1, "price_cents": 499},
+                ],
+                "confirmed_at": ts(5),
+            },
+        )
+    ]
+
+
+def test_commits_in_any_order_confirm_once() -> None:
+    state = run(*HISTORIES["paid"], committed("p2", 1, second=4))
+
+    decision = orders.decide(state, committed("p1", 2, second=5), TIMEOUT)
+
+    assert decision.state is not None
+    assert decision.state["status"] == "confirmed"
+    assert summary(decision.emits) == [(ORDERS, ORDER_ID, "order.confirmed")]
+
+
+@pytest.mark.parametrize("status", ["confirmed", "shipped", "delivered"])
+def test_a_repeated_commit_never_confirms_twice(status: str) -> None:
+    decision = orders.decide(state_in(status), committed("p2", 1, second=9), TIMEOUT)
+
+    assert decision.state is None
+    assert decision.emits == []
+
+
+def test_a_single_line_order_is_confirmed_by_its_one_commit() -> None:
+    one = (("p1", 3, 100),)
+    state = run(placed(one), reserved("p1", 3), processed())
+    assert state["status"] == "paid"
+
+    decision = orders.decide(state, committed("p1", 3, second=4), TIMEOUT)
+
+    assert decision.state is not None
+    assert decision.state["status"] == "confirmed"
+    assert [e.payload["total"] for e in decision.emits] == ["3.00"]
 
 
 @pytest.mark.parametrize("reason", ["card_declined", "insufficient_funds", "gateway_timeout"])
@@ -404,8 +509,9 @@ def test_a_repeated_payment_processed_after_cancel_is_refunded_once() -> None:
     assert decision.emits == []
 
 
-def test_a_repeated_payment_processed_after_confirm_is_ignored() -> None:
-    decision = orders.decide(state_in("confirmed"), processed(second=4), TIMEOUT)
+@pytest.mark.parametrize("status", ["paid", "confirmed", "shipped", "delivered"])
+def test_a_repeated_payment_processed_after_paid_is_ignored(status: str) -> None:
+    decision = orders.decide(state_in(status), processed(second=9), TIMEOUT)
 
     assert decision.state is None
     assert decision.emits == []
@@ -486,7 +592,7 @@ def test_payment_timeout_cancels_a_reserved_order_and_releases() -> None:
     assert decision.emits[-1].payload == {"order_id": ORDER_ID, "reason": "payment_timeout"}
 
 
-@pytest.mark.parametrize("status", ["pending", "confirmed", "shipped", "delivered", "rejected", "cancelled"])
+@pytest.mark.parametrize("status", ["pending", "paid", "confirmed", "shipped", "delivered", "rejected", "cancelled"])
 def test_payment_timeout_is_ignored_unless_reserved(status: str) -> None:
     decision = orders.decide(state_in(status), cancel("payment_timeout", second=9), TIMEOUT)
 
@@ -515,7 +621,7 @@ def test_ship_a_confirmed_order() -> None:
     ]
 
 
-@pytest.mark.parametrize("status", ["pending", "reserved", "shipped", "delivered", "rejected", "cancelled"])
+@pytest.mark.parametrize("status", ["pending", "reserved", "paid", "shipped", "delivered", "rejected", "cancelled"])
 def test_ship_is_refused_unless_confirmed(status: str) -> None:
     state = state_in(status)
 
@@ -535,7 +641,7 @@ def test_deliver_a_shipped_order() -> None:
     assert summary(decision.emits) == [(ORDERS, ORDER_ID, "order.delivered")]
 
 
-@pytest.mark.parametrize("status", ["pending", "reserved", "confirmed", "delivered", "rejected", "cancelled"])
+@pytest.mark.parametrize("status", ["pending", "reserved", "paid", "confirmed", "delivered", "rejected", "cancelled"])
 def test_deliver_is_refused_unless_shipped(status: str) -> None:
     state = state_in(status)
 
@@ -549,24 +655,171 @@ def test_deliver_is_refused_unless_shipped(status: str) -> None:
 # --- history-only events, fold, purity ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("type_", "line_state"), [("inventory.committed", "committed"), ("inventory.released", "released")]
-)
-def test_settled_lines_are_noted_without_emits(type_: str, line_state: str) -> None:
-    env = event(type_, "product", "p1", 7, product_id="p1", quantity=2)
+def test_a_released_line_of_a_cancelled_order_is_noted_without_emits() -> None:
+    state = run(*HISTORIES["reserved"], cancel(second=3))
+    assert state["lines"] == {"p1": "releasing", "p2": "releasing"}
 
-    decision = orders.decide(state_in("confirmed"), env, TIMEOUT)
+    decision = orders.decide(state, released("p1", 2, second=7), TIMEOUT)
 
     assert decision.state is not None
-    assert decision.state["lines"]["p1"] == line_state
-    assert decision.state["status"] == "confirmed"
+    assert decision.state["lines"] == {"p1": "released", "p2": "releasing"}
+    assert decision.state["status"] == "cancelled"
+    assert decision.state["updated_at"] == ts(3)
     assert decision.emits == []
 
 
-def test_events_of_other_stages_are_history_only() -> None:
-    env = event("notification.sent", "notification", ORDER_ID, 7)
+@pytest.mark.parametrize(
+    "env",
+    [released("p1", 2, second=8), committed("p9", 1, second=8)],
+    ids=["repeated-release", "unknown-line"],
+)
+def test_a_repeated_or_unknown_settlement_is_ignored(env: Envelope) -> None:
+    state = run(*HISTORIES["reserved"], cancel(second=3), released("p1", 2, second=7))
 
-    decision = orders.decide(state_in("confirmed"), env, TIMEOUT)
+    decision = orders.decide(state, env, TIMEOUT)
+
+    assert decision.state is None
+    assert decision.emits == []
+
+
+def _saga_output(type_: str, entity_type: str, entity_id: str, **payload: Any) -> Envelope:
+    return event(type_, entity_type, entity_id, 8, **payload)
+
+
+#: What the saga and the other stages write about the order: history for ``as_of``, never input.
+OWN_AND_OTHER_EVENTS = [
+    _saga_output("order.paid", "order", ORDER_ID, payment_id=PAYMENT_ID, amount="29.99", currency="USD"),
+    _saga_output("order.confirmed", "order", ORDER_ID, total="29.99", total_cents=TOTAL_CENTS, currency="USD"),
+    _saga_output("order.rejected", "order", ORDER_ID, reason="reservation_timeout", details=[]),
+    _saga_output("order.cancelled", "order", ORDER_ID, reason="payment_timeout"),
+    _saga_output("order.shipped", "order", ORDER_ID, carrier="UPS", tracking_number="1Z999"),
+    _saga_output("order.delivered", "order", ORDER_ID),
+    _saga_output("inventory.reserve", "product", "p1", product_id="p1", quantity=2),
+    _saga_output("inventory.release", "product", "p1", product_id="p1", quantity=2),
+    _saga_output("inventory.commit", "product", "p1", product_id="p1", quantity=2),
+    _saga_output("payment.charge", "payment", PAYMENT_ID, payment_id=PAYMENT_ID, amount_cents=TOTAL_CENTS),
+    _saga_output("payment.refund", "payment", PAYMENT_ID, payment_id=PAYMENT_ID, charge_id="ch_1"),
+    _saga_output("notification.sent", "notification", ORDER_ID),
+    _saga_output("analytics.order_recorded", "order", ORDER_ID, total_cents=TOTAL_CENTS, currency="USD"),
+]
+
+
+@pytest.mark.parametrize("status", ["pending", "reserved", "paid", "confirmed", "cancelled"])
+@pytest.mark.parametrize("env", OWN_AND_OTHER_EVENTS, ids=lambda e: e["type"])
+def test_the_sagas_own_events_commands_and_other_stages_events_are_history_only(status: str, env: Envelope) -> None:
+    decision = orders.decide(state_in(status), env, TIMEOUT)
+
+    assert decision.state is None
+    assert decision.emits == []
+
+
+# --- the pending deadline ---------------------------------------------------------------------
+
+
+def test_place_sets_the_pending_deadline() -> None:
+    state = orders.decide(None, placed(), TIMEOUT, PENDING_TIMEOUT).state
+
+    assert state is not None
+    assert state["deadline"] == parse_ts(ts(0)).timestamp() + PENDING_TIMEOUT
+
+
+def test_place_keeps_the_request_hash_of_the_placed_envelope() -> None:
+    state = orders.decide(None, placed(metadata={"request_hash": "h-123"}), TIMEOUT).state
+    plain = orders.decide(None, placed(), TIMEOUT).state
+
+    assert state is not None and plain is not None
+    assert state["request_hash"] == "h-123"
+    assert "request_hash" not in plain
+    assert "request_hash" not in orders.to_view(state)
+
+
+def test_pending_timeout_rejects_and_releases_the_reserved_lines() -> None:
+    state = run(placed(), reserved("p1", 2))
+
+    decision = orders.decide(state, cancel("pending_timeout", second=21), TIMEOUT, PENDING_TIMEOUT)
+
+    assert decision.state is not None
+    assert decision.state["status"] == "rejected"
+    assert decision.state["reason"] == "reservation_timeout"
+    assert decision.state["deadline"] is None
+    assert decision.state["updated_at"] == ts(21)
+    assert decision.state["payment"]["status"] == "not_charged"
+    assert decision.state["lines"] == {"p1": "releasing", "p2": "pending"}
+    assert decision.emits == [
+        Emit(
+            INVENTORY,
+            "p1",
+            "inventory.release",
+            "product",
+            "p1",
+            {"order_id": ORDER_ID, "product_id": "p1", "quantity": 2},
+        ),
+        Emit(
+            ORDERS,
+            ORDER_ID,
+            "order.rejected",
+            "order",
+            ORDER_ID,
+            {"order_id": ORDER_ID, "reason": "reservation_timeout", "details": []},
+        ),
+    ]
+    assert orders.is_final(decision.state)
+    assert orders.to_view(decision.state)["reason"] == "reservation_timeout"
+
+
+def test_pending_timeout_with_nothing_reserved_only_rejects() -> None:
+    decision = orders.decide(state_in("pending"), cancel("pending_timeout", second=21), TIMEOUT)
+
+    assert decision.state is not None
+    assert decision.state["status"] == "rejected"
+    assert summary(decision.emits) == [(ORDERS, ORDER_ID, "order.rejected")]
+
+
+def test_a_line_reserved_after_the_pending_timeout_is_released_at_once() -> None:
+    state = run(placed(), reserved("p1", 2), cancel("pending_timeout", second=21))
+
+    decision = orders.decide(state, reserved("p2", 1, second=22), TIMEOUT)
+
+    assert decision.state is not None
+    assert decision.state["status"] == "rejected"
+    assert decision.state["reason"] == "reservation_timeout"
+    assert decision.state["lines"] == {"p1": "releasing", "p2": "releasing"}
+    assert decision.emits == [
+        Emit(
+            INVENTORY,
+            "p2",
+            "inventory.release",
+            "product",
+            "p2",
+            {"order_id": ORDER_ID, "product_id": "p2", "quantity": 1},
+        )
+    ]
+
+
+def test_a_line_rejected_after_the_pending_timeout_is_only_recorded() -> None:
+    state = run(placed(), reserved("p1", 2), cancel("pending_timeout", second=21))
+
+    decision = orders.decide(state, rejected("p2", 1, 0, second=22), TIMEOUT)
+
+    assert decision.state is not None
+    assert decision.state["status"] == "rejected"
+    assert decision.state["reason"] == "reservation_timeout"
+    assert decision.state["lines"]["p2"] == "rejected"
+    assert decision.emits == []
+
+
+@pytest.mark.parametrize("status", ["reserved", "paid", "confirmed", "shipped", "delivered", "rejected", "cancelled"])
+def test_pending_timeout_is_ignored_unless_pending(status: str) -> None:
+    decision = orders.decide(state_in(status), cancel("pending_timeout", second=21), TIMEOUT)
+
+    assert decision.state is None
+    assert decision.emits == []
+
+
+def test_a_repeated_pending_timeout_is_ignored() -> None:
+    state = run(placed(), reserved("p1", 2), cancel("pending_timeout", second=21))
+
+    decision = orders.decide(state, cancel("pending_timeout", second=22), TIMEOUT)
 
     assert decision.state is None
     assert decision.emits == []
@@ -599,23 +852,132 @@ def test_fold_equals_applying_decide_in_order(history: tuple[Envelope, ...]) -> 
     assert orders.fold(list(history), TIMEOUT) == state
 
 
+def recorded(*inputs: Envelope) -> tuple[list[Envelope], list[orders.OrderState]]:
+    """Run the live transitions; return the history as the saga records it and the state after each input.
+
+    The history holds each handled input followed by every event and command it caused
+    (``order.paid``, ``inventory.commit``, ``order.confirmed`` …), stamped at the input's instant.
+    """
+    history: list[Envelope] = []
+    states: list[orders.OrderState] = []
+    state: orders.OrderState | None = None
+    for env in inputs:
+        decision = orders.decide(state, env, TIMEOUT, PENDING_TIMEOUT)
+        state = decision.state if decision.state is not None else state
+        assert state is not None
+        history.append(env)
+        for i, e in enumerate(decision.emits):
+            out = make(
+                e.type,
+                e.entity_type,
+                e.entity_id,
+                e.payload,
+                correlation_id=ORDER_ID,
+                causation_id=env["id"],
+                event_id=derived_id(env["id"], i),
+                timestamp=env["timestamp"],
+            )
+            history.append(out)
+        states.append(state)
+    return history, states
+
+
+RECORDED_HISTORIES = {
+    "delivered": (
+        placed(),
+        reserved("p1", 2, 1),
+        reserved("p2", 1, 2),
+        processed(3),
+        committed("p1", 2, 4),
+        committed("p2", 1, 5),
+        ship(6),
+        deliver(7),
+    ),
+    "pending-timeout-then-late-line": (
+        placed(),
+        reserved("p1", 2, 1),
+        cancel("pending_timeout", second=21),
+        reserved("p2", 1, 22),
+        released("p1", 2, 23),
+        released("p2", 1, 24),
+    ),
+    "payment-timeout-then-paid": (
+        placed(),
+        reserved("p1", 2, 1),
+        reserved("p2", 1, 2),
+        cancel("payment_timeout", second=33),
+        processed(34),
+        released("p1", 2, 35),
+    ),
+    "declined": (placed(), reserved("p1", 2, 1), reserved("p2", 1, 2), failed("card_declined", 3)),
+}
+
+
+@pytest.mark.parametrize("inputs", RECORDED_HISTORIES.values(), ids=RECORDED_HISTORIES.keys())
+def test_fold_of_the_recorded_history_with_its_own_events_equals_the_live_state(inputs: tuple[Envelope, ...]) -> None:
+    history, states = recorded(*inputs)
+    assert len(history) > len(inputs)  # the history really holds the saga's own events and commands
+
+    assert orders.fold(history, TIMEOUT, PENDING_TIMEOUT) == states[-1]
+
+
+@pytest.mark.parametrize("inputs", RECORDED_HISTORIES.values(), ids=RECORDED_HISTORIES.keys())
+def test_fold_up_to_each_instant_gives_the_state_live_had_then(inputs: tuple[Envelope, ...]) -> None:
+    history, states = recorded(*inputs)
+
+    for env, state in zip(inputs, states, strict=True):
+        instant = parse_ts(env["timestamp"])
+        as_of = [e for e in history if parse_ts(e["timestamp"]) <= instant]
+        assert orders.fold(as_of, TIMEOUT, PENDING_TIMEOUT) == state, env["type"]
+
+
+def test_as_of_shows_paid_before_confirmed() -> None:
+    history, _ = recorded(*RECORDED_HISTORIES["delivered"])
+
+    def status_at(second: int) -> str:
+        folded = orders.fold([e for e in history if e["timestamp"] <= ts(second)], TIMEOUT, PENDING_TIMEOUT)
+        assert folded is not None
+        return str(folded["status"])
+
+    assert [status_at(n) for n in range(8)] == [
+        "pending",
+        "pending",
+        "reserved",
+        "paid",
+        "paid",
+        "confirmed",
+        "shipped",
+        "delivered",
+    ]
+    types = [e["type"] for e in history]
+    assert types.index("order.paid") < types.index("order.confirmed")
+    assert types.count("order.confirmed") == 1
+
+
 def test_fold_of_no_events_is_nothing() -> None:
     assert orders.fold([], TIMEOUT) is None
 
 
-def test_decide_never_mutates_the_state_it_is_given() -> None:
-    three_lines = (("p1", 1, 100), ("p2", 1, 200), ("p3", 1, 300))
-    history = [
-        placed(three_lines),
+MUTATION_HISTORIES = {
+    "rejected": [
+        placed((("p1", 1, 100), ("p2", 1, 200), ("p3", 1, 300))),
         reserved("p1", 1, 1),
         rejected("p2", 1, 0, 2),
         rejected("p3", 1, 0, 3),
-        event("inventory.released", "product", "p1", 4, product_id="p1"),
-    ]
+        released("p1", 1, 4),
+    ],
+    "delivered": list(RECORDED_HISTORIES["delivered"]),
+    "pending-timeout": list(RECORDED_HISTORIES["pending-timeout-then-late-line"]),
+    "refunded": list(RECORDED_HISTORIES["payment-timeout-then-paid"]),
+}
+
+
+@pytest.mark.parametrize("history", MUTATION_HISTORIES.values(), ids=MUTATION_HISTORIES.keys())
+def test_decide_never_mutates_the_state_it_is_given(history: list[Envelope]) -> None:
     state: orders.OrderState | None = None
     for env in history:
         before = copy.deepcopy(state)
-        decision = orders.decide(state, env, TIMEOUT)
+        decision = orders.decide(state, env, TIMEOUT, PENDING_TIMEOUT)
         assert state == before, f"{env['type']} changed its input state"
         state = decision.state if decision.state is not None else state
 
@@ -688,6 +1050,7 @@ def test_view_has_the_api_fields() -> None:
     [
         ("pending", False),
         ("reserved", False),
+        ("paid", False),
         ("confirmed", True),
         ("shipped", True),
         ("delivered", True),
