@@ -334,16 +334,22 @@ def expire(state: OrderState, env: Envelope) -> Decision:
 
 
 def decide(
-    state: OrderState | None, env: Envelope, payment_timeout: float, pending_timeout: float | None = None
+    state: OrderState | None,
+    env: Envelope,
+    payment_timeout: float,
+    pending_timeout: float | None = None,
+    now: float | None = None,
 ) -> Decision:
-    """Route one input of the saga to its transition."""
+    """Route one input of the saga to its transition.
+
+    ``now`` (the handling time) only pushes deadlines later for an input handled long after
+    it was sent; replays without it (``as_of``) give the same states otherwise.
+    """
     type_ = env["type"]
     if type_ == "order.placed":
-        return (
-            place(env, payment_timeout if pending_timeout is None else pending_timeout)
-            if state is None
-            else Decision(None)
-        )
+        if state is not None:
+            return Decision(None)
+        return place(env, payment_timeout if pending_timeout is None else pending_timeout, now)
     if state is None:
         # A result for an order this partition never saw placed: nothing to apply it to.
         return Decision(None)

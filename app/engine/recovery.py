@@ -69,8 +69,8 @@ async def restore(engine: Engine, tasks: list[Task]) -> None:
 async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]) -> None:
     by_tp: dict[TopicPartition, tuple[PartitionDB, str]] = {}
     for task in tasks:
-        for store in engine.stores.values():
-            by_tp[TopicPartition(store.changelog, task.partition)] = (task.step.db, store.name)
+        for definition in engine.stores.values():
+            by_tp[TopicPartition(definition.changelog, task.partition)] = (task.step.db, definition.name)
     tps = list(by_tp)
     consumer.assign(tps)
     starts = await consumer.beginning_offsets(tps)

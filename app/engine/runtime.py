@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 import traceback
@@ -40,7 +41,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.partitioner import murmur2
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord as Record  # topic, partition, offset, key, value, headers
 
 from app.engine.assignor import TaskAssignor
 from app.engine.step import Output, Step
@@ -48,8 +49,8 @@ from app.engine.store import Indexer, PartitionDB
 
 log = logging.getLogger("orderstream.engine")
 
-Handler = Callable[[Step, dict[str, Any]], Awaitable[None] | None]
-Decoder = Callable[[Any, str | None], dict[str, Any]]
+Handler = Callable[[Step, Any], Awaitable[None] | None]
+Decoder = Callable[[Any, str | None], Any]
 DeadLetter = Callable[[str, "Record", BaseException], tuple[str, bytes, bytes]]
 
 
@@ -61,10 +62,6 @@ class Route:
     topic: str
     types: frozenset[str]
     handler: Handler
-
-
-#: One input message (aiokafka's ``ConsumerRecord``: topic, partition, offset, key, value, headers).
-Record = ConsumerRecord
 
 
 @dataclass
@@ -80,7 +77,7 @@ class Task:
     held: dict[TopicPartition, Counter[int]] = field(default_factory=dict)
     backlog: deque[tuple[TopicPartition, list[Record]]] = field(default_factory=deque)
     #: Local inputs: ``(logical topic, envelope, held topic-partition or None, held offset)``.
-    local: deque[tuple[str, dict[str, Any], TopicPartition | None, int]] = field(default_factory=deque)
+    local: deque[tuple[str, Any, TopicPartition | None, int]] = field(default_factory=deque)
     effects: set[asyncio.Task[None]] = field(default_factory=set)
     in_txn: bool = False
     dirty: bool = False
@@ -401,7 +398,7 @@ class Engine:
     def _log_stats(self, now: float) -> None:
         last = getattr(self, "_last_stats", None)
         self._last_stats = (now, Counter(self.stats))
-        if last is None or now - last[0] < 5.0 and not log.isEnabledFor(logging.DEBUG):
+        if last is None or (now - last[0] < 5.0 and not log.isEnabledFor(logging.DEBUG)):
             if last is not None:
                 self._last_stats = last
             return
@@ -631,7 +628,7 @@ class Engine:
                 log.info(
                     "slow commit p%s: %s ms (%d sends, %d changelog)",
                     task.partition,
-                    [int((b - a) * 1000) for a, b in zip(marks, marks[1:], strict=False)],
+                    [int((b - a) * 1000) for a, b in itertools.pairwise(marks)],
                     len(sends),
                     len(futures),
                 )
@@ -770,8 +767,8 @@ class Engine:
     async def _close_task(self, task: Task) -> None:
         for job in list(task.effects):
             job.cancel()
-        for job in task.sends:
-            job.cancel()
+        for fut in task.sends:
+            fut.cancel()
         if task.in_txn:
             with contextlib.suppress(Exception):
                 await task.producer.abort_transaction()

@@ -19,7 +19,7 @@ from app.engine.store import PartitionDB
 _MISSING: Any = object()
 
 #: A background job started by a handler; its result comes back to the partition as a local input.
-Effect = Callable[[], Awaitable[dict[str, Any] | None]]
+Effect = Callable[[], Awaitable[Any]]
 
 
 @dataclass

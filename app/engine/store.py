@@ -107,7 +107,7 @@ class PartitionDB:
     def index_scan(
         self, store: str, prefix: str, start: str = "", stop: str | None = None
     ) -> Iterator[tuple[str, Any]]:
-        """Derived entries of ``store`` under ``prefix``, from ``prefix + start`` up to (not incl.) ``prefix + stop``."""
+        """Derived entries of ``store`` under ``prefix``, from ``prefix + start`` up to ``prefix + stop`` (excluded)."""
         base = f"{INDEX}{store}{SEP}{prefix}".encode()
         end = None if stop is None else base + stop.encode()
         cut = len(INDEX) + len(store) + len(SEP)

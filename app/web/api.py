@@ -247,7 +247,7 @@ def _order_as_of(order_id: str, as_of: str) -> dict[str, Any]:
     except ValueError:
         raise validation.Invalid([{"field": "as_of", "message": "must be an ISO-8601 instant"}]) from None
     history = order_history(_db(order_id), order_id)
-    events = [e for e in history if parse_ts(e["timestamp"]) <= instant]
+    events: list[Any] = [e for e in history if parse_ts(e["timestamp"]) <= instant]
     state = orders_domain.fold(events, settings.payment_timeout, settings.pending_timeout)
     if state is None:
         raise ApiError(404, "not_found", f"order {order_id} did not exist at {as_of}")

@@ -43,15 +43,16 @@ def test_analytics_records_are_bounded_after_thirty_days(tmp_path: Path) -> None
     for i in range(minutes):
         step.begin("analytics", "orders", i, {})
         analytics.handle(step, _confirmed(f"o{i}", start + timedelta(minutes=i), f"p{i % 40}"))  # type: ignore[arg-type]
-        if i % 500 == 0 or i == minutes - 1:
+        if i % 10 == 0 or i == minutes - 1:  # a commit every ten orders (every 100 ms live)
             writes, _ = step.freeze()
             db.apply(writes, {})
             step.landed()
             step.outputs.clear()
-            sizes.append(max(len(orjson.dumps(v)) for k, v in db.scan(ANALYTICS, "") if not k.startswith("recorded/")))
+            if i % 1000 == 0:
+                sizes.append(max(len(orjson.dumps(v)) for k, v in db.scan(ANALYTICS, "") if not k.startswith("recorded/")))
     partial = analytics_partial(db)
     assert partial["orders"] == minutes
-    assert len(partial["windows"]) <= KEEP_MINUTES + 1
+    assert len(partial["windows"]) <= KEEP_MINUTES + 11  # pruned as new windows open; one commit's worth may lag
     assert len(partial["products"]) == 40
     assert max(sizes) < 200, sizes  # no aggregate record grows with time
     db.close()
