@@ -9,13 +9,21 @@ from typing import Any
 
 import faust
 
-from app import codec, faust_fixes, transactions
-from app.settings import Settings, SettingsError, load
+from app import codec, faust_fixes, logs, startup, tracing, transactions
+from app.cli import flags
+from app.settings import Settings, SettingsError, bind_host, load
 
 try:
     settings: Settings = load()
 except SettingsError as exc:
     raise SystemExit(f"orderstream: bad configuration: {exc}") from None
+logs.configure(settings)
+try:
+    tracing.configure(settings)
+except tracing.TracingError as exc:
+    raise SystemExit(f"orderstream: {exc}") from None
+flags.install()
+startup.quiet_banner_for_json(settings)
 codec.register()
 transactions.install()
 faust_fixes.install()
@@ -96,7 +104,7 @@ def create_app(s: Settings) -> OrderstreamApp:
         web_enabled=True,
         web_host=s.web_host,
         web_port=s.web_port,
-        web_bind=s.web_host,
+        web_bind=bind_host(s),
         web_tables_enabled=False,
         web_router_enabled=False,
         web_application_options={"client_max_size": s.max_body_bytes},
@@ -109,6 +117,7 @@ def create_app(s: Settings) -> OrderstreamApp:
         broker_session_timeout=s.session_timeout,
         broker_heartbeat_interval=min(3.0, s.session_timeout / 5),
         stream_wait_empty=False,
+        Worker=startup.OrderstreamWorker,
         **options,
     )
 
