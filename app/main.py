@@ -135,3 +135,6 @@ async def _mark_settled(sender: Any, *args: Any, **kwargs: Any) -> None:
 async def _rewind_stuck() -> None:
     """Re-read what the stream went past without processing (``faust_fixes``)."""
     await faust_fixes.rewind_stuck(app)
+
+
+from app.cli import dlq as _dlq  # noqa: E402,F401  # registers `faust -A app dlq` (it needs `app` above)
