@@ -112,8 +112,8 @@ async def run(
     if action not in ACTIONS:
         say(f"error: unknown action {action!r}; use one of {', '.join(ACTIONS)}", err=True)
         return USAGE
-    if not 1 <= limit <= 1000:
-        say("error: --limit must be from 1 to 1000", err=True)
+    if not 1 <= limit <= PAGE:
+        say("error: --limit must be from 1 to 500", err=True)
         return USAGE
     if action == "show" and len(ids) != 1:
         say("error: dlq show needs exactly one dead-letter id", err=True)
@@ -249,7 +249,7 @@ DlqCommand = app.command(
     option("--token", default=None, help="Admin token (default $ORDERSTREAM_ADMIN_TOKEN)."),
     option("--source-topic", default=None, help="Only letters from this topic (logical or Kafka name)."),
     option("--status", default=None, type=str, help="Only letters with this status: dead or redriven."),
-    option("--limit", default=50, type=int, help="Letters per page for list (1-1000)."),
+    option("--limit", default=50, type=int, help="Letters per page for list (1-500)."),
     option("--cursor", default=None, help="List the page after this id (from a previous list)."),
     option("--all", "all_pages", is_flag=True, default=False, help="list: every page; redrive: every dead letter."),
     option("--json", "as_json", is_flag=True, default=False, help="list: print one JSON document."),
