@@ -1,4 +1,4 @@
-"""``faust -A app dlq list|show|redrive`` against a real broker and worker: letters listed, redriven once, exit codes."""
+"""``faust -A app dlq list|show|redrive`` on a real broker and worker: listed, redriven once, exit codes."""
 
 from __future__ import annotations
 
