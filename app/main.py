@@ -138,3 +138,6 @@ async def _rewind_stuck() -> None:
 
 
 from app.cli import dlq as _dlq  # noqa: E402,F401  # registers `faust -A app dlq` (it needs `app` above)
+from app import lag as _lag  # noqa: E402
+
+_lag.install(app)

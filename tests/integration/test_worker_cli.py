@@ -178,6 +178,12 @@ def test_live_metrics_pass_promtool(start: Callable[..., Started], broker_url: s
     s = start([], worker_env(broker_url))
     wait_ready(s)
     http("GET", s.url + "/orders/nope")
+    eventually(
+        lambda: "orderstream_consumer_lag{" in http("GET", s.url + "/metrics").raw.decode(),
+        30,
+        0.5,
+        what="consumer lag sampled",
+    )
     body = http("GET", s.url + "/metrics").raw
     result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60, check=False)
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
