@@ -2,8 +2,9 @@
 
 Lag is the partition's end offset as the consumer last saw it (the last stable offset
 under exactly-once, so a transaction's commit marker can count as one) minus this
-worker's committed offset (0 before its first commit: it reads from the earliest). Changelog partitions are left out: they are read only to
-recover tables. Revoked partitions' series are removed.
+worker's committed offset (0 before its first commit: it reads from the earliest).
+Changelog partitions are left out: they are read only to recover tables. Revoked
+partitions' series are removed.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def install(app: Any) -> None:
     async def sample_consumer_lag() -> None:
         try:
             sample(app.consumer)
-        except Exception:  # noqa: BLE001 - a metric must never stop the worker
+        except Exception:  # a metric must never stop the worker
             log.debug("consumer lag sample failed", exc_info=True)
 
     app.timer(interval=INTERVAL, name="orderstream.sample_consumer_lag")(sample_consumer_lag)
