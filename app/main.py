@@ -137,7 +137,7 @@ async def _rewind_stuck() -> None:
     await faust_fixes.rewind_stuck(app)
 
 
-from app.cli import dlq as _dlq  # noqa: E402,F401  # registers `faust -A app dlq` (it needs `app` above)
 from app import lag as _lag  # noqa: E402
+from app.cli import dlq as _dlq  # noqa: E402,F401  # registers `faust -A app dlq` (it needs `app` above)
 
 _lag.install(app)
