@@ -111,3 +111,14 @@ def test_image_has_no_tests_and_runs_as_a_user() -> None:
     user = [line for line in lines if line.startswith("USER ")]
     assert user and user[-1] not in ("USER root", "USER 0")
     assert not any("ORDERSTREAM_WEB_HOST=0.0.0.0" in line for line in lines)
+
+
+def test_every_metric_family_is_on_a_grafana_panel() -> None:
+    from app import metrics
+
+    dashboard = json.loads((DOCKER / "grafana/dashboards/orderstream.json").read_text())
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", []))
+    families = {m.name for m in metrics.REGISTRY.collect() if m.name.startswith("orderstream_")}
+    missing = sorted(f for f in families if f not in exprs)
+    assert not missing, f"no panel shows {missing}"
+    assert "[1m]" not in exprs, "use $__rate_interval"
