@@ -119,10 +119,11 @@ class TextFormatter(logging.Formatter):
 
 
 def json_formatter() -> logging.Formatter:
-    """One JSON object per record: time, level, logger, message, event fields, any ``extra``."""
+    """One JSON object per record: level, logger, message, event fields, any ``extra``, ISO-8601 UTC time."""
     return JsonFormatter(
-        "%(asctime)s %(levelname)s %(name)s %(message)s",
-        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        "%(levelname)s %(name)s %(message)s",
+        rename_fields={"levelname": "level", "name": "logger"},
+        timestamp="time",
         json_ensure_ascii=False,
     )
 

@@ -116,3 +116,25 @@ def test_event_context_costs_under_two_microseconds_when_nothing_is_logged() -> 
     n = 50_000
     best = min(timeit.repeat(once, number=n, repeat=5)) / n
     assert best < 2e-6, f"{best * 1e6:.2f} us per event"
+
+
+def test_json_lines_carry_the_trace_when_tracing_is_on(captured: io.StringIO) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from app import tracing
+
+    logs.configure(Settings(log_format="json"), stream=captured)
+    memory = InMemorySpanExporter()
+    tracing.use_exporter(memory, batch=False)
+    try:
+        with tracing.stage_span("orders", ENV), logs.event_context(stage="orders", partition=0, offset=1, env=ENV):
+            logging.getLogger("orderstream.test").info("confirmed")
+    finally:
+        tracing.shutdown()
+
+    (record,) = [json.loads(line) for line in lines(captured)]
+    (span,) = memory.get_finished_spans()
+    assert record["trace_id"] == f"{span.context.trace_id:032x}"
+    assert record["span_id"] == f"{span.context.span_id:016x}"
+    assert record["order_id"] == "order-9"
+    assert record["time"].endswith("+00:00")
