@@ -140,7 +140,11 @@ def configure(settings: Settings, stream: IO[str] | None = None, logfile: str | 
     handler.addFilter(EventFields())
     root = logging.getLogger()
     for old in list(root.handlers):
-        root.removeHandler(old)
+        # Replace our own handler (configure runs at import and again at worker start) and
+        # mode's default one; leave others (pytest's capture handlers) alone.
+        if old.get_name() == HANDLER_NAME or type(old).__module__.startswith(("colorlog", "mode")):
+            root.removeHandler(old)
+            old.close()
     root.addHandler(handler)
     root.setLevel(LEVELS[settings.log_level])
     # Libraries that set their own level below ours would build records only to drop them.
