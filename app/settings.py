@@ -397,12 +397,24 @@ def startup_problem(s: Settings) -> str | None:
 
 def markdown_table() -> str:
     """Render the configuration table for the README."""
-    rows = ["| setting (`faust.ini`) | environment / flag | default | meaning |", "|---|---|---|---|"]
+    rows = ["| setting (`faust.ini`) | environment / flag | default | allowed | meaning |", "|---|---|---|---|---|"]
     for f in dataclasses.fields(Settings):
         default = f.default if f.default != "" else "(empty)"
         where = f"`{ENV_PREFIX}{f.name.upper()}`<br>`{flag_name(f.name)}`"
-        rows.append(f"| `{f.name}` | {where} | `{default}` | {f.metadata['doc']} |")
+        rows.append(f"| `{f.name}` | {where} | `{default}` | {allowed(f.name)} | {f.metadata['doc']} |")
     return "\n".join(rows)
+
+
+def allowed(name: str) -> str:
+    """Describe a setting's allowed values for the table."""
+    if name in INT_RANGES:
+        return "{} – {}".format(*INT_RANGES[name])
+    if name in FLOAT_RANGES:
+        low, inclusive, high = FLOAT_RANGES[name]
+        return f"{'≥' if inclusive else '>'} {low:g}, ≤ {high:g} s"
+    if name in CHOICES:
+        return ", ".join(f"`{c}`" for c in CHOICES[name])
+    return ""
 
 
 if __name__ == "__main__":
