@@ -147,9 +147,6 @@ def configure(settings: Settings, stream: IO[str] | None = None, logfile: str | 
             old.close()
     root.addHandler(handler)
     root.setLevel(LEVELS[settings.log_level])
-    # Libraries that set their own level below ours would build records only to drop them.
-    for name in ("aiokafka", "faust", "mode", "kafka"):
-        logging.getLogger(name).setLevel(logging.NOTSET)
     logging.captureWarnings(True)
     return handler
 

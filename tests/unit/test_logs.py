@@ -87,7 +87,7 @@ def test_log_level_setting_is_applied(captured: io.StringIO) -> None:
     logging.getLogger("aiokafka").warning("shown")
 
     assert [line.rsplit(": ", 1)[1] for line in lines(captured)] == ["shown"]
-    assert not logging.getLogger("aiokafka.producer").isEnabledFor(logging.DEBUG)
+    assert not logging.getLogger("aiokafka.producer").isEnabledFor(logging.INFO)
 
 
 def test_contexts_nest_and_restore() -> None:
