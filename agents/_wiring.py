@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from app import tracing
 from app.domain.common import Emit
 from app.engine.step import Step
 from app.main import engine
@@ -44,7 +45,9 @@ def envelopes(emits: Iterable[Emit], cause: Envelope, *, stage: str = "") -> lis
 def send(step: Step, outs: Iterable[Out]) -> None:
     """Queue the step's outputs: each envelope to its logical topic, under its key."""
     for topic, key, env in outs:
-        step.send(f"{engine.app_id}.{topic}", key.encode(), orjson.dumps(env), [])
+        headers: list[tuple[str, bytes]] = []
+        tracing.inject(headers)  # W3C traceparent of the handling span (nothing when tracing is off)
+        step.send(f"{engine.app_id}.{topic}", key.encode(), orjson.dumps(env), headers)
 
 
 def send_raw(step: Step, topic: str, key: str | None, value: bytes) -> None:

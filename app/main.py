@@ -13,17 +13,25 @@ from typing import Any
 
 import faust
 
-from app import codec
+from app import codec, logs, startup, tracing
 from app.admin import bootstrap_servers
+from app.cli import flags
 from app.engine.dead_letters import dead_letter
 from app.engine.runtime import Engine
-from app.settings import Settings, SettingsError, load
+from app.settings import Settings, SettingsError, bind_host, load
 from schemas.registry import TOPIC_TYPES, read
 
 try:
     settings: Settings = load()
 except SettingsError as exc:
     raise SystemExit(f"orderstream: bad configuration: {exc}") from None
+logs.configure(settings)
+try:
+    tracing.configure(settings)
+except tracing.TracingError as exc:
+    raise SystemExit(f"orderstream: {exc}") from None
+flags.install()
+startup.quiet_banner_for_json(settings)
 codec.register()
 log = logging.getLogger("orderstream.main")
 
@@ -73,13 +81,14 @@ def create_app(s: Settings) -> OrderstreamApp:
         web_enabled=True,
         web_host=s.web_host,
         web_port=s.web_port,
-        web_bind=s.web_host,
+        web_bind=bind_host(s),
         web_tables_enabled=False,
         web_router_enabled=False,
         web_application_options={"client_max_size": s.max_body_bytes},
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=s.session_timeout,
         broker_heartbeat_interval=min(3.0, s.session_timeout / 5),
+        Worker=startup.OrderstreamWorker,
         **options,
     )
 
@@ -105,3 +114,5 @@ def create_engine(s: Settings, datadir: Path) -> Engine:
 
 
 engine = create_engine(settings, Path(app.conf.datadir) / "engine")
+
+from app.cli import dlq as _dlq  # noqa: E402,F401  # registers `faust -A app dlq` (it needs `app` above)

@@ -1,11 +1,11 @@
-"""Container health check: the worker's web server answers GET /health."""
+"""Container health check: the worker's web server answers GET /health on this container."""
 
 import os
 import sys
 import urllib.request
 
-host = os.environ.get("ORDERSTREAM_WEB_HOST", "127.0.0.1")
-host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+bind = os.environ.get("ORDERSTREAM_WEB_BIND") or os.environ.get("ORDERSTREAM_WEB_HOST", "127.0.0.1")
+host = "127.0.0.1" if bind in ("0.0.0.0", "::", "") else bind
 port = os.environ.get("ORDERSTREAM_WEB_PORT", "6066")
 try:
     with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=4) as response:

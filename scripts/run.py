@@ -4,6 +4,10 @@
 Kafka comes from ``docker/compose.yml`` when a Docker engine answers, otherwise
 from the local KRaft broker (``scripts/kafka_local.py``). An already reachable
 broker named by ``ORDERSTREAM_BROKER`` is used as is.
+
+Quiet by default: a few lines, then the URL, the demo data and how to stop. The
+worker's log goes to ``<data dir>/worker1.log``; ``-v`` (or ``VERBOSE=1``) shows it
+on the terminal instead.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -45,15 +50,29 @@ def _request(method: str, url: str, body: object | None = None, token: str = "")
         return 0
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+def _tail(path: Path | None, lines: int = 15) -> str:
+    if path is None or not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path | None, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"the worker exited with code {proc.returncode}; see its log above")
+            where = f"; the end of {log}:\n{_tail(log)}" if log else "; see its log above"
+            raise SystemExit(f"the worker exited with code {proc.returncode}{where}")
         if _request("GET", url + "/ready") == 200:
             return
         time.sleep(0.5)
-    raise SystemExit(f"the worker did not become ready within {timeout:.0f}s")
+    raise SystemExit(f"the worker did not become ready within {timeout:.0f}s; its log: {log or 'above'}")
+
+
+def _compose_env() -> dict[str, str]:
+    """Compose requires ORDERSTREAM_ADMIN_TOKEN for the workers; only Kafka is started here."""
+    env = dict(os.environ)
+    env.setdefault("ORDERSTREAM_ADMIN_TOKEN", secrets.token_hex(16))
+    return env
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--web-port", type=int, default=int(os.environ.get("WEB_PORT", "6066")))
     parser.add_argument("--data-dir", type=Path, default=ROOT / ".data")
     parser.add_argument("--no-demo", action="store_true", help="do not load demo stock")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=os.environ.get("VERBOSE", "") not in ("", "0"),
+        help="show the worker's log on the terminal (default: a file under the data directory)",
+    )
     args = parser.parse_args(argv)
 
     stopping = False
@@ -84,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         elif kafka_local.docker_available():
             _say("Docker answers: starting Kafka with docker/compose.yml")
             subprocess.run(
-                ["docker", "compose", "-f", str(ROOT / "docker/compose.yml"), "up", "-d", "kafka"], check=True
+                ["docker", "compose", "-f", str(ROOT / "docker/compose.yml"), "up", "-d", "kafka"],
+                check=True,
+                env=_compose_env(),
             )
             compose = True
             broker = "kafka://127.0.0.1:9092"
@@ -98,16 +126,37 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "ORDERSTREAM_BROKER": broker}
         cmd = [sys.executable, "-m", "faust", "--datadir", str(args.data_dir / "worker1"), "-A", "app", "worker"]
         cmd += ["-l", "info", "--web-port", str(args.web_port)]
-        _say("starting a worker: " + " ".join(cmd[2:]))
-        worker = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+        log_path: Path | None = None
+        if args.verbose:
+            _say("starting a worker: " + " ".join(cmd[2:]))
+            worker = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+        else:
+            args.data_dir.mkdir(parents=True, exist_ok=True)
+            log_path = args.data_dir / "worker1.log"
+            _say(f"starting a worker (log: {log_path}; -v or VERBOSE=1 shows it here)")
+            with open(log_path, "ab") as log_file:
+                worker = subprocess.Popen(
+                    cmd, cwd=ROOT, env=env, start_new_session=True, stdout=log_file, stderr=subprocess.STDOUT
+                )
         url = f"http://127.0.0.1:{args.web_port}"
-        _wait_ready(url, worker)
+        _wait_ready(url, worker, log_path)
+        demo = ""
         if not args.no_demo:
             token = os.environ.get("ORDERSTREAM_ADMIN_TOKEN", "")
             for product, on_hand in DEMO_PRODUCTS.items():
                 _request("PUT", f"{url}/inventory/{product}", {"on_hand": on_hand}, token)
-            _say(f"demo stock loaded: {', '.join(DEMO_PRODUCTS)}")
-        print(f"\n  orderstream is running. Open {url}/  (Ctrl-C to stop)\n", flush=True)
+            demo = ", ".join(f"{p} {n}" for p, n in DEMO_PRODUCTS.items())
+        print(f"\n  orderstream is running. Open {url}/  (Ctrl-C to stop)", flush=True)
+        if demo:
+            print(f"  demo stock: {demo}", flush=True)
+            print(
+                f"  place an order: curl -s -X POST {url}/orders -H 'Content-Type: application/json' -d "
+                """'{"user_id":"u1","user_email":"u1@example.com","items":[{"product_id":"widget","quantity":1,"""
+                """"price":"9.99"}],"payment":{"method":"card","card_number":"4242424242424242","expiry":"12/34","""
+                """"cvv":"123"}}'""",
+                flush=True,
+            )
+        print("  Ctrl-C stops the worker and the broker.\n", flush=True)
         while not stopping and worker.poll() is None:
             time.sleep(0.2)
         return 0 if stopping else (worker.returncode or 1)
@@ -127,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
             _say("stopping the broker")
             cluster.stop()
         if compose:
-            subprocess.run(["docker", "compose", "-f", str(ROOT / "docker/compose.yml"), "down"], check=False)
+            subprocess.run(
+                ["docker", "compose", "-f", str(ROOT / "docker/compose.yml"), "down"], check=False, env=_compose_env()
+            )
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord as Record  # topic, partition, offset, key, value, headers
 
+from app import logs, metrics, tracing
 from app.engine.assignor import TaskAssignor
 from app.engine.step import Output, Step
 from app.engine.store import Indexer, PartitionDB
@@ -188,6 +189,7 @@ class Engine:
         self.counters: Counter[tuple[str, str, str]] = Counter()
         #: Running totals for the periodic engine log line and the metrics.
         self.stats: Counter[str] = Counter()
+        self._lag_reported: set[tuple[str, int]] = set()
         self.on_commit: list[Callable[[Task, dict[str, dict[str, Any]]], None]] = []
         self._replicas: list[tuple[str, Callable[[str, Any], None]]] = []
         self._replica_tasks: list[asyncio.Task[None]] = []
@@ -385,6 +387,7 @@ class Engine:
         if now >= self._next_timer:
             self._next_timer = now + 1.0
             self._log_stats(now)
+            self._publish_metrics()
             for _interval, fn in self._timers:
                 result = fn(self)
                 if result is not None:
@@ -394,6 +397,30 @@ class Engine:
             due = idle or now - task.last_commit >= self.commit_interval
             if task.dirty and task.committing is None and due:
                 task.committing = asyncio.create_task(self._commit(task))
+
+    def _publish_metrics(self) -> None:
+        """Move the loop's counts to Prometheus (once a second, not per event) and sample the lag."""
+        for (stage, type_, result), n in self.counters.items():
+            if result == "handled":
+                metrics.EVENTS_PROCESSED.labels(stage, type_).inc(n)
+            else:
+                metrics.EVENTS_SKIPPED.labels(stage, result).inc(n)
+                if result == "dead_lettered":
+                    metrics.DEAD_LETTERS.labels(stage).inc(n)
+        self.counters.clear()
+        if self.consumer is None:
+            return
+        seen = set()
+        assigned = self.consumer.assignment()
+        for task in self.tasks.values():
+            for tp, position in task.position.items():
+                end = self.consumer.highwater(tp) if tp in assigned else None
+                if end is not None:
+                    metrics.set_lag(tp.topic, tp.partition, end - position)
+                    seen.add((tp.topic, tp.partition))
+        for topic, partition in self._lag_reported - seen:
+            metrics.forget_lag(topic, partition)
+        self._lag_reported = seen
 
     def _log_stats(self, now: float) -> None:
         last = getattr(self, "_last_stats", None)
@@ -455,9 +482,15 @@ class Engine:
                 continue
             step.begin(route.stage, logical, record.offset, env)
             try:
-                result = route.handler(step, env)
-                if result is not None:
-                    await result
+                with (
+                    logs.event_context(stage=route.stage, partition=record.partition, offset=record.offset, env=env),
+                    tracing.stage_span(
+                        route.stage, env, record.headers, partition=record.partition, offset=record.offset
+                    ),
+                ):
+                    result = route.handler(step, env)
+                    if result is not None:
+                        await result
             except Exception as exc:  # noqa: BLE001 - a handler failure dead-letters its input, never stops the task
                 step.rollback()
                 self.counters[(route.stage, type_, "dead_lettered")] += 1
@@ -534,7 +567,8 @@ class Engine:
         )
         topic, key, value = self.dead_letter(stage or logical, record, error)
         task.step.send(topic, key, value, [])
-        self.counters[(stage or logical, "_dead_letter", "dead_lettered")] += 1
+        if not stage:  # unreadable: no stage saw it (a handler's failure is counted by its stage)
+            self.counters[(logical, "_unreadable", "dead_lettered")] += 1
 
     async def _flush_outputs(self, task: Task) -> None:
         """Hand the step's outputs to the producer: the task's transaction, or the plain producer."""
@@ -645,6 +679,7 @@ class Engine:
             task.last_commit = time.monotonic()
             self.stats["commits"] += 1
             self.stats["commit_ms"] += int((task.last_commit - began) * 1000)
+            metrics.observe_produce("transaction", task.last_commit - began)
             self.stats["changelog_records"] += sum(n for _, _, n in futures)
             if task.deferred:
                 deferred, task.deferred = task.deferred, []
@@ -655,6 +690,7 @@ class Engine:
             )
             await self._reset(task, fenced=True)
         except Exception:
+            metrics.produce_failed("transaction")
             log.exception(
                 "commit of partition %s failed: reading its inputs again from the last commit", task.partition
             )

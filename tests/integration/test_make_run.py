@@ -67,6 +67,8 @@ def test_run_serves_the_dashboard_and_ctrl_c_stops_everything(tmp_path: Path) ->
             0.25,
             what="the run command to print its URL",
         )
+        before_url = next(i for i, line in enumerate(lines) if "Open http" in line)
+        assert before_url <= 15, "".join(lines[: before_url + 1])
         assert http("GET", url + "/").status == 200
         assert http("GET", url + "/ready").status == 200
         eventually(lambda: http("GET", url + "/inventory/widget").body.get("on_hand") == 100, 30, what="demo stock")

@@ -1,0 +1,1 @@
+"""Command-line tools registered on the Faust app (`faust -A app <command>`)."""

@@ -1,0 +1,110 @@
+"""What a worker checks and sets up before it joins the cluster.
+
+``OrderstreamWorker`` is the app's ``Worker`` class (``faust -A app worker`` runs it):
+it refuses to start where it must not (a web server beyond loopback without an admin
+token, a broker that does not answer), each time with one sentence on stderr and a
+non-zero exit instead of a traceback; it routes mode's logging set-up through
+``app.logs`` and logs the settings in effect once.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+import time
+from typing import Any, NoReturn
+
+import faust
+
+from app import logs
+from app.settings import Settings, startup_problem
+
+log = logging.getLogger("orderstream.startup")
+
+#: Seconds a starting worker waits for the broker to accept a connection.
+BROKER_WAIT = 5.0
+
+
+def broker_addresses(broker_url: str) -> list[tuple[str, int]]:
+    """Return ``(host, port)`` of every bootstrap server in ``kafka://a:1,kafka://b:2``."""
+    out = []
+    for part in broker_url.replace(";", ",").split(","):
+        part = part.strip().split("://", 1)[-1].rstrip("/")
+        if part:
+            host, _, port = part.rpartition(":")
+            out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def broker_problem(broker_url: str, wait: float = BROKER_WAIT) -> str | None:
+    """Return one sentence when no bootstrap server accepts a TCP connection within ``wait`` s, else None."""
+    addresses = broker_addresses(broker_url)
+    deadline = time.monotonic() + wait
+    last = ""
+    while True:
+        for host, port in addresses:
+            try:
+                with socket.create_connection((host, port), timeout=min(2.0, max(wait, 0.1))):
+                    return None
+            except OSError as exc:
+                last = exc.strerror or str(exc) or type(exc).__name__
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
+    where = ", ".join(f"{h}:{p}" for h, p in addresses)
+    return (
+        f"cannot reach the Kafka broker at {where} ({last}) within {wait:g} s: start Kafka "
+        "(`python scripts/kafka_local.py start`, or `docker compose -f docker/compose.yml up -d kafka`) "
+        "or point ORDERSTREAM_BROKER / --broker at a running broker."
+    )
+
+
+def refuse(sentence: str) -> NoReturn:
+    """Stop the process with one sentence on stderr and exit status 1."""
+    print(f"orderstream: {sentence}", file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+def _settings() -> Settings:
+    from app.main import settings
+
+    return settings
+
+
+class OrderstreamWorker(faust.Worker):
+    """Faust's worker with start-up checks and our logging."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spinner = None  # a terminal spinner on stdout is noise in a log (and not JSON)
+
+    def execute_from_commandline(self) -> NoReturn:
+        """Check that this worker may and can start, then run it."""
+        settings = _settings()
+        problem = startup_problem(settings) or broker_problem(settings.broker)
+        if problem:
+            refuse(problem)
+        super().execute_from_commandline()
+
+    def _setup_logging(self) -> None:
+        """Route every logger through ``app.logs`` instead of mode's colour handler and spinner."""
+        settings = _settings()
+        logs.configure(settings, stream=self.stderr, logfile=str(self.logfile) if self.logfile else None)
+        logs.log_settings(settings)
+        if self.redirect_stdouts:
+            self._redirect_stdouts()
+
+
+def quiet_banner_for_json(settings: Settings) -> None:
+    """With ``log_format=json`` faust's start-up banner (a text table on stdout) becomes one log record."""
+    if settings.log_format != "json":
+        return
+    from faust.cli import worker as worker_cli
+
+    def on_worker_created(self: Any, worker: Any) -> None:
+        log.info(
+            "faust worker starting", extra={"banner": dict((str(k), str(v)) for k, v in self._banner_data(worker))}
+        )
+
+    worker_cli.worker.on_worker_created = on_worker_created  # type: ignore[method-assign]  # faust's hook

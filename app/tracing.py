@@ -1,0 +1,166 @@
+"""Tracing: OpenTelemetry spans per stage, linked by a W3C ``traceparent`` in Kafka headers.
+
+Off by default (``trace_exporter=none``): then ``stage_span`` returns one shared no-op
+context manager and ``inject``/``extract`` return at once (a few hundred nanoseconds, see
+``tests/unit/test_tracing.py``). With an exporter, each stage's handling of an event is a
+span named ``<stage> <event type>``, the child of the span that produced the event, so one
+order is one trace from the HTTP edge through every stage::
+
+    with tracing.stage_span("inventory", env, event.headers, partition=p, offset=o):
+        ...
+        headers: list[tuple[str, bytes]] = []
+        tracing.inject(headers)            # the outgoing event's parent is this span
+        await topic.send(key=k, value=out, headers=headers)
+
+The edge does the same with ``stage_span("http", env, request_headers_as_pairs)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from app.settings import Settings
+
+TRACE_HEADERS = ("traceparent", "tracestate")
+_PROPAGATOR = TraceContextTextMapPropagator()
+_NOOP: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+_EMPTY = Context()
+
+#: The tracer while tracing is on, else None (the fast path tests only this).
+_tracer: trace.Tracer | None = None
+_provider: TracerProvider | None = None
+
+Headers = list[tuple[str, bytes]]
+
+
+class TracingError(RuntimeError):
+    """The configured exporter cannot be used (one sentence)."""
+
+
+def enabled() -> bool:
+    """Whether spans are recorded."""
+    return _tracer is not None
+
+
+def configure(settings: Settings) -> None:
+    """Set up the exporter named by ``settings.trace_exporter`` (``none`` turns tracing off)."""
+    if settings.trace_exporter == "none":
+        shutdown()
+        return
+    exporter: SpanExporter
+    if settings.trace_exporter == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        exporter = ConsoleSpanExporter(formatter=lambda span: span.to_json(indent=None) + "\n")
+    else:
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            raise TracingError(
+                "trace_exporter=otlp needs the OTLP exporter package: pip install 'orderstream[otlp]'."
+            ) from None
+        exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint)
+    use_exporter(exporter, service_name=settings.app_id)
+
+
+def use_exporter(exporter: SpanExporter, *, service_name: str = "orderstream", batch: bool = True) -> TracerProvider:
+    """Record spans into ``exporter`` (tests pass an ``InMemorySpanExporter`` with ``batch=False``)."""
+    global _tracer, _provider
+    shutdown()
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider.add_span_processor(BatchSpanProcessor(exporter) if batch else SimpleSpanProcessor(exporter))
+    _provider = provider
+    _tracer = provider.get_tracer("orderstream")
+    return provider
+
+
+def shutdown() -> None:
+    """Flush and stop the exporter; tracing is off afterwards."""
+    global _tracer, _provider
+    if _provider is not None:
+        _provider.shutdown()
+    _tracer, _provider = None, None
+
+
+def inject(headers: Headers) -> None:
+    """Add the current span's ``traceparent`` (and ``tracestate``) to Kafka ``headers``, in place."""
+    if _tracer is None:
+        return
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    if not carrier:
+        return
+    headers[:] = [(k, v) for k, v in headers if k not in TRACE_HEADERS]
+    headers.extend((k, v.encode()) for k, v in carrier.items())
+
+
+def extract(headers: Iterable[tuple[str | bytes, bytes | str]] | Mapping[Any, Any] | None) -> Context:
+    """Return the trace context carried by Kafka ``headers`` (an empty context when there is none)."""
+    if _tracer is None or not headers:
+        return _EMPTY
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    carrier: dict[str, str] = {}
+    for key, value in pairs:
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        if name.lower() in TRACE_HEADERS and value is not None:
+            carrier[name.lower()] = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return _PROPAGATOR.extract(carrier) if carrier else _EMPTY
+
+
+def stage_span(
+    stage: str,
+    env: Mapping[str, Any],
+    headers: Iterable[tuple[str | bytes, bytes | str]] | Mapping[Any, Any] | None = None,
+    *,
+    partition: int | None = None,
+    offset: int | None = None,
+) -> contextlib.AbstractContextManager[Any]:
+    """Return a context manager: the span ``<stage> <event type>``, child of the headers' traceparent."""
+    if _tracer is None:
+        return _NOOP
+    return _stage_span(_tracer, stage, env, headers, partition, offset)
+
+
+@contextlib.contextmanager
+def _stage_span(
+    tracer: trace.Tracer,
+    stage: str,
+    env: Mapping[str, Any],
+    headers: Any,
+    partition: int | None,
+    offset: int | None,
+) -> Iterator[trace.Span]:
+    attributes: dict[str, Any] = {
+        "orderstream.stage": stage,
+        "orderstream.event_id": str(env.get("id", "")),
+        "orderstream.event_type": str(env.get("type", "")),
+        "orderstream.order_id": str(env.get("correlation_id", "")),
+    }
+    if partition is not None:
+        attributes["messaging.destination.partition.id"] = str(partition)
+    if offset is not None:
+        attributes["messaging.kafka.offset"] = offset
+    kind = trace.SpanKind.SERVER if stage == "http" else trace.SpanKind.CONSUMER
+    with tracer.start_as_current_span(
+        f"{stage} {env.get('type', '?')}", context=extract(headers), kind=kind, attributes=attributes
+    ) as span:
+        yield span
+
+
+def current_ids() -> tuple[str, str] | None:
+    """Return ``(trace_id, span_id)`` in hex of the current span, or None (also when tracing is off)."""
+    if _tracer is None:
+        return None
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
