@@ -185,6 +185,8 @@ def _routed(
     def deco(local: Callable[[web.Request, str], Awaitable[web.StreamResponse]]) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
             key = request.match_info[key_param]
+            if len(key) > models.MAX_KEY:
+                raise validation.Invalid([{"field": key_param, "message": f"at most {models.MAX_KEY} characters"}])
             owner = routing.owner_of(topic, key)
             if owner != routing.my_url():
                 if request.headers.get(FORWARDED):
@@ -260,8 +262,7 @@ async def _already_placed(order_id: str, digest: str) -> bool:
     owner = routing.owner_of(ORDERS, order_id)
     if owner == routing.my_url():
         routing.check_local(ORDERS, order_id)
-        state = order_to_state.get(order_id)
-        known = None if state is None else {"request_hash": state.get("request_hash")}
+        known = _placed_with(order_id)
     else:
         known = (await routing.gather_one(owner, f"/_local/placed/{order_id}"))["order"]
     if known is None:
@@ -281,8 +282,24 @@ async def local_placed(request: web.Request) -> web.Response:
     require_peer(request)
     order_id = request.match_info["order_id"]
     routing.check_local(ORDERS, order_id)
+    return json_response({"order": _placed_with(order_id)})
+
+
+def _placed_with(order_id: str) -> dict[str, Any] | None:
+    """``None`` if this worker's order ``id`` does not exist, else the hash of the request that placed it.
+
+    The saga state keeps ``request_hash`` (when it does); until then, the ``order.placed``
+    envelope in the order's history has it in its metadata.
+    """
     state = order_to_state.get(order_id)
-    return json_response({"order": None if state is None else {"request_hash": state.get("request_hash")}})
+    if state is None:
+        return None
+    digest = state.get("request_hash")
+    if digest is None:
+        history = order_to_history.get(order_id) or []
+        placed = next((e for e in history if e.get("type") == "order.placed"), None)
+        digest = ((placed or {}).get("metadata") or {}).get("request_hash")
+    return {"request_hash": digest}
 
 
 async def get_order(request: web.Request) -> web.StreamResponse:

@@ -37,6 +37,7 @@ MAX_TOTAL_CENTS = 10**11  # 1,000,000,000.00
 MAX_STOCK = 1_000_000_000
 MAX_LIMIT = 500
 MAX_WAIT = 30.0
+MAX_KEY = 200  # characters of an id in a path
 
 IDENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 IDENT = re.compile(IDENT_PATTERN)
@@ -221,7 +222,7 @@ class UpdateUser(Model):
 class Redrive(Model):
     """``POST /dlq/redrive``: ``{}`` for all, or some ids, or one source topic."""
 
-    ids: list[Annotated[str, Field(max_length=200)]] | None = Field(default=None, max_length=10_000)
+    ids: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=MAX_LIMIT)
     source_topic: str | None = Field(default=None, max_length=249)
 
 
@@ -251,9 +252,9 @@ Cursor = Annotated[str, Field(max_length=256)]
 
 
 class Query(BaseModel):
-    """Query parameters: strings converted here; unknown parameters are ignored."""
+    """Query parameters: strings converted here; an unknown parameter is a 422 (a typo is not silently ignored)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class OrderQuery(Query):
@@ -262,7 +263,9 @@ class OrderQuery(Query):
     wait: Annotated[float | None, BeforeValidator(_finite_seconds)] = Field(
         default=None, ge=0, le=MAX_WAIT, allow_inf_nan=False, description="seconds to long-poll until final"
     )
-    as_of: str | None = Field(default=None, max_length=64, description="an ISO-8601 instant")
+    as_of: str | None = Field(
+        default=None, max_length=64, description="an ISO-8601 instant", json_schema_extra={"format": "date-time"}
+    )
 
 
 class ListOrders(Query):

@@ -94,10 +94,8 @@ OPERATIONS = [
 
 def _path_params(path: str) -> list[dict[str, Any]]:
     names = [part[1:-1] for part in path.split("/") if part.startswith("{")]
-    return [
-        {"name": n, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1, "maxLength": 200}}
-        for n in names
-    ]
+    schema = {"type": "string", "minLength": 1, "maxLength": m.MAX_KEY}
+    return [{"name": n, "in": "path", "required": True, "schema": schema} for n in names]
 
 
 def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
@@ -135,7 +133,8 @@ def build() -> dict[str, Any]:
             if op.headers:
                 ok["headers"] = op.headers
             responses[str(op.ok)] = ok
-        for status in op.errors:
+        statuses = sorted({*op.errors, *((422,) if "{" in op.path else ())})
+        for status in statuses:
             err: dict[str, Any] = {"description": ERRORS[status], "content": content(m.Error, "serialization")}
             if status == 503:
                 err["headers"] = {"Retry-After": {"schema": {"type": "string"}}}
