@@ -106,7 +106,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 async def _capped(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Serve within the caps: long-polls count as waiters (in :func:`get_order`), peers on their own gauge."""
-    if request.path in UNCAPPED or (request.method == "GET" and "wait" in request.query):
+    resource = request.match_info.route.resource
+    long_poll = resource is not None and resource.canonical == "/orders/{order_id}" and "wait" in request.query
+    if request.path in UNCAPPED or (request.method == "GET" and long_poll):
         return await handler(request)
     gauge = guard.PEER_IN_FLIGHT if guard.is_peer(request) else guard.IN_FLIGHT
     with gauge.hold():

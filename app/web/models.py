@@ -29,6 +29,7 @@ from pydantic_core import PydanticCustomError
 
 from app.domain.cards import expiry_valid, luhn_valid, normalize_number
 from app.domain.common import MoneyError, parse_money
+from schemas.envelope import parse_ts
 
 MAX_ITEMS = 100
 MAX_QUANTITY = 10_000
@@ -266,6 +267,16 @@ class OrderQuery(Query):
     as_of: str | None = Field(
         default=None, max_length=64, description="an ISO-8601 instant", json_schema_extra={"format": "date-time"}
     )
+
+    @field_validator("as_of")
+    @classmethod
+    def _instant(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_ts(value)
+            except ValueError:
+                raise PydanticCustomError("instant", "must be an ISO-8601 instant") from None
+        return value
 
 
 class ListOrders(Query):

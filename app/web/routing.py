@@ -122,7 +122,9 @@ async def forward(request: web.Request, owner: str, *, path: str | None = None) 
     """Proxy ``request`` to ``owner`` (optionally to another ``path``) and relay its answer."""
     body = await request.read()
     headers = {
-        k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization", "idempotency-key")
+        k: v
+        for k, v in request.headers.items()
+        if k.lower() in ("content-type", "authorization", "idempotency-key") and _utf8(v)
     }
     headers[FORWARDED] = my_url()
     headers.update(guard.internal_headers())
@@ -137,6 +139,15 @@ async def forward(request: web.Request, owner: str, *, path: str | None = None) 
     except (TimeoutError, aiohttp.ClientError) as exc:
         log.warning("forwarding %s %s to %s failed: %r", request.method, request.rel_url.path, owner, exc)
         raise Unavailable(f"the owner {owner} did not answer") from exc
+
+
+def _utf8(value: str) -> bool:
+    """Whether a header value is valid UTF-8 (aiohttp keeps invalid bytes as surrogates that cannot be sent)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def serving() -> list[int]:

@@ -93,6 +93,13 @@ def test_a_non_utf8_authorization_header_is_401(cluster: Cluster) -> None:
             b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
         )
         assert raw_request(url, head) == 401, request_line
+    order_id = uid("o")
+    for i in (0, 1):  # one worker owns the order, the other forwards (dropping the header)
+        head = (
+            f"GET /orders/{order_id}/events HTTP/1.1\r\nHost: x\r\n".encode()
+            + b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n"
+        )
+        assert raw_request(cluster.urls[i], head) == 404
     assert cluster.get("/health").status == 200
 
 
@@ -199,3 +206,30 @@ def test_the_openapi_document_is_served(cluster: Cluster) -> None:
         doc = http("GET", url + "/openapi.json").body
         assert doc["openapi"].startswith("3.1")
         assert "/orders" in doc["paths"] and "/_local/orders" not in doc["paths"]
+
+
+def test_forwarded_long_polls_do_not_starve_worker_to_worker_calls(cluster: Cluster) -> None:
+    import asyncio
+
+    import aiohttp
+
+    async def run() -> tuple[list[int], float, int]:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as client:
+
+            async def poll(i: int) -> int:
+                async with client.get(f"{cluster.urls[i % 2]}/orders/{uid('o')}?wait=4") as resp:
+                    return resp.status
+
+            polls = [asyncio.create_task(poll(i)) for i in range(400)]
+            await asyncio.sleep(1.0)  # every long-poll is waiting, about half of them forwarded
+            started = time.monotonic()
+            async with client.get(f"{cluster.urls[0]}/orders?limit=5") as resp:
+                listed = resp.status
+            took = time.monotonic() - started
+            return list(await asyncio.gather(*polls)), took, listed
+
+    statuses, took, listed = asyncio.run(run())
+    assert listed == 200
+    assert took < 2.0, f"a list took {took:.1f} s behind 400 long-polls"
+    assert set(statuses) == {404}
