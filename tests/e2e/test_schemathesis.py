@@ -69,8 +69,12 @@ def schemathesis(url: str, report: Path) -> subprocess.CompletedProcess[str]:
 def test_the_api_conforms_to_its_openapi_document(make_cluster: ClusterFactory, tmp_path: Path) -> None:
     cluster = make_cluster(2, env={"ORDERSTREAM_ADMIN_TOKEN": TOKEN, "ORDERSTREAM_PAYMENT_TIMEOUT": "20"})
     product, user = uid("p"), uid("u")
-    stocked = lambda: cluster.put(f"/inventory/{product}", {"on_hand": 100}, headers=ADMIN).status == 202  # noqa: E731
-    eventually(stocked, 30, 0.5, what="stock set")
+    eventually(
+        lambda: cluster.put(f"/inventory/{product}", {"on_hand": 100}, headers=ADMIN).status == 202,
+        30,
+        0.5,
+        what="stock",
+    )
     before = [cluster.place(order_body([(product, 1, "3.00")], user_id=user), i % 2) for i in range(4)]
 
     for i, url in enumerate(cluster.urls):
