@@ -48,6 +48,10 @@ crash-test: $(STAMP) kafka-fetch-unless-docker ## Full crash test: 1,000+ orders
 	$(PY) -m tests.crash --orders $${ORDERS:-1200} --rate $${RATE:-40} --guarantee exactly_once
 	$(PY) -m tests.crash --orders $${ORDERS:-1200} --rate $${RATE:-40} --guarantee at_least_once
 
+fuzz: $(STAMP) kafka-fetch ## Schemathesis at full size against /openapi.json of two live workers (EXAMPLES=, SEED= to size)
+	ORDERSTREAM_FUZZ_EXAMPLES=$${EXAMPLES:-200} ORDERSTREAM_FUZZ_SEED=$${SEED:-$$RANDOM} \
+		$(PY) -m pytest tests/e2e/test_schemathesis.py -q -p no:cacheprovider --timeout 3600 $(PYTEST_ARGS)
+
 loadgen: $(STAMP) ## Place orders against a running worker (ARGS="--orders 1000 --rate 200")
 	$(PY) -m app.loadgen $(ARGS)
 
@@ -69,4 +73,4 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 clean: ## Remove local data directories (not the Kafka jar cache)
 	rm -rf .data orderstream-data
 
-.PHONY: help install kafka-fetch kafka-fetch-unless-docker run lint unit test crash-test loadgen chromium readme-settings format clean
+.PHONY: help install kafka-fetch kafka-fetch-unless-docker run lint unit test crash-test fuzz loadgen chromium readme-settings format clean

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
@@ -47,6 +48,17 @@ def to_cents(value: Any) -> int:
     if cents != cents.to_integral_value():
         raise MoneyError("has more than two decimal places")
     return int(cents.quantize(Decimal("1"), rounding=ROUND_HALF_UP))
+
+
+_MONEY = re.compile(r"(0|[1-9][0-9]{0,17})(\.[0-9]{1,2})?")
+
+
+def parse_money(text: str) -> int:
+    """Parse a decimal string of ASCII digits (``"12.50"``, ``"12"``) into cents: no floats, signs or exponents."""
+    if not isinstance(text, str) or not _MONEY.fullmatch(text):
+        raise MoneyError('must be a decimal string of ASCII digits with at most 2 decimals, such as "12.50"')
+    whole, _, frac = text.partition(".")
+    return int(whole) * 100 + int(frac.ljust(2, "0") or 0)
 
 
 def from_cents(cents: int) -> str:

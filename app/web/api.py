@@ -9,17 +9,17 @@ answer is 202 once the broker has them.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
-from app import codec, metrics
+from app import codec, metrics, tracing
 from app.domain import analytics as analytics_domain
 from app.domain import inventory as inventory_domain
 from app.domain import orders as orders_domain
@@ -29,8 +29,11 @@ from app.engine.assignor import TaskAssignor
 from app.engine.store import PartitionDB
 from app.main import engine, settings
 from app.topics import BY_NAME, LOGICAL, kafka_name
-from app.web import routing, validation
+from app.web import guard, models, openapi, routing, validation
+from app.web.guard import is_admin, require_admin, require_peer
+from app.web.models import MAX_LIMIT
 from app.web.routing import FORWARDED, Unavailable
+from app.web.validation import parse
 from schemas.envelope import Envelope, derived_id, make, parse_ts
 from schemas.registry import current_version
 from tables import (
@@ -50,7 +53,10 @@ from tables import (
 log = logging.getLogger("orderstream.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 IDEMPOTENCY_NS = uuid.UUID("0b7f4f7c-1c1e-4c0e-8a4b-3b8f5f0f9a11")
-MAX_LIMIT = 500
+#: Paths answered outside the in-flight cap: they are cheap and say whether the worker lives.
+UNCAPPED = frozenset({"/health", "/ready", "/metrics"})
+#: Payload fields a customer read never shows (the admin view does).
+PRIVATE_FIELDS = frozenset({"token", "user_email", "email", "to"})
 
 
 class ApiError(Exception):
@@ -74,10 +80,13 @@ def error_response(status: int, code: str, message: str, details: list[Any] | No
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into a JSON error; never a traceback."""
+    """Turn every failure into a JSON error; never a traceback. Caps the requests in flight."""
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    started = time.perf_counter()
     try:
-        response = await handler(request)
+        response = await _capped(request, handler)
+    except guard.Refused as exc:
+        response = error_response(exc.status, exc.code, exc.message)
     except ApiError as exc:
         response = error_response(exc.status, exc.code, exc.message, exc.details)
     except validation.Invalid as exc:
@@ -91,12 +100,28 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.rel_url.path)
         response = error_response(500, "internal", "internal error")
-    metrics.HTTP_REQUESTS.labels(route, str(response.status)).inc()
+    metrics.observe_http(route, request.method, response.status, time.perf_counter() - started)
     return response
 
 
-async def read_json(request: web.Request) -> Any:
-    """Read and parse the JSON body: 413 when too large, 400 when not JSON."""
+async def _capped(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Serve within the caps: long-polls count as waiters (in :func:`get_order`), peers on their own gauge."""
+    resource = request.match_info.route.resource
+    long_poll = resource is not None and resource.canonical == "/orders/{order_id}" and "wait" in request.query
+    if request.path in UNCAPPED or (request.method == "GET" and long_poll):
+        return await handler(request)
+    gauge = guard.PEER_IN_FLIGHT if guard.is_peer(request) else guard.IN_FLIGHT
+    with gauge.hold():
+        return await handler(request)
+
+
+async def read_json(request: web.Request, *, empty: Any = ...) -> Any:
+    """Read and parse the JSON body: 415 unless ``application/json``, 413 when too large, 400 when not JSON.
+
+    ``empty`` is what a body-less request means (default: a missing body is not JSON).
+    """
+    if request.content_type != "application/json" and (request.body_exists or empty is ...):
+        raise ApiError(415, "unsupported_media_type", "the body must be JSON with Content-Type: application/json")
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise ApiError(413, "too_large", f"the body is larger than {settings.max_body_bytes} bytes")
     try:
@@ -105,25 +130,39 @@ async def read_json(request: web.Request) -> Any:
         raise ApiError(413, "too_large", f"the body is larger than {settings.max_body_bytes} bytes") from None
     if len(raw) > settings.max_body_bytes:
         raise ApiError(413, "too_large", f"the body is larger than {settings.max_body_bytes} bytes")
+    if not raw.strip() and empty is not ...:
+        return empty
     try:
         return codec.loads(raw)
     except ValueError:
         raise ApiError(400, "bad_json", "the body is not valid JSON") from None
 
 
-def require_admin(request: web.Request) -> None:
-    """Enforce ``Authorization: Bearer $ORDERSTREAM_ADMIN_TOKEN`` when a token is set."""
-    token = settings.admin_token
-    if not token:
-        return
-    given = request.headers.get("Authorization", "")
-    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise ApiError(401, "unauthorized", "this endpoint needs Authorization: Bearer <admin token>")
+def _no_body(request: web.Request) -> None:
+    """A command without a body: any body it has must still be declared JSON (415), else CSRF gets in."""
+    if request.body_exists and request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type", "the body must be JSON with Content-Type: application/json")
+
+
+def _scrub(value: Any) -> Any:
+    """Leave out payment tokens and emails at any depth of an event payload."""
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items() if k not in PRIVATE_FIELDS}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def _customer_view(env: dict[str, Any]) -> dict[str, Any]:
+    return {**env, "payload": _scrub(env.get("payload") or {})}
 
 
 async def produce(topic: str, key: str, env: Envelope) -> None:
-    """Send an envelope to a logical topic and wait until the broker has it."""
-    await engine.produce(topic, key, codec.dumps(env))
+    """Send an envelope to a logical topic and wait until the broker has it (in a span: the trace's root)."""
+    headers: list[tuple[str, bytes]] = []
+    with tracing.stage_span("http", env):
+        tracing.inject(headers)
+        await engine.produce(topic, key, codec.dumps(env), headers)
 
 
 def _db(key: str) -> PartitionDB:
@@ -146,11 +185,14 @@ async def produce_and_wait(topic: str, key: str, env: Envelope) -> bool:
     return await applied
 
 
-def _limit(request: web.Request, default: int = 50) -> int:
-    raw = request.query.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise validation.Invalid([{"field": "limit", "message": f"must be a whole number from 1 to {MAX_LIMIT}"}])
-    return int(raw)
+def _query(request: web.Request, model: type[validation.M]) -> validation.M:
+    """Validate the query string (the last value of a repeated parameter wins)."""
+    return parse(model, dict(request.query))
+
+
+def _local_query(query: models.Query) -> str:
+    """The validated query, re-encoded for a peer's ``/_local/...`` endpoint."""
+    return urlencode({k: v for k, v in query.model_dump(exclude_none=True).items()})
 
 
 def _routed(
@@ -161,6 +203,8 @@ def _routed(
     def deco(local: Callable[[web.Request, str], Awaitable[web.StreamResponse]]) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
             key = request.match_info[key_param]
+            if len(key) > models.MAX_KEY:
+                raise validation.Invalid([{"field": key_param, "message": f"at most {models.MAX_KEY} characters"}])
             owner = routing.owner_of(topic, key)
             if owner != routing.my_url():
                 if request.headers.get(FORWARDED):
@@ -183,10 +227,23 @@ async def place_order(request: web.Request) -> web.Response:
     body = await read_json(request)
     order = validation.order_request(body)
     idem = request.headers.get("Idempotency-Key")
-    if idem is not None and not 1 <= len(idem) <= 200:
-        raise validation.Invalid([{"field": "Idempotency-Key", "message": "must be 1-200 characters"}])
+    if idem is not None and not (1 <= len(idem) <= 200 and idem.isascii() and idem.isprintable()):
+        raise validation.Invalid([{"field": "Idempotency-Key", "message": "must be 1-200 printable ASCII characters"}])
+    digest = guard.request_hash(
+        {
+            "user_id": order.user_id,
+            "user_email": order.user_email,
+            "items": order.items,
+            "currency": order.currency,
+            "card_number": order.card_number,
+            "expiry": body["payment"]["expiry"],
+            "cvv": body["payment"]["cvv"],
+        }
+    )
     # The same key from the same user names the same order: a retried POST creates nothing new.
     order_id = str(uuid.uuid5(IDEMPOTENCY_NS, f"{order.user_id}\n{idem}")) if idem else str(uuid.uuid4())
+    if idem and await _already_placed(order_id, digest):
+        return json_response({"order_id": order_id, "status": "pending"}, 202, {"Location": f"/orders/{order_id}"})
     from agents.payments import gateway
 
     card = gateway.tokenize(order.card_number)
@@ -207,26 +264,74 @@ async def place_order(request: web.Request) -> web.Response:
         correlation_id=order_id,
         event_id=derived_id(f"placed/{order_id}", 0),
         version=current_version("order.placed"),
-        metadata={"idempotency_key": idem} if idem else {},
+        metadata={"idempotency_key": idem, "request_hash": digest} if idem else {"request_hash": digest},
     )
     await produce(ORDERS, order_id, env)
     metrics.ORDERS_PLACED.inc()
     return json_response({"order_id": order_id, "status": "pending"}, 202, {"Location": f"/orders/{order_id}"})
 
 
+async def _already_placed(order_id: str, digest: str) -> bool:
+    """Whether the order of this key exists: True if placed with the same request, 422 if with another.
+
+    Asked of the order's owner; a state without ``request_hash`` (placed before it was
+    recorded) counts as the same request.
+    """
+    owner = routing.owner_of(ORDERS, order_id)
+    if owner == routing.my_url():
+        routing.check_local(ORDERS, order_id)
+        known = _placed_with(order_id)
+    else:
+        known = (await routing.gather_one(owner, f"/_local/placed/{order_id}"))["order"]
+    if known is None:
+        return False
+    if known["request_hash"] not in (None, digest):
+        raise ApiError(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request",
+            [{"field": "Idempotency-Key", "message": "already used with a different body"}],
+        )
+    return True
+
+
+async def local_placed(request: web.Request) -> web.Response:
+    """Internal: whether this worker's order ``id`` exists, and the hash of the request that placed it."""
+    require_peer(request)
+    order_id = request.match_info["order_id"]
+    routing.check_local(ORDERS, order_id)
+    return json_response({"order": _placed_with(order_id)})
+
+
+def _placed_with(order_id: str) -> dict[str, Any] | None:
+    """``None`` if this worker's order ``id`` does not exist, else the hash of the request that placed it.
+
+    The saga keeps ``request_hash`` from the ``order.placed`` metadata in the order's state.
+    """
+    state = order_state(_db(order_id), order_id)
+    if state is None:
+        return None
+    return {"request_hash": state.get("request_hash")}
+
+
+async def get_order(request: web.Request) -> web.StreamResponse:
+    """``GET /orders/{id}``: a long-poll holds a waiter slot on this worker, forwarded or not."""
+    query = _query(request, models.OrderQuery)
+    if query.wait is None:
+        return await _get_order(request)
+    with guard.WAITERS.hold():
+        return await _get_order(request)
+
+
 @_routed(ORDERS, "order_id")
-async def get_order(request: web.Request, order_id: str) -> web.Response:
+async def _get_order(request: web.Request, order_id: str) -> web.Response:
     """``GET /orders/{id}`` with ``?wait=`` and ``?as_of=``."""
-    as_of = request.query.get("as_of")
+    query = _query(request, models.OrderQuery)
+    as_of = query.as_of
     if as_of is not None:
         return json_response(_order_as_of(order_id, as_of))
-    wait = request.query.get("wait")
-    deadline = time.monotonic()
-    if wait is not None:
-        try:
-            deadline += min(max(float(wait), 0.0), 30.0)
-        except ValueError:
-            raise validation.Invalid([{"field": "wait", "message": "must be a number of seconds"}]) from None
+    wait = query.wait
+    deadline = time.monotonic() + (wait or 0.0)
     while True:
         state = order_state(_db(order_id), order_id)
         if state is not None and (wait is None or orders_domain.is_final(state)):
@@ -260,7 +365,8 @@ async def order_events(request: web.Request, order_id: str) -> web.Response:
     history = order_history(_db(order_id), order_id)
     if not history:
         raise ApiError(404, "not_found", f"order {order_id} not found")
-    return json_response({"order_id": order_id, "events": history})
+    events = history if is_admin(request) else [_customer_view(e) for e in history]
+    return json_response({"order_id": order_id, "events": events})
 
 
 #: How long a command's 202 waits for its stage to apply it, so the next request sees it
@@ -275,9 +381,13 @@ def _order_command(kind: str) -> Handler:
     @_routed(ORDERS, "order_id")
     async def command(request: web.Request, order_id: str) -> web.Response:
         payload: dict[str, Any] = {"order_id": order_id}
+        if kind != "cancel":
+            require_admin(request)
         if kind == "ship":
             payload.update(validation.ship_request(await read_json(request)))
-        elif kind == "cancel":
+        else:
+            _no_body(request)
+        if kind == "cancel":
             payload["reason"] = "customer_cancelled"
         state = order_state(_db(order_id), order_id)
         if state is None:
@@ -297,9 +407,9 @@ def _order_command(kind: str) -> Handler:
 
 async def list_orders(request: web.Request) -> web.Response:
     """``GET /orders``: one page across all workers, ordered by order id."""
-    limit = _limit(request)
-    pages = await routing.gather_json(f"/_local/orders?{request.query_string}")
-    return json_response(_merge_pages(pages, "orders", "order_id", limit))
+    query = _query(request, models.ListOrders)
+    pages = await routing.gather_json(f"/_local/orders?{_local_query(query)}")
+    return json_response(_merge_pages(pages, "orders", "order_id", query.limit))
 
 
 def _merge_pages(pages: list[Any], field: str, key: str, limit: int) -> dict[str, Any]:
@@ -311,9 +421,11 @@ def _merge_pages(pages: list[Any], field: str, key: str, limit: int) -> dict[str
 
 async def local_orders(request: web.Request) -> web.Response:
     """This worker's slice of ``GET /orders``."""
-    limit = _limit(request)
+    require_peer(request)
+    query = _query(request, models.ListOrders)
+    limit = query.limit
     serving = routing.serving()
-    status, user_id, cursor = (request.query.get(k) for k in ("status", "user_id", "cursor"))
+    status, user_id, cursor = query.status, query.user_id, query.cursor
     rows: list[dict[str, Any]] = []
     for p in serving:
         db = committed(p)
@@ -337,8 +449,8 @@ async def get_stock(request: web.Request, product_id: str) -> web.Response:
 async def set_stock(request: web.Request, product_id: str) -> web.Response:
     """``PUT /inventory/{id}`` (admin): set the units on hand."""
     require_admin(request)
-    _product_id_ok(product_id)
-    on_hand = validation.non_negative_int(await read_json(request), "on_hand")
+    validation.product_id_ok(product_id)
+    on_hand = parse(models.SetStock, await read_json(request)).on_hand
     stock = _db(product_id).get(STOCK, f"stock/{product_id}") or inventory_domain.empty_stock()
     if on_hand < stock["reserved"]:
         raise ApiError(409, "conflict", f"{stock['reserved']} units are reserved; on_hand cannot go below that")
@@ -357,8 +469,8 @@ async def set_stock(request: web.Request, product_id: str) -> web.Response:
 async def restock(request: web.Request, product_id: str) -> web.Response:
     """``POST /inventory/{id}/restock`` (admin): add units."""
     require_admin(request)
-    _product_id_ok(product_id)
-    quantity = validation.non_negative_int(await read_json(request), "quantity", minimum=1)
+    validation.product_id_ok(product_id)
+    quantity = parse(models.Restock, await read_json(request)).quantity
     env = make(
         "inventory.restock",
         "product",
@@ -370,30 +482,24 @@ async def restock(request: web.Request, product_id: str) -> web.Response:
     return json_response({"product_id": product_id, "quantity": quantity, "status": "accepted"}, 202)
 
 
-def _product_id_ok(product_id: str) -> None:
-    if not validation.IDENT.match(product_id):
-        raise validation.Invalid(
-            [{"field": "product_id", "message": "must be 1-128 letters, digits or ._:- characters"}]
-        )
-
-
 async def list_stock(request: web.Request) -> web.Response:
     """``GET /inventory``: one page of products across all workers."""
-    limit = _limit(request)
-    pages = await routing.gather_json(f"/_local/inventory?{request.query_string}")
-    return json_response(_merge_pages(pages, "products", "product_id", limit))
+    query = _query(request, models.ListStock)
+    pages = await routing.gather_json(f"/_local/inventory?{_local_query(query)}")
+    return json_response(_merge_pages(pages, "products", "product_id", query.limit))
 
 
 async def local_stock(request: web.Request) -> web.Response:
     """This worker's slice of ``GET /inventory``."""
-    limit = _limit(request)
+    require_peer(request)
+    query = _query(request, models.ListStock)
+    limit, cursor = query.limit, query.cursor
     serving = routing.serving()
-    cursor = request.query.get("cursor") or ""
     rows: list[tuple[str, Any]] = []
     for p in serving:
         db = committed(p)
         if db is not None:
-            rows.extend(stock_rows(db, cursor, limit + 1))
+            rows.extend(stock_rows(db, cursor or "", limit + 1))
     rows.sort(key=lambda r: r[0])
     page = [inventory_domain.to_view(pid, s) for pid, s in rows[:limit]]
     return json_response({"products": page, "more": len(rows) > limit, "serving": serving})
@@ -403,7 +509,8 @@ async def local_stock(request: web.Request) -> web.Response:
 
 
 async def create_user(request: web.Request) -> web.StreamResponse:
-    """``POST /users``: the owner of the (given or new) user id checks it is new and creates it."""
+    """``POST /users`` (admin): the owner of the (given or new) user id checks it is new and creates it."""
+    require_admin(request)
     fields = validation.user_request(await read_json(request), partial=False)
     user_id = fields.pop("user_id", None) or str(uuid.uuid4())
     owner = routing.owner_of(USERS_TOPIC, user_id)
@@ -413,8 +520,11 @@ async def create_user(request: web.Request) -> web.StreamResponse:
 
 
 async def create_user_at_owner(request: web.Request) -> web.Response:
-    """The owner's half of ``POST /users`` (forwarded here with the id in the path)."""
+    """The owner's half of ``POST /users`` (internal: forwarded here with the id in the path)."""
+    require_peer(request)
     user_id = request.match_info["user_id"]
+    if not models.IDENT.fullmatch(user_id):
+        raise validation.Invalid([{"field": "user_id", "message": "must be 1-128 letters, digits or ._:- characters"}])
     if routing.owner_of(USERS_TOPIC, user_id) != routing.my_url():
         raise Unavailable("the user's owner changed while the request was forwarded")
     fields = validation.user_request(await read_json(request), partial=False)
@@ -433,7 +543,8 @@ async def _create_user_locally(user_id: str, fields: dict[str, Any]) -> web.Resp
 
 @_routed(USERS_TOPIC, "user_id")
 async def update_user(request: web.Request, user_id: str) -> web.Response:
-    """``PATCH /users/{id}``."""
+    """``PATCH /users/{id}`` (admin)."""
+    require_admin(request)
     fields = validation.user_request(await read_json(request), partial=True)
     if _profile(user_id) is None:
         raise ApiError(404, "not_found", f"user {user_id} not found")
@@ -468,6 +579,7 @@ async def analytics_summary(request: web.Request) -> web.Response:
 
 async def local_analytics(request: web.Request) -> web.Response:
     """This worker's partial aggregates."""
+    require_peer(request)
     serving = routing.serving()
     dbs = [db for db in map(committed, serving) if db is not None]
     return json_response(
@@ -480,17 +592,19 @@ async def local_analytics(request: web.Request) -> web.Response:
 
 
 async def list_dead_letters(request: web.Request) -> web.Response:
-    """``GET /dlq``: dead letters across the cluster, ordered by id."""
-    limit = _limit(request)
-    pages = await routing.gather_json(f"/_local/dlq?{request.query_string}")
-    return json_response(_merge_pages(pages, "messages", "id", limit))
+    """``GET /dlq`` (admin): dead letters across the cluster, ordered by id."""
+    require_admin(request)
+    query = _query(request, models.ListDeadLetters)
+    pages = await routing.gather_json(f"/_local/dlq?{_local_query(query)}")
+    return json_response(_merge_pages(pages, "messages", "id", query.limit))
 
 
 async def local_dead_letters(request: web.Request) -> web.Response:
     """This worker's slice of ``GET /dlq``."""
-    limit = _limit(request)
+    require_peer(request)
+    query = _query(request, models.ListDeadLetters)
+    limit, cursor, source, status = query.limit, query.cursor, query.source_topic, query.status
     serving = routing.serving()
-    cursor, source, status = (request.query.get(k) for k in ("cursor", "source_topic", "status"))
     rows: list[dict[str, Any]] = []
     for p in serving:
         db = committed(p)
@@ -517,21 +631,14 @@ def _kafka_topic_or_none(name: str) -> str | None:
 async def redrive(request: web.Request) -> web.Response:
     """``POST /dlq/redrive`` (admin): body ``{}`` for all, ``{"ids": [...]}`` or ``{"source_topic": ...}``."""
     require_admin(request)
-    raw = await request.read()
-    body = codec.loads(raw) if raw.strip() else {}
-    if not isinstance(body, dict):
-        raise validation.Invalid([{"field": "body", "message": "must be a JSON object"}])
-    ids = body.get("ids")
-    if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)):
-        raise validation.Invalid([{"field": "ids", "message": "must be a list of dead-letter ids"}])
-    source = body.get("source_topic")
-    if source is not None and not isinstance(source, str):
-        raise validation.Invalid([{"field": "source_topic", "message": "must be a topic name"}])
+    body = parse(models.Redrive, await read_json(request, empty={}))
+    ids, source = body.ids, body.source_topic
+    wanted = None if ids is None else set(ids)
     letters = await _all_dead_letters(source)
     chosen = [
         m
         for m in letters
-        if m["status"] == "dead" and m.get("original_kind") != "truncated" and (ids is None or m["id"] in ids)
+        if m["status"] == "dead" and m.get("original_kind") != "truncated" and (wanted is None or m["id"] in wanted)
     ]
     for letter in chosen:
         env = make(
@@ -545,7 +652,8 @@ async def _all_dead_letters(source: str | None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     cursor = ""
     while True:
-        query = f"/_local/dlq?limit={MAX_LIMIT}&cursor={cursor}" + (f"&source_topic={source}" if source else "")
+        params = {"limit": MAX_LIMIT, "cursor": cursor, **({"source_topic": source} if source else {})}
+        query = f"/_local/dlq?{urlencode(params)}"
         pages = await routing.gather_json(query)
         page = _merge_pages(pages, "messages", "id", MAX_LIMIT)
         out.extend(page["messages"])
@@ -581,6 +689,11 @@ async def cluster(request: web.Request) -> web.Response:
     )
 
 
+async def openapi_document(request: web.Request) -> web.Response:
+    """``GET /openapi.json``: the OpenAPI 3.1 document of the public API."""
+    return web.Response(body=openapi.document_bytes(), content_type="application/json")
+
+
 async def metrics_page(request: web.Request) -> web.Response:
     """``GET /metrics`` in the Prometheus text format."""
     return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
@@ -604,6 +717,7 @@ def register(web_app: web.Application) -> None:
     r.add_patch("/users/{user_id}", update_user)
     r.add_get("/users/{user_id}", get_user)
     r.add_post("/users/{user_id}/_create", create_user_at_owner)
+    r.add_get("/_local/placed/{order_id}", local_placed)
     r.add_get("/analytics/summary", analytics_summary)
     r.add_get("/dlq", list_dead_letters)
     r.add_post("/dlq/redrive", redrive)
@@ -611,6 +725,7 @@ def register(web_app: web.Application) -> None:
     r.add_get("/ready", ready)
     r.add_get("/cluster", cluster)
     r.add_get("/metrics", metrics_page)
+    r.add_get("/openapi.json", openapi_document)
     r.add_get("/_local/orders", local_orders)
     r.add_get("/_local/inventory", local_stock)
     r.add_get("/_local/analytics", local_analytics)

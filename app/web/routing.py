@@ -14,29 +14,39 @@ import logging
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp import web
 
 from app import codec
 from app.engine.assignor import TaskAssignor
 from app.main import app, engine, settings
+from app.web import guard
 
 log = logging.getLogger("orderstream.routing")
 
 FORWARDED = "X-Orderstream-Forwarded"
 RETRY_AFTER = "1"
-_session: aiohttp.ClientSession | None = None
+#: Connections for short worker-to-worker calls (forwarded reads and commands, scatter-gather).
+PEER_POOL = 200
+#: Connections for forwarded long-polls: their own pool, so they cannot starve the one above.
+LONG_POLL_POOL = 2_000
+_sessions: dict[str, aiohttp.ClientSession] = {}
 
 
 class Unavailable(Exception):
     """The answer cannot be given yet (owner unknown, rebalancing, recovering)."""
 
 
-def session() -> aiohttp.ClientSession:
-    """Return the shared client session for worker-to-worker calls."""
-    global _session
-    if _session is None or _session.closed:
-        _session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=35))
-    return _session
+def session(kind: str = "peer") -> aiohttp.ClientSession:
+    """Return the client session for worker-to-worker calls: ``"peer"`` or ``"long_poll"``, each its own pool."""
+    current = _sessions.get(kind)
+    if current is None or current.closed:
+        limit = LONG_POLL_POOL if kind == "long_poll" else PEER_POOL
+        current = _sessions[kind] = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit),
+            timeout=aiohttp.ClientTimeout(total=40 if kind == "long_poll" else 15, sock_connect=3),
+        )
+    return current
 
 
 def my_url() -> str:
@@ -85,18 +95,32 @@ async def forward(request: web.Request, owner: str, *, path: str | None = None) 
     """Proxy ``request`` to ``owner`` (optionally to another ``path``) and relay its answer."""
     body = await request.read()
     headers = {
-        k: v for k, v in request.headers.items() if k.lower() in ("content-type", "authorization", "idempotency-key")
+        k: v
+        for k, v in request.headers.items()
+        if k.lower() in ("content-type", "authorization", "idempotency-key") and _utf8(v)
     }
     headers[FORWARDED] = my_url()
-    url = owner + (path or request.rel_url.raw_path_qs)
+    headers.update(guard.internal_headers())
+    # The raw, still-encoded target: %3F stays in the path, %2F adds no segment.
+    url = yarl.URL(owner + (path or request.raw_path), encoded=True)
+    kind = "long_poll" if request.method == "GET" and "wait" in request.query else "peer"
     try:
-        async with session().request(request.method, url, data=body or None, headers=headers) as resp:
+        async with session(kind).request(request.method, url, data=body or None, headers=headers) as resp:
             payload = await resp.read()
             out_headers = {k: v for k, v in resp.headers.items() if k in ("Location", "Retry-After", "Content-Type")}
             return web.Response(body=payload, status=resp.status, headers=out_headers)
     except (TimeoutError, aiohttp.ClientError) as exc:
-        log.warning("forwarding %s %s to %s failed: %s", request.method, request.rel_url, owner, exc)
+        log.warning("forwarding %s %s to %s failed: %r", request.method, request.rel_url.path, owner, exc)
         raise Unavailable(f"the owner {owner} did not answer") from exc
+
+
+def _utf8(value: str) -> bool:
+    """Whether a header value is valid UTF-8 (aiohttp keeps invalid bytes as surrogates that cannot be sent)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def serving() -> list[int]:
@@ -121,20 +145,31 @@ async def gather_json(path_qs: str) -> list[Any]:
     return pages
 
 
-async def _gather(path_qs: str) -> list[Any]:
-    async def one(url: str) -> Any:
-        async with session().get(url + path_qs, headers={FORWARDED: my_url()}) as resp:
-            if resp.status != 200:
-                raise Unavailable(f"worker {url} answered {resp.status}")
-            return codec.loads(await resp.read())
-
+async def gather_one(url: str, path_qs: str) -> Any:
+    """GET ``path_qs`` from one worker's internal endpoint; raise :class:`Unavailable` if it fails."""
     try:
-        return list(await asyncio.gather(*(one(u) for u in workers())))
+        return await _get_json(url, path_qs)
+    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+        raise Unavailable(f"worker {url} did not answer: {exc!r}") from exc
+
+
+async def _get_json(url: str, path_qs: str) -> Any:
+    headers = {FORWARDED: my_url(), **guard.internal_headers()}
+    async with session().get(yarl.URL(url + path_qs, encoded=True), headers=headers) as resp:
+        if resp.status != 200:
+            raise Unavailable(f"worker {url} answered {resp.status}")
+        return codec.loads(await resp.read())
+
+
+async def _gather(path_qs: str) -> list[Any]:
+    try:
+        return list(await asyncio.gather(*(_get_json(u, path_qs) for u in workers())))
     except (TimeoutError, aiohttp.ClientError) as exc:
         raise Unavailable(f"a worker did not answer: {exc}") from exc
 
 
 async def close() -> None:
-    """Close the client session."""
-    if _session is not None and not _session.closed:
-        await _session.close()
+    """Close the client sessions."""
+    for current in list(_sessions.values()):
+        if not current.closed:
+            await current.close()

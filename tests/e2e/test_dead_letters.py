@@ -67,12 +67,14 @@ def holds(check: Callable[[], bool], duration: float, interval: float = 0.25, wh
         time.sleep(interval)
 
 
-def all_dead_letters(cluster: Cluster, i: int = 0, query: str = "") -> list[dict[str, Any]]:
-    """Every dead letter ``GET /dlq`` lists, following ``next_cursor``."""
+def all_dead_letters(
+    cluster: Cluster, i: int = 0, query: str = "", headers: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Every dead letter ``GET /dlq`` lists, following ``next_cursor`` (``headers``: the admin bearer, if set)."""
     out: list[dict[str, Any]] = []
     cursor = ""
     while True:
-        resp = cluster.get(f"/dlq?limit=500&cursor={cursor}{query}", i, timeout=120)
+        resp = cluster.get(f"/dlq?limit=500&cursor={cursor}{query}", i, timeout=120, headers=headers)
         assert resp.status == 200, resp
         out.extend(resp.body["messages"])
         if not resp.body["next_cursor"]:
@@ -690,7 +692,7 @@ def test_redrive_delivers_each_dead_lettered_confirmation_exactly_once(make_clus
     notifications = topic(cluster, "notifications")
 
     def letters(i: int = 0) -> dict[str, dict[str, Any]]:
-        return {m["original"]["payload"]["order_id"]: m for m in all_dead_letters(cluster, i)}
+        return {m["original"]["payload"]["order_id"]: m for m in all_dead_letters(cluster, i, headers=auth)}
 
     dead = eventually(lambda: len(d := letters()) == len(orders) and d, 60, what="three dead-lettered confirmations")
     assert set(dead) == set(orders)
@@ -710,7 +712,8 @@ def test_redrive_delivers_each_dead_lettered_confirmation_exactly_once(make_clus
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
     try:
-        # admin only
+        # admin only (reading them too)
+        assert cluster.get("/dlq").status == 401
         assert cluster.post("/dlq/redrive", {}).status == 401
         assert cluster.post("/dlq/redrive", {}, i=1, headers={"Authorization": "Bearer wrong"}).status == 401
         assert inbox.snapshot() == []

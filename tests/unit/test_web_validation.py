@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from app.web.validation import Invalid, OrderRequest, non_negative_int, order_request, ship_request, user_request
+from app.web import models
+from app.web.validation import Invalid, OrderRequest, order_request, parse, ship_request, user_request
 
 TODAY = datetime(2025, 6, 15, tzinfo=UTC)
 
@@ -83,7 +84,7 @@ def test_lines_of_the_same_product_and_price_are_merged() -> None:
         b["items"] = [
             {"product_id": "p1", "quantity": 1, "price": "2.00"},
             {"product_id": "p2", "quantity": 1, "price": "3.00"},
-            {"product_id": "p1", "quantity": 2, "price": 2},
+            {"product_id": "p1", "quantity": 2, "price": "2"},
         ]
 
     request = order_request(changed(two_p1_lines), today=TODAY)
@@ -266,24 +267,40 @@ def test_a_bad_shipment_names_its_fields(raw: Any, fields: list[str]) -> None:
 # --- PUT /inventory/{id}, POST /inventory/{id}/restock -----------------------------------------
 
 
-@pytest.mark.parametrize(("value", "minimum"), [(0, 0), (5, 0), (1, 1), (1_000_000_000, 0)])
-def test_non_negative_int_accepts_whole_numbers_from_the_minimum(value: int, minimum: int) -> None:
-    assert non_negative_int({"on_hand": value}, "on_hand", minimum=minimum) == value
+@pytest.mark.parametrize(
+    ("model", "field", "value"),
+    [
+        (models.SetStock, "on_hand", 0),
+        (models.SetStock, "on_hand", 5),
+        (models.Restock, "quantity", 1),
+        (models.SetStock, "on_hand", 1_000_000_000),
+    ],
+)
+def test_stock_amounts_accept_whole_numbers_from_the_minimum(model: Any, field: str, value: int) -> None:
+    assert getattr(parse(model, {field: value}), field) == value
 
 
 @pytest.mark.parametrize(
-    ("value", "minimum"),
-    [(-1, 0), (0, 1), (True, 0), ("5", 0), (2.0, 0), (None, 0), (1_000_000_001, 0)],
+    ("model", "field", "value"),
+    [
+        (models.SetStock, "on_hand", -1),
+        (models.Restock, "quantity", 0),
+        (models.SetStock, "on_hand", True),
+        (models.SetStock, "on_hand", "5"),
+        (models.SetStock, "on_hand", 2.0),
+        (models.SetStock, "on_hand", None),
+        (models.SetStock, "on_hand", 1_000_000_001),
+    ],
 )
-def test_non_negative_int_refuses_anything_else(value: Any, minimum: int) -> None:
+def test_stock_amounts_refuse_anything_else(model: Any, field: str, value: Any) -> None:
     with pytest.raises(Invalid) as info:
-        non_negative_int({"quantity": value}, "quantity", minimum=minimum)
+        parse(model, {field: value})
 
-    assert [d["field"] for d in info.value.details] == ["quantity"]
+    assert [d["field"] for d in info.value.details] == [field]
 
 
-def test_non_negative_int_needs_an_object() -> None:
+def test_stock_amounts_need_an_object() -> None:
     with pytest.raises(Invalid) as info:
-        non_negative_int(5, "quantity")
+        parse(models.Restock, 5)
 
     assert [d["field"] for d in info.value.details] == ["body"]

@@ -1,0 +1,426 @@
+"""Every request and response of the HTTP API as one pydantic model: validated here, published as OpenAPI.
+
+Bounds (SPEC §4 "documented bounds"): a price is a decimal string of ASCII digits with at
+most two decimals, from ``"0"`` to ``"1000000.00"``; a line's quantity is 1..10,000 (lines of
+one product merged, their sum too); at most 100 lines; an order's total at most
+:data:`MAX_TOTAL_CENTS` (10^11 cents), so every sum downstream (revenue of 90 million
+maximal orders) stays inside a signed 64-bit integer, which is what orjson writes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import annotated_types
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from app.domain.cards import expiry_valid, luhn_valid, normalize_number
+from app.domain.common import MoneyError, parse_money
+from schemas.envelope import parse_ts
+
+MAX_ITEMS = 100
+MAX_QUANTITY = 10_000
+MAX_PRICE_CENTS = 100_000_000  # 1,000,000.00
+MAX_TOTAL_CENTS = 10**11  # 1,000,000,000.00
+MAX_STOCK = 1_000_000_000
+MAX_LIMIT = 500
+MAX_WAIT = 30.0
+MAX_KEY = 200  # characters of an id in a path
+
+IDENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+IDENT = re.compile(IDENT_PATTERN)
+MONEY_PATTERN = r"^((0|[1-9][0-9]{0,5})(\.[0-9]{1,2})?|1000000(\.00?)?)$"
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+STATUSES = ("pending", "reserved", "paid", "confirmed", "shipped", "delivered", "rejected", "cancelled")
+
+_ASCII_INT = re.compile(r"[0-9]{1,10}")
+_ASCII_NUMBER = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
+
+
+class Model(BaseModel):
+    """Strict types (no ``"2"`` for 2, no float for a string); unknown fields are ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+
+def _money(value: str) -> str:
+    try:
+        cents = parse_money(value)
+    except MoneyError as exc:
+        raise PydanticCustomError("money", str(exc)) from None
+    if cents > MAX_PRICE_CENTS:
+        raise PydanticCustomError("money", "must be at most 1000000.00")
+    return value
+
+
+Ident = Annotated[str, Field(pattern=IDENT_PATTERN, description="1-128 ASCII letters, digits or ._:-")]
+Email = Annotated[str, Field(pattern=EMAIL_PATTERN, max_length=254)]
+Money = Annotated[
+    str,
+    Field(
+        pattern=MONEY_PATTERN,
+        max_length=10,
+        description='A decimal string of ASCII digits, at most 2 decimals, "0" to "1000000.00"',
+        examples=["12.50"],
+    ),
+    AfterValidator(_money),
+]
+Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+Status = Literal["pending", "reserved", "paid", "confirmed", "shipped", "delivered", "rejected", "cancelled"]
+
+
+# --- requests ---------------------------------------------------------------------------
+
+
+class OrderLine(Model):
+    """One line of an order."""
+
+    product_id: Ident
+    quantity: Quantity
+    price: Money
+
+
+class CardPayment(Model):
+    """The card; the number is exchanged for a token at the edge and goes no further."""
+
+    card_number: str = Field(
+        pattern=r"^[0-9][0-9 -]{10,30}[0-9]$",
+        repr=False,
+        description="ASCII digits (spaces and dashes allowed), Luhn-valid",
+        examples=["4242424242424242"],
+    )
+    expiry: str = Field(pattern=r"^(0[1-9]|1[0-2])/[0-9]{2}$", description="MM/YY, not in the past")
+    cvv: str = Field(pattern=r"^[0-9]{3,4}$", repr=False)
+    method: Literal["card"] = "card"
+
+    @field_validator("card_number")
+    @classmethod
+    def _luhn(cls, value: str) -> str:
+        number = normalize_number(value)
+        if not luhn_valid(number):
+            raise PydanticCustomError("card_number", "is not a valid card number")
+        return number
+
+    @field_validator("expiry")
+    @classmethod
+    def _not_expired(cls, value: str, info: ValidationInfo) -> str:
+        today = (info.context or {}).get("today") or datetime.now(UTC)
+        if not expiry_valid(value, today.year, today.month):
+            raise PydanticCustomError("expiry", "must be MM/YY and not in the past")
+        return value
+
+
+class PlaceOrder(Model):
+    """``POST /orders``."""
+
+    user_id: Ident
+    user_email: Email | None = None
+    currency: Currency = "USD"
+    items: list[OrderLine] = Field(min_length=1, max_length=MAX_ITEMS)
+    payment: CardPayment
+
+    @model_validator(mode="after")
+    def _lines_agree(self) -> PlaceOrder:
+        seen: dict[str, tuple[str, int]] = {}
+        total = 0
+        for i, line in enumerate(self.items):
+            cents = parse_money(line.price)
+            total += cents * line.quantity
+            if line.product_id in seen:
+                price, qty = seen[line.product_id]
+                if parse_money(price) != cents:
+                    raise _at(("items", i, "price"), "differs from an earlier line of the same product")
+                if qty + line.quantity > MAX_QUANTITY:
+                    raise _at(("items", i, "quantity"), f"lines of one product add up to over {MAX_QUANTITY}")
+                seen[line.product_id] = (price, qty + line.quantity)
+            else:
+                seen[line.product_id] = (line.price, line.quantity)
+        if total > MAX_TOTAL_CENTS:
+            raise _at(("items",), "the order's total is over 1000000000.00")
+        return self
+
+
+class LocatedError(ValueError):
+    """A cross-field problem that names the field it is about."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc, self.message = loc, message
+
+
+def _at(loc: tuple[str | int, ...], message: str) -> LocatedError:
+    return LocatedError(loc, message)
+
+
+def _stripped(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
+ShortText = Annotated[str, BeforeValidator(_stripped), Field(min_length=1, max_length=100)]
+
+
+class ShipOrder(Model):
+    """``POST /orders/{id}/ship``."""
+
+    carrier: ShortText
+    tracking_number: ShortText
+
+
+class SetStock(Model):
+    """``PUT /inventory/{id}``."""
+
+    on_hand: int = Field(ge=0, le=MAX_STOCK)
+
+
+class Restock(Model):
+    """``POST /inventory/{id}/restock``."""
+
+    quantity: int = Field(ge=1, le=MAX_STOCK)
+
+
+class CreateUser(Model):
+    """``POST /users`` (``user_id`` optional: a new one is made)."""
+
+    email: Email
+    user_id: Ident | None = None
+    name: str | None = Field(default=None, max_length=200)
+
+
+class CreateUserAtOwner(Model):
+    """The owner's half of ``POST /users`` (internal)."""
+
+    email: Email
+    name: str | None = Field(default=None, max_length=200)
+
+
+class UpdateUser(Model):
+    """``PATCH /users/{id}``: email and/or name."""
+
+    email: Email | None = None
+    name: str | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="after")
+    def _something(self) -> UpdateUser:
+        if self.email is None and self.name is None:
+            raise _at((), "nothing to update: give email and/or name")
+        return self
+
+
+class Redrive(Model):
+    """``POST /dlq/redrive``: ``{}`` for all, or some ids, or one source topic."""
+
+    ids: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=MAX_LIMIT)
+    source_topic: str | None = Field(default=None, max_length=249)
+
+
+# --- queries (strings on the wire: ASCII digits only, bounded) ---------------------------
+
+
+def _ascii_int(value: Any) -> Any:
+    if isinstance(value, str):
+        if not _ASCII_INT.fullmatch(value):
+            raise PydanticCustomError("ascii_int", "must be a whole number of ASCII digits")
+        return int(value)
+    return value
+
+
+def _finite_seconds(value: Any) -> Any:
+    if isinstance(value, str):
+        if not _ASCII_NUMBER.fullmatch(value):
+            raise PydanticCustomError("seconds", "must be a number of seconds such as 5 or 2.5")
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PydanticCustomError("seconds", "must be a finite number")
+    return value
+
+
+Limit = Annotated[int, annotated_types.Interval(ge=1, le=MAX_LIMIT), BeforeValidator(_ascii_int)]
+Cursor = Annotated[str, Field(max_length=256)]
+
+
+class Query(BaseModel):
+    """Query parameters: strings converted here; an unknown parameter is a 422 (a typo is not silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OrderQuery(Query):
+    """``GET /orders/{id}``."""
+
+    wait: Annotated[float | None, BeforeValidator(_finite_seconds)] = Field(
+        default=None, ge=0, le=MAX_WAIT, allow_inf_nan=False, description="seconds to long-poll until final"
+    )
+    as_of: str | None = Field(
+        default=None, max_length=64, description="an ISO-8601 instant", json_schema_extra={"format": "date-time"}
+    )
+
+    @field_validator("as_of")
+    @classmethod
+    def _instant(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_ts(value)
+            except ValueError:
+                raise PydanticCustomError("instant", "must be an ISO-8601 instant") from None
+        return value
+
+
+class ListOrders(Query):
+    """``GET /orders``."""
+
+    status: Status | None = None
+    user_id: Ident | None = None
+    limit: Limit = 50
+    cursor: Cursor | None = None
+
+
+class ListStock(Query):
+    """``GET /inventory``."""
+
+    limit: Limit = 50
+    cursor: Cursor | None = None
+
+
+class ListDeadLetters(Query):
+    """``GET /dlq``."""
+
+    limit: Limit = 50
+    cursor: Cursor | None = None
+    source_topic: str | None = Field(default=None, max_length=249)
+    status: Literal["dead", "redriven"] | None = None
+
+
+# --- responses ---------------------------------------------------------------------------
+
+
+class Open(BaseModel):
+    """A response: the named fields are promised, more may come."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Error(Open):
+    """Every error answer."""
+
+    error: str
+    message: str
+    details: list[Any]
+
+
+class Placed(Open):
+    order_id: str
+    status: Literal["pending"]
+
+
+class ViewLine(Open):
+    product_id: str
+    quantity: int
+    price: str
+
+
+class PaymentView(Open):
+    status: str
+    last4: str | None = None
+    payment_id: str | None = None
+
+
+class OrderView(Open):
+    order_id: str
+    user_id: str
+    status: Status
+    items: list[ViewLine]
+    total: str
+    currency: str
+    created_at: str
+    updated_at: str
+    reason: str | None = None
+    payment: PaymentView | None = None
+
+
+class Envelope(Open):
+    id: str
+    type: str
+    entity_type: str
+    entity_id: str
+    timestamp: str
+    payload: dict[str, Any]
+
+
+class OrderEvents(Open):
+    order_id: str
+    events: list[Envelope]
+
+
+class OrderPage(Open):
+    orders: list[OrderView]
+    next_cursor: str | None
+
+
+class CommandAccepted(Open):
+    order_id: str
+    status: Status
+    accepted: Literal["cancel", "ship", "deliver"]
+
+
+class StockView(Open):
+    product_id: str
+    on_hand: int
+    reserved: int
+    sold: int
+    available: int
+
+
+class StockPage(Open):
+    products: list[StockView]
+    next_cursor: str | None
+
+
+class StockAccepted(Open):
+    product_id: str
+    status: Literal["accepted"]
+
+
+class UserView(Open):
+    user_id: str
+    email: str | None = None
+    name: str | None = None
+
+
+class Revenue(Open):
+    total: str
+    currency: str
+
+
+class AnalyticsSummary(Open):
+    orders_by_status: dict[str, int]
+    revenue: Revenue
+    revenue_per_minute: list[dict[str, Any]]
+    top_products: list[dict[str, Any]]
+
+
+class DeadLetterPage(Open):
+    messages: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class Redriven(Open):
+    redriven: int
+    ids: list[str]
+
+
+class Health(Open):
+    status: str

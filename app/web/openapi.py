@@ -1,0 +1,177 @@
+"""The OpenAPI 3.1 document of the public API, generated from the models that validate it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from app.web import models as m
+
+REF = "#/components/schemas/{model}"
+ERRORS = {
+    400: "the body is not valid JSON",
+    401: "the admin bearer token is missing or wrong",
+    404: "not found",
+    409: "the current state does not allow it",
+    413: "the body is larger than 64 KiB",
+    415: "the body is not Content-Type: application/json",
+    422: "invalid fields (details name them)",
+    503: "not answerable yet (owner unknown, rebalancing, recovering) or over a cap; see Retry-After",
+}
+
+
+@dataclass(frozen=True)
+class Op:
+    """One public operation."""
+
+    method: str
+    path: str
+    summary: str
+    ok: int
+    response: type[BaseModel] | None
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    admin: bool = False
+    errors: tuple[int, ...] = (422, 503)
+    headers: dict[str, Any] = field(default_factory=dict)
+
+
+_BODY_ERRORS = (400, 413, 415, 422, 503)
+_ADMIN_BODY_ERRORS = (400, 401, 413, 415, 422, 503)
+OPERATIONS = [
+    Op(
+        "post",
+        "/orders",
+        "Place an order (202); the same Idempotency-Key from the same user names the same order",
+        202,
+        m.Placed,
+        body=m.PlaceOrder,
+        errors=_BODY_ERRORS,
+        headers={"Location": {"schema": {"type": "string"}}},
+    ),
+    Op("get", "/orders", "A page of orders across the cluster", 200, m.OrderPage, query=m.ListOrders),
+    Op(
+        "get",
+        "/orders/{order_id}",
+        "The order's read model; ?wait long-polls until final, ?as_of rebuilds it",
+        200,
+        m.OrderView,
+        query=m.OrderQuery,
+        errors=(404, 422, 503),
+    ),
+    Op("get", "/orders/{order_id}/events", "The order's events in causal order", 200, m.OrderEvents, errors=(404, 503)),
+    Op("post", "/orders/{order_id}/cancel", "Cancel while pending or reserved", 202, m.CommandAccepted,
+       errors=(404, 409, 415, 503)),
+    Op("post", "/orders/{order_id}/ship", "Ship a confirmed order (admin)", 202, m.CommandAccepted, body=m.ShipOrder,
+       admin=True, errors=(*_ADMIN_BODY_ERRORS, 404, 409)),
+    Op("post", "/orders/{order_id}/deliver", "Deliver a shipped order (admin)", 202, m.CommandAccepted, admin=True,
+       errors=(401, 404, 409, 415, 503)),
+    Op("get", "/inventory", "A page of products across the cluster", 200, m.StockPage, query=m.ListStock),
+    Op("get", "/inventory/{product_id}", "A product's stock (zeros when unknown)", 200, m.StockView, errors=(503,)),
+    Op("put", "/inventory/{product_id}", "Set the units on hand (admin)", 202, m.StockAccepted, body=m.SetStock,
+       admin=True, errors=(*_ADMIN_BODY_ERRORS, 409)),
+    Op("post", "/inventory/{product_id}/restock", "Add units (admin)", 202, m.StockAccepted, body=m.Restock,
+       admin=True, errors=_ADMIN_BODY_ERRORS),
+    Op("post", "/users", "Create a user (admin)", 202, m.UserView, body=m.CreateUser, admin=True,
+       errors=(*_ADMIN_BODY_ERRORS, 409), headers={"Location": {"schema": {"type": "string"}}}),
+    Op("patch", "/users/{user_id}", "Change a user's email and/or name (admin)", 202, m.UserView, body=m.UpdateUser,
+       admin=True, errors=(*_ADMIN_BODY_ERRORS, 404)),
+    Op("get", "/users/{user_id}", "A user's profile", 200, m.UserView, errors=(404, 503)),
+    Op("get", "/analytics/summary", "Orders by status, revenue, top products", 200, m.AnalyticsSummary, errors=(503,)),
+    Op("get", "/dlq", "Dead letters across the cluster (admin)", 200, m.DeadLetterPage, query=m.ListDeadLetters,
+       admin=True, errors=(401, 422, 503)),
+    Op("post", "/dlq/redrive", "Re-inject dead letters once (admin); an empty body means all", 202, m.Redriven,
+       body=m.Redrive, admin=True, errors=_ADMIN_BODY_ERRORS),
+    Op("get", "/health", "200 while the process runs", 200, m.Health, errors=()),
+    Op("get", "/ready", "200 once partitions are assigned and tables recovered", 200, m.Health, errors=(503,)),
+]  # fmt: skip
+
+
+def _path_params(path: str) -> list[dict[str, Any]]:
+    names = [part[1:-1] for part in path.split("/") if part.startswith("{")]
+    schema = {"type": "string", "minLength": 1, "maxLength": m.MAX_KEY}
+    return [{"name": n, "in": "path", "required": True, "schema": schema} for n in names]
+
+
+def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = model.model_json_schema(ref_template=REF)
+    required = set(schema.get("required", ()))
+    return [
+        {"name": name, "in": "query", "required": name in required, "schema": _non_null(prop)}
+        for name, prop in schema["properties"].items()
+    ]
+
+
+def _non_null(prop: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter is absent or a value: drop the ``null`` branch of an optional one."""
+    options = [o for o in prop.get("anyOf", ()) if o.get("type") != "null"]
+    if len(options) == 1:
+        rest = {k: v for k, v in prop.items() if k not in ("anyOf", "default", "title")}
+        return {**options[0], **rest}
+    return prop
+
+
+def build() -> dict[str, Any]:
+    """Return the OpenAPI document."""
+    bodies = [(op.body, "validation") for op in OPERATIONS if op.body]
+    answers = [(op.response, "serialization") for op in OPERATIONS if op.response] + [(m.Error, "serialization")]
+    refs, defs = models_json_schema(list(dict.fromkeys(bodies + answers)), ref_template=REF)  # type: ignore[arg-type]
+
+    def content(model: type[BaseModel], mode: str) -> dict[str, Any]:
+        return {"application/json": {"schema": refs[(model, mode)]}}  # type: ignore[index]
+
+    paths: dict[str, Any] = {}
+    for op in OPERATIONS:
+        responses: dict[str, Any] = {}
+        if op.response:
+            ok: dict[str, Any] = {"description": "OK", "content": content(op.response, "serialization")}
+            if op.headers:
+                ok["headers"] = op.headers
+            responses[str(op.ok)] = ok
+        statuses = sorted({*op.errors, *((422,) if "{" in op.path else ())})
+        for status in statuses:
+            err: dict[str, Any] = {"description": ERRORS[status], "content": content(m.Error, "serialization")}
+            if status == 503:
+                err["headers"] = {"Retry-After": {"schema": {"type": "string"}}}
+            responses[str(status)] = err
+        operation: dict[str, Any] = {
+            "operationId": f"{op.method}_{op.path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
+            "summary": op.summary,
+            "parameters": _path_params(op.path) + (_query_params(op.query) if op.query else []),
+            "responses": responses,
+        }
+        if op.path == "/orders" and op.method == "post":
+            operation["parameters"].append(
+                {"name": "Idempotency-Key", "in": "header", "required": False,
+                 "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[\\x20-\\x7e]+$"}}
+            )  # fmt: skip
+        if op.body:
+            operation["requestBody"] = {"required": op.body is not m.Redrive, "content": content(op.body, "validation")}
+        if op.admin:
+            operation["security"] = [{"admin": []}]
+        paths.setdefault(op.path, {})[op.method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "orderstream",
+            "version": "1",
+            "description": "Event-driven order processing. Admin operations need the bearer token "
+            "when ORDERSTREAM_ADMIN_TOKEN is set; /metrics (Prometheus text) and / (dashboard) are not JSON.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": defs["$defs"],
+            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+@cache
+def document_bytes() -> bytes:
+    """The document, serialized once."""
+    return orjson.dumps(build())

@@ -1,0 +1,235 @@
+"""Hostile HTTP input against two real workers: every answer a clear 4xx, fast, and nothing stalls."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.support import Cluster, Worker, eventually, http, order_body, uid
+
+pytestmark = [pytest.mark.e2e]
+
+TOKEN = "hostile-s3cret"
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def cluster(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Two workers with an admin token (each test uses its own ids)."""
+    base = tmp_path_factory.mktemp("hostile")
+    app = uid("os")
+    env = {"ORDERSTREAM_ADMIN_TOKEN": TOKEN, "ORDERSTREAM_GATEWAY_TIMEOUT": "2", "ORDERSTREAM_PAYMENT_TIMEOUT": "20"}
+    workers = [Worker(app_id=app, broker=broker_url, datadir=base / f"w{i}", env=env).start() for i in range(2)]
+    c = Cluster(workers)
+    try:
+        c.wait_ready()
+        yield c
+    finally:
+        c.stop()
+
+
+def raw_request(url: str, head: bytes, timeout: float = 5.0) -> int:
+    """Send ``head`` (request line and headers, raw bytes) and return the status code."""
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(head)
+        answer = sock.recv(65536)
+    return int(answer.split(b" ", 2)[1])
+
+
+def test_nan_inf_or_huge_wait_is_422_at_once_and_the_worker_keeps_ticking(cluster: Cluster) -> None:
+    bad = ["nan", "inf", "1e309", "-inf", "NaN"]
+
+    def ask(i: int) -> tuple[int, float]:
+        started = time.monotonic()
+        resp = http("GET", f"{cluster.urls[i % 2]}/orders/{uid('o')}?wait={bad[i % len(bad)]}", timeout=10)
+        return resp.status, time.monotonic() - started
+
+    with ThreadPoolExecutor(10) as pool:
+        answers = pool.map(ask, range(10))
+        health = [http("GET", u + "/health", timeout=5) for u in cluster.urls for _ in range(3)]
+        results = list(answers)
+    assert all(status == 422 and took < 1.0 for status, took in results), results
+    assert all(h.status == 200 for h in health)
+    # Timers still tick: a long-poll of 0.5 s on an unknown order ends after about 0.5 s.
+    started = time.monotonic()
+    assert cluster.get(f"/orders/{uid('o')}?wait=0.5").status == 404
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_2_to_the_64_price_and_other_non_decimal_prices_are_422(cluster: Cluster) -> None:
+    product, user = uid("p"), uid("u")
+    for price in ["184467440737095516.15", "1e30", 1e308, 12.5, "1_000", "١٢", "1000000.01"]:
+        resp = cluster.post("/orders", order_body([(product, 1, price)], user_id=user))  # type: ignore[list-item]
+        assert resp.status == 422, (price, resp)
+        assert [d["field"] for d in resp.body["details"]] == ["items[0].price"], resp.body
+    assert cluster.get(f"/orders?user_id={user}").body["orders"] == []
+
+
+def test_card_numbers_of_superscript_or_arabic_indic_digits_are_422(cluster: Cluster) -> None:
+    for card in ["424242424242424²", "٤٢٤٢٤٢٤٢٤٢٤٢٤٢٤٢"]:
+        resp = cluster.post("/orders", order_body([(uid("p"), 1, "1.00")], card=card))
+        assert resp.status == 422, resp
+        assert card not in json.dumps(resp.body, ensure_ascii=False)
+
+
+def test_a_4301_digit_limit_is_422(cluster: Cluster) -> None:
+    for path in ("/orders", "/inventory"):
+        assert cluster.get(f"{path}?limit={'1' * 4301}").status == 422
+    assert cluster.get(f"/dlq?limit={'1' * 4301}", headers=ADMIN).status == 422
+
+
+def test_a_non_utf8_authorization_header_is_401(cluster: Cluster) -> None:
+    url = cluster.urls[0]
+    for request_line in (b"POST /dlq/redrive", b"GET /dlq"):
+        head = (
+            request_line + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\xc3\x28\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+        )
+        assert raw_request(url, head) == 401, request_line
+    order_id = uid("o")
+    for i in (0, 1):  # one worker owns the order, the other forwards (dropping the header)
+        head = (
+            f"GET /orders/{order_id}/events HTTP/1.1\r\nHost: x\r\n".encode()
+            + b"Authorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n"
+        )
+        assert raw_request(cluster.urls[i], head) == 404
+    assert cluster.get("/health").status == 200
+
+
+def test_malformed_json_on_redrive_is_400(cluster: Cluster) -> None:
+    resp = cluster.post("/dlq/redrive", raw=b'{"ids": [', headers=ADMIN)
+    assert resp.status == 400, resp
+    assert resp.body["error"] == "bad_json"
+    assert cluster.post("/dlq/redrive", raw=b'{"ids": "all"}', headers=ADMIN).status == 422
+
+
+def test_a_body_that_is_not_declared_json_is_415(cluster: Cluster) -> None:
+    product = uid("p")
+    plain = {**ADMIN, "Content-Type": "text/plain"}
+    assert cluster.post(f"/inventory/{product}/restock", {"quantity": 5}, headers=plain).status == 415
+    assert cluster.put(f"/inventory/{product}", {"on_hand": 5}, headers=plain).status == 415
+    assert cluster.post("/dlq/redrive", {}, headers=plain).status == 415
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    assert cluster.post("/orders", order_body([(product, 1, "1.00")]), headers=form).status == 415
+    assert cluster.post(f"/orders/{uid('o')}/cancel", {}, headers=plain).status == 415
+    charset = {**ADMIN, "Content-Type": "application/json; charset=utf-8"}
+    assert cluster.put(f"/inventory/{product}", {"on_hand": 5}, headers=charset).status == 202
+    assert cluster.get(f"/inventory/{product}", 1).body["on_hand"] == 5
+
+
+def test_admin_endpoints_need_the_bearer(cluster: Cluster) -> None:
+    product, user, order = uid("p"), uid("u"), uid("o")
+    calls = [
+        ("PUT", f"/inventory/{product}", {"on_hand": 1}),
+        ("POST", f"/inventory/{product}/restock", {"quantity": 1}),
+        ("POST", f"/orders/{order}/ship", {"carrier": "UPS", "tracking_number": "1Z"}),
+        ("POST", f"/orders/{order}/deliver", None),
+        ("POST", "/users", {"user_id": user, "email": "a@example.com"}),
+        ("PATCH", f"/users/{user}", {"email": "b@example.com"}),
+        ("GET", "/dlq", None),
+        ("POST", "/dlq/redrive", {}),
+    ]
+    for method, path, body in calls:
+        for i, url in enumerate(cluster.urls):
+            assert http(method, url + path, body).status == 401, (i, method, path)
+            wrong = {"Authorization": "Bearer nope"}
+            assert http(method, url + path, body, headers=wrong).status == 401, (i, method, path)
+    assert cluster.get("/dlq", headers=ADMIN).status == 200
+
+
+def test_internal_endpoints_are_not_public(cluster: Cluster) -> None:
+    user = uid("u")
+    for url in cluster.urls:
+        for path in ("/_local/orders", "/_local/inventory", "/_local/analytics", "/_local/dlq", "/_local/placed/x"):
+            assert http("GET", url + path).status == 404, path
+        resp = http("POST", url + f"/users/{user}/_create", {"email": "x@example.com", "name": "💩 a b"}, headers=ADMIN)
+        assert resp.status == 404
+    assert cluster.get(f"/users/{user}").status == 404
+    assert cluster.get("/orders?limit=5").status == 200  # the peers still reach each other
+
+
+def test_customer_reads_carry_no_payment_token_and_no_email(cluster: Cluster) -> None:
+    product, user = uid("p"), uid("u")
+    cluster.put(f"/inventory/{product}", {"on_hand": 3}, headers=ADMIN)
+    order_id = cluster.place(order_body([(product, 1, "2.00")], user_id=user, email="secret@example.com"))
+    assert cluster.final(order_id)["status"] == "confirmed"
+    for i in (0, 1):
+        for path in (f"/orders/{order_id}", f"/orders/{order_id}/events", f"/orders?user_id={user}"):
+            raw = cluster.get(path, i).raw.decode()
+            assert "tok_" not in raw and "secret@example.com" not in raw, (path, raw[:500])
+    admin = cluster.get(f"/orders/{order_id}/events", headers=ADMIN).raw.decode()
+    assert "tok_" in admin and "secret@example.com" in admin
+
+
+def test_an_idempotency_key_reused_with_another_body_is_422(cluster: Cluster) -> None:
+    product, user, key = uid("p"), uid("u"), uid("k")
+    cluster.put(f"/inventory/{product}", {"on_hand": 5}, headers=ADMIN)
+    first = cluster.post("/orders", order_body([(product, 1, "2.00")], user_id=user), headers={"Idempotency-Key": key})
+    assert first.status == 202
+    order_id = first.body["order_id"]
+    cluster.final(order_id)
+    for i in (0, 1):
+        same = cluster.post(
+            "/orders", order_body([(product, 1, "2.00")], user_id=user), i, headers={"Idempotency-Key": key}
+        )
+        assert (same.status, same.body["order_id"]) == (202, order_id)
+        other = cluster.post(
+            "/orders", order_body([(product, 2, "2.00")], user_id=user), i, headers={"Idempotency-Key": key}
+        )
+        assert other.status == 422, other
+        assert other.body["error"] == "idempotency_key_reused"
+    assert len(cluster.get(f"/orders?user_id={user}").body["orders"]) == 1
+    eventually(lambda: cluster.get(f"/inventory/{product}").body["sold"] == 1, 20, what="one unit sold")
+
+
+def test_forwarding_keeps_the_encoded_path(cluster: Cluster) -> None:
+    for url in cluster.urls:
+        started = time.monotonic()
+        resp = http("GET", url + "/orders/a%3Fwait%3Dnan", timeout=10)
+        assert resp.status == 404, resp
+        assert "a?wait=nan" in resp.body["message"]
+        assert time.monotonic() - started < 2.0
+        slashed = http("GET", url + "/orders/a%2Fb", timeout=10)
+        assert slashed.status == 404, slashed
+    assert cluster.get("/health").status == 200
+
+
+def test_the_openapi_document_is_served(cluster: Cluster) -> None:
+    for url in cluster.urls:
+        doc = http("GET", url + "/openapi.json").body
+        assert doc["openapi"].startswith("3.1")
+        assert "/orders" in doc["paths"] and "/_local/orders" not in doc["paths"]
+
+
+def test_forwarded_long_polls_do_not_starve_worker_to_worker_calls(cluster: Cluster) -> None:
+    import asyncio
+
+    import aiohttp
+
+    async def run() -> tuple[list[int], float, int]:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as client:
+
+            async def poll(i: int) -> int:
+                async with client.get(f"{cluster.urls[i % 2]}/orders/{uid('o')}?wait=4") as resp:
+                    return resp.status
+
+            polls = [asyncio.create_task(poll(i)) for i in range(400)]
+            await asyncio.sleep(1.0)  # every long-poll is waiting, about half of them forwarded
+            started = time.monotonic()
+            async with client.get(f"{cluster.urls[0]}/orders?limit=5") as resp:
+                listed = resp.status
+            took = time.monotonic() - started
+            return list(await asyncio.gather(*polls)), took, listed
+
+    statuses, took, listed = asyncio.run(run())
+    assert listed == 200
+    assert took < 2.0, f"a list took {took:.1f} s behind 400 long-polls"
+    assert set(statuses) == {404}

@@ -1,0 +1,51 @@
+"""The edge's guard: caps answer 503 beyond them, tokens compare safely, customer views hide secrets."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.web import guard
+
+
+def test_a_gauge_refuses_beyond_its_cap_and_frees_its_slots() -> None:
+    gauge = guard.Gauge("waiters", 2)
+    with gauge.hold(), gauge.hold():
+        with pytest.raises(guard.Refused) as info, gauge.hold():
+            pass
+        assert info.value.status == 503
+        assert gauge.value == 2
+    assert gauge.value == 0
+    with gauge.hold():
+        assert gauge.value == 1
+
+
+def test_a_header_that_is_not_utf8_is_simply_not_equal() -> None:
+    assert not guard._same("Bearer \udcff\udcfe", "Bearer s3cret")
+    assert not guard._same(None, "x")
+    assert guard._same("Bearer s3cret", "Bearer s3cret")
+
+
+def test_the_internal_token_is_stable_and_the_request_hash_keyed() -> None:
+    assert guard.internal_token() == guard.internal_token()
+    doc = {"user_id": "u1", "items": [{"product_id": "p", "quantity": 1, "price_cents": 100}], "card_number": "4242"}
+    assert guard.request_hash(doc) == guard.request_hash(dict(reversed(doc.items())))
+    assert guard.request_hash(doc) != guard.request_hash({**doc, "card_number": "4243"})
+    assert "4242" not in guard.request_hash(doc)
+
+
+def test_customer_views_of_events_carry_no_token_and_no_email() -> None:
+    from app.web.api import _customer_view
+
+    env = {
+        "type": "order.placed",
+        "metadata": {"request_hash": "h"},
+        "payload": {
+            "user_email": "a@example.com",
+            "payment": {"method": "card", "token": "tok_ok_1", "last4": "4242"},
+            "notification": {"to": "a@example.com", "email": "a@example.com", "subject": "Thanks"},
+        },
+    }
+    view = _customer_view(env)
+    assert "tok_" not in repr(view) and "@" not in repr(view)
+    assert view["payload"]["payment"] == {"method": "card", "last4": "4242"}
+    assert env["payload"]["payment"]["token"] == "tok_ok_1"  # the stored envelope is untouched

@@ -1,0 +1,128 @@
+"""Hostile input at the edge: every value the models refuse is a 422 naming its field, never a 500."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from app.web import models, openapi
+from app.web.validation import Invalid, order_request, parse
+
+GOOD: dict[str, Any] = {
+    "user_id": "u1",
+    "items": [{"product_id": "p1", "quantity": 1, "price": "12.50"}],
+    "payment": {"method": "card", "card_number": "4242424242424242", "expiry": "12/34", "cvv": "123"},
+}
+
+
+def with_price(price: Any) -> dict[str, Any]:
+    body = copy.deepcopy(GOOD)
+    body["items"][0]["price"] = price
+    return body
+
+
+def with_card(number: Any) -> dict[str, Any]:
+    body = copy.deepcopy(GOOD)
+    body["payment"]["card_number"] = number
+    return body
+
+
+def fields(body: Any) -> list[str]:
+    with pytest.raises(Invalid) as info:
+        order_request(body)
+    return [d["field"] for d in info.value.details]
+
+
+@pytest.mark.parametrize(
+    "price",
+    [
+        "184467440737095516.15",  # 2**64 - 1 cents: crashed a stage at write time
+        "1e30",
+        1e308,
+        12.5,
+        12,
+        "1_000",
+        "١٢",  # Arabic-Indic digits
+        "１２",  # fullwidth digits
+        "1²",
+        " 1.00",
+        "1000000.01",
+        "NaN",
+        "-0",
+    ],
+)
+def test_a_price_that_is_not_a_bounded_ascii_decimal_string_is_refused(price: Any) -> None:
+    assert fields(with_price(price)) == ["items[0].price"]
+
+
+@pytest.mark.parametrize("price", ["0", "0.5", "12.50", "999999.99", "1000000", "1000000.00"])
+def test_prices_within_the_bounds_are_accepted(price: str) -> None:
+    assert order_request(with_price(price)).items[0]["price_cents"] >= 0
+
+
+def test_the_total_is_bounded() -> None:
+    body = copy.deepcopy(GOOD)
+    body["items"] = [{"product_id": f"p{i}", "quantity": 10_000, "price": "1000000.00"} for i in range(2)]
+    assert fields(body) == ["items"]
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "424242424242424²",  # str.isdigit() accepts superscripts
+        "٤٢٤٢٤٢٤٢٤٢٤٢٤٢٤٢",  # Arabic-Indic digits pass Luhn after int()
+        "4242\u00a04242424242424242",
+        "4242424242424242\n",
+    ],
+)
+def test_a_card_number_of_non_ascii_digits_is_refused(number: str) -> None:
+    assert fields(with_card(number)) == ["payment.card_number"]
+
+
+def test_the_card_number_is_in_no_repr_and_no_error() -> None:
+    request = order_request(GOOD)
+    assert "4242424242424242" not in repr(request)
+    assert "4242424242424242" not in repr(parse(models.PlaceOrder, GOOD))
+    with pytest.raises(Invalid) as info:
+        order_request(with_card("4242424242424241"))
+    assert "4242424242424241" not in repr(info.value.details) + str(info.value)
+
+
+@pytest.mark.parametrize("wait", ["nan", "NaN", "inf", "-inf", "1e309", "31", "-1", "1" * 5000, "٣", "0x10", ""])
+def test_wait_is_a_finite_number_of_seconds_up_to_30(wait: str) -> None:
+    with pytest.raises(Invalid) as info:
+        parse(models.OrderQuery, {"wait": wait})
+    assert [d["field"] for d in info.value.details] == ["wait"]
+
+
+@pytest.mark.parametrize(("wait", "seconds"), [("0", 0.0), ("2.5", 2.5), ("30", 30.0)])
+def test_wait_in_range_is_accepted(wait: str, seconds: float) -> None:
+    assert parse(models.OrderQuery, {"wait": wait}).wait == seconds
+
+
+@pytest.mark.parametrize("limit", ["1" * 4301, "0", "501", "²", "٥", "+5", " 5", "5.0", "-1"])
+def test_limit_is_ascii_digits_from_1_to_500(limit: str) -> None:
+    with pytest.raises(Invalid) as info:
+        parse(models.ListOrders, {"limit": limit})
+    assert [d["field"] for d in info.value.details] == ["limit"]
+
+
+def test_redrive_names_its_bad_fields() -> None:
+    with pytest.raises(Invalid) as info:
+        parse(models.Redrive, {"ids": "all"})
+    assert [d["field"] for d in info.value.details] == ["ids"]
+
+
+def test_the_openapi_document_covers_every_public_endpoint_with_errors() -> None:
+    doc = openapi.build()
+    assert doc["openapi"].startswith("3.1")
+    ops = {(method.upper(), path) for path, item in doc["paths"].items() for method in item}
+    assert ("POST", "/orders") in ops and ("POST", "/dlq/redrive") in ops and ("GET", "/orders/{order_id}") in ops
+    assert not any(path.startswith("/_local") or "_create" in path for _, path in ops)
+    place = doc["paths"]["/orders"]["post"]
+    assert {"202", "400", "413", "415", "422", "503"} <= set(place["responses"])
+    assert doc["paths"]["/inventory/{product_id}"]["put"]["security"] == [{"admin": []}]
+    error = doc["components"]["schemas"]["Error"]
+    assert set(error["required"]) == {"error", "message", "details"}
