@@ -652,6 +652,21 @@ logger.logcleaner.level = WARN
 """
 
 
+def _formatted_cluster_id(nodes: Sequence[Node]) -> str | None:
+    """The cluster id every node's storage was formatted with, or ``None`` unless all agree."""
+    ids = set()
+    for node in nodes:
+        meta = node.directory / "data" / "meta.properties"
+        if not meta.exists():
+            return None
+        lines = meta.read_text().splitlines()
+        found = [line.split("=", 1)[1].strip() for line in lines if line.startswith("cluster.id=")]
+        if not found:
+            return None
+        ids.add(found[0])
+    return ids.pop() if len(ids) == 1 else None
+
+
 def _new_cluster_id() -> str:
     """Return a random Kafka cluster id (16 random bytes, URL-safe base64 without padding)."""
     while True:
@@ -865,8 +880,13 @@ def start(
     timeout: float = START_TIMEOUT,
     foreground: bool = False,
     log: Logger = _quiet,
+    keep: bool = False,
 ) -> Cluster:
-    """Format and start a 1- or 3-node KRaft cluster; return once every node serves metadata."""
+    """Format and start a 1- or 3-node KRaft cluster; return once every node serves metadata.
+
+    With ``keep``, a cluster formatted in ``data_dir`` by an earlier run is started again
+    with its data (same cluster id, same topics and offsets) instead of a fresh one.
+    """
     if nodes not in (1, 3):
         raise KafkaLocalError(f"A local cluster has 1 or 3 nodes, not {nodes}.")
     data_path = Path(data_dir).expanduser().resolve() if data_dir is not None else default_data_dir().resolve()
@@ -882,15 +902,20 @@ def start(
     libs = fetch(log)
 
     data_path.mkdir(parents=True, exist_ok=True)
-    _clear_old_nodes(data_path)
-    cluster = Cluster(data_dir=data_path, nodes=layout, cluster_id=_new_cluster_id())
+    kept = _formatted_cluster_id(layout) if keep else None
+    if kept is None:
+        _clear_old_nodes(data_path)
+    cluster = Cluster(data_dir=data_path, nodes=layout, cluster_id=kept or _new_cluster_id())
     for node in layout:
         (node.directory / "logs").mkdir(parents=True, exist_ok=True)
         node.properties.write_text(server_properties(node, layout))
         node.log4j.write_text(log4j_properties(node))
     cluster.save()
-    log(f"Formatting KRaft storage for {nodes} node(s) in {data_path}...")
-    _format_storage(java, libs, layout, cluster.cluster_id)
+    if kept is None:
+        log(f"Formatting KRaft storage for {nodes} node(s) in {data_path}...")
+        _format_storage(java, libs, layout, cluster.cluster_id)
+    else:
+        log(f"Starting the Kafka cluster {kept} kept in {data_path} (its topics and offsets as they were)...")
 
     preexec = _pdeathsig_preexec(os.getpid()) if foreground and sys.platform.startswith("linux") else None
     try:

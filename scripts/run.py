@@ -5,6 +5,11 @@ Kafka comes from ``docker/compose.yml`` when a Docker engine answers, otherwise
 from the local KRaft broker (``scripts/kafka_local.py``). An already reachable
 broker named by ``ORDERSTREAM_BROKER`` is used as is.
 
+The broker's data (``.data/kafka``) and the worker's tables (``.data/worker1``) live and
+die together: both are kept between runs, so a second ``make run`` shows the first
+run's orders; ``make clean`` removes both. (A worker whose tables were written against
+another cluster or changelog discards them on start: see ``app.engine.recovery``.)
+
 Quiet by default: a few lines, then the URL, the demo data and how to stop. The
 worker's log goes to ``<data dir>/worker1.log``; ``-v`` (or ``VERBOSE=1``) shows it
 on the terminal instead.
@@ -48,6 +53,16 @@ def _request(method: str, url: str, body: object | None = None, token: str = "")
         return int(err.code)
     except OSError:
         return 0
+
+
+def _untouched(url: str) -> bool:
+    """Whether the product at ``url`` has never had stock (so demo stock may be set)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            stock = json.loads(resp.read())
+    except (OSError, ValueError):
+        return True
+    return not any(stock.get(k) for k in ("on_hand", "reserved", "sold"))
 
 
 def _tail(path: Path | None, lines: int = 15) -> str:
@@ -120,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _say(f"no Docker engine: starting the local KRaft broker (Apache Kafka {kafka_local.KAFKA_VERSION})")
             cluster = kafka_local.start(
-                port=args.port, nodes=1, data_dir=args.data_dir / "kafka", owner_pid=os.getpid()
+                port=args.port, nodes=1, data_dir=args.data_dir / "kafka", owner_pid=os.getpid(), keep=True
             )
             broker = f"kafka://{cluster.bootstrap}"
         env = {**os.environ, "ORDERSTREAM_BROKER": broker}
@@ -144,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_demo:
             token = os.environ.get("ORDERSTREAM_ADMIN_TOKEN", "")
             for product, on_hand in DEMO_PRODUCTS.items():
-                _request("PUT", f"{url}/inventory/{product}", {"on_hand": on_hand}, token)
+                if _untouched(f"{url}/inventory/{product}"):  # a kept run's stock stays as it was
+                    _request("PUT", f"{url}/inventory/{product}", {"on_hand": on_hand}, token)
             demo = ", ".join(f"{p} {n}" for p, n in DEMO_PRODUCTS.items())
         print(f"\n  orderstream is running. Open {url}/  (Ctrl-C to stop)", flush=True)
         if demo:
