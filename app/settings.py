@@ -85,14 +85,6 @@ class Settings:
             "(Faust's default of 60 s stalls a killed worker's partitions for a minute)."
         ),
     )
-    standby_replicas: int = field(
-        default=0,
-        metadata=_doc(
-            "Standby copies of each table partition on other workers. 0 by default: since the recovery "
-            "highwater fix standby recovery survives a SIGKILL (crash test passed with 1), but keeping "
-            "standbys current cost more than it saved on 2 cores (p95 58 s vs about 23 s under the crash test)."
-        ),
-    )
     admin_token: str = field(
         default="",
         repr=False,
@@ -292,7 +284,6 @@ INT_RANGES: dict[str, tuple[int, int]] = {
     "web_port": (1, 65535),
     "gateway_concurrency": (1, 10_000),
     "gateway_max_attempts": (1, 100),
-    "standby_replicas": (0, 8),
     "notify_max_attempts": (1, 100),
     "max_body_bytes": (1024, 64 * 1024 * 1024),
 }
@@ -305,7 +296,6 @@ FLOAT_RANGES: dict[str, tuple[float, bool, float]] = {
     "session_timeout": (6, True, 1_800),
     "commit_interval": (0, False, 60),
     "producer_linger": (0, True, 10),
-    "dedupe_retention": (0, False, 30 * 86_400),
 }
 #: Settings with a fixed set of values.
 CHOICES: dict[str, tuple[str, ...]] = {
