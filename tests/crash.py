@@ -96,6 +96,34 @@ def _place(cluster: Cluster, body: dict[str, Any], key: str, start: int) -> str:
         time.sleep(0.2)  # backoff before trying the next worker
 
 
+def _pauses(cluster: Cluster, stop: threading.Event, pauses: int, interval: float, report: Report) -> None:
+    """Freeze worker 1 with SIGSTOP until its partitions move to worker 0, then let it go on (SIGCONT).
+
+    The frozen worker may hold fetched input, uncommitted state and an open transaction;
+    when it wakes its partitions belong to another worker, whose transactional producers
+    fenced it: whatever it tries to land must be refused.
+    """
+    victim = cluster.workers[1]
+    for _ in range(pauses):
+        if stop.wait(interval):
+            return
+        assert victim.proc is not None
+        victim.proc.send_signal(signal.SIGSTOP)
+        report.kills += 1
+        with contextlib.suppress(AssertionError):
+            eventually(
+                lambda: (
+                    http("GET", cluster.urls[0] + "/cluster", timeout=5).body.get("workers", [{}])[0].get("url")
+                    == cluster.urls[0]
+                    and len(http("GET", cluster.urls[0] + "/cluster", timeout=5).body["workers"]) == 1
+                ),
+                60,
+                0.5,
+                what="the paused worker's partitions moved",
+            )
+        victim.proc.send_signal(signal.SIGCONT)
+
+
 def _chaos(cluster: Cluster, stop: threading.Event, kills: int, interval: float, report: Report) -> None:
     """Kill worker 1 with SIGKILL ``kills`` times, restarting it; the last restart wipes its data."""
     victim = cluster.workers[1]
@@ -176,8 +204,16 @@ def run(
     workdir: Path,
     products: int = 12,
     seed: int = 7,
+    fault: str = "kill",
+    restore_check: bool = False,
 ) -> Report:
-    """Run the crash test against ``broker`` (``host:port``) and return the report."""
+    """Run the crash test against ``broker`` (``host:port``) and return the report.
+
+    ``fault`` is ``kill`` (SIGKILL and restart, the last time with a wiped data directory)
+    or ``pause`` (SIGSTOP until the partitions move, then SIGCONT). With ``restore_check``
+    both workers are then restarted on empty data directories, so every answer comes from
+    state restored from the changelogs alone, and the checks run again.
+    """
     rng = random.Random(seed)
     report = Report(guarantee=guarantee)
     app_id = uid("crash")
@@ -185,6 +221,7 @@ def run(
         "ORDERSTREAM_PROCESSING_GUARANTEE": guarantee,
         "ORDERSTREAM_GATEWAY_TIMEOUT": "2",
         "ORDERSTREAM_PAYMENT_TIMEOUT": "60",
+        "ORDERSTREAM_SESSION_TIMEOUT": "6" if fault == "pause" else "10",
     }
     workers = [Worker(app_id, f"kafka://{broker}", workdir / f"w{i}", env=dict(env)).start() for i in range(2)]
     cluster = Cluster(workers)
@@ -196,7 +233,8 @@ def run(
         placed: list[Placed] = []
         stop = threading.Event()
         interval = max(orders / rate / (kills + 1), 3.0)
-        chaos = threading.Thread(target=_chaos, args=(cluster, stop, kills, interval, report), daemon=True)
+        target = _pauses if fault == "pause" else _chaos
+        chaos = threading.Thread(target=target, args=(cluster, stop, kills, interval, report), daemon=True)
         started = time.monotonic()
         chaos.start()
         with ThreadPoolExecutor(max_workers=32) as pool:
@@ -256,6 +294,27 @@ def run(
         _check_topics(broker, app_id, placed, finals, report)
         _check_stock(cluster, catalog, finals, report)
         _check_analytics(cluster, finals, report)
+        if restore_check:
+            for w in cluster.workers:
+                w.stop()
+                shutil.rmtree(w.datadir, ignore_errors=True)
+                w.start()
+            cluster.wait_ready(180)
+            for p in placed:
+                r = eventually(
+                    lambda p=p: (
+                        (r := http("GET", cluster.urls[0] + f"/orders/{p.order_id}", timeout=10)).status == 200 and r
+                    ),
+                    60,
+                    what="restored order",
+                )
+                if r and r.body["status"] != finals.get(p.order_id, {}).get("status"):
+                    report.violations.append(
+                        f"order {p.order_id} restored from the changelogs as {r.body['status']}, "
+                        f"live it was {finals.get(p.order_id, {}).get('status')}"
+                    )
+            _check_stock(cluster, catalog, finals, report)
+            _check_analytics(cluster, finals, report)
         return report
     finally:
         cluster.stop()

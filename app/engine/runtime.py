@@ -50,6 +50,9 @@ from app.engine.store import Indexer, PartitionDB
 
 log = logging.getLogger("orderstream.engine")
 
+#: Seconds a task waits after a failed commit before it handles its inputs again.
+RETRY_AFTER = 1.0
+
 Handler = Callable[[Step, Any], Awaitable[None] | None]
 Decoder = Callable[[Any, str | None], Any]
 DeadLetter = Callable[[str, "Record", BaseException], tuple[str, bytes, bytes]]
@@ -89,6 +92,8 @@ class Task:
     #: Exactly-once outputs of steps that ran while a commit was in flight: they go in the next transaction.
     deferred: list[Output] = field(default_factory=list)
     ready: bool = False
+    #: After a failed commit the task waits this long (monotonic time) before reading its inputs again.
+    retry_at: float = 0.0
 
 
 class Waiters:
@@ -380,10 +385,10 @@ class Engine:
             if task is None:
                 continue  # not ours anymore: its next owner reads it from the committed offset
             task.backlog.append((tp, records))
-        for task in list(self.tasks.values()):
-            if task.ready and (task.backlog or task.local):
-                await self._step(task)
         now = time.monotonic()
+        for task in list(self.tasks.values()):
+            if task.ready and (task.backlog or task.local) and task.retry_at <= now:
+                await self._step(task)
         if now >= self._next_timer:
             self._next_timer = now + 1.0
             self._log_stats(now)
@@ -730,6 +735,7 @@ class Engine:
             job.cancel()
         task.held.clear()
         task.dirty = False
+        task.retry_at = time.monotonic() + RETRY_AFTER
         if fenced:
             task.ready = False
             return

@@ -1,0 +1,103 @@
+"""Faults the engine must survive without landing anything it should not: a frozen worker, a failed changelog.
+
+Real broker, real worker processes.
+
+* A worker frozen with SIGSTOP until its partitions move, then resumed, lands nothing:
+  every order has one outcome, no event twice under two ids, stock conserved, analytics
+  exact — and the same after both workers restart on empty data directories, i.e. from
+  what the changelogs hold alone.
+* A changelog record the broker refuses fails the commit: the input offset is not
+  committed and the state is not applied; once the broker accepts again, the input is
+  handled again and the order completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.crash import run
+from tests.support import Cluster, Worker, eventually, http, order_body, uid
+
+pytestmark = [pytest.mark.e2e]
+
+
+def test_a_worker_paused_until_its_partitions_move_lands_nothing(kafka_bootstrap: str, tmp_path: Path) -> None:
+    report = run(
+        kafka_bootstrap,
+        orders=300,
+        rate=20,
+        guarantee="exactly_once",
+        kills=1,
+        workdir=tmp_path,
+        fault="pause",
+        restore_check=True,
+    )
+    print(report.as_dict())
+    assert report.kills == 1
+    assert sum(report.outcomes.values()) == 300
+    assert report.violations == []
+
+
+def test_a_failed_changelog_send_commits_no_offset(broker_url: str, kafka_bootstrap: str, tmp_path: Path) -> None:
+    app_id = uid("cf")
+    worker = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "w").start().wait_ready()
+    cluster = Cluster([worker])
+    try:
+        product = uid("p")
+        cluster.set_stock(product, 10)
+        changelog = f"{app_id}-order_records-changelog"
+        asyncio.run(_max_message_bytes(kafka_bootstrap, changelog, 64))  # every order entry is now too large
+        order_id = cluster.place(order_body([(product, 1, "3.00")]))
+        eventually(lambda: "commit of partition" in worker.log_text(), 30, what="a failed commit in the log")
+        # Nothing landed: the order is unknown, and the orders topic's committed offsets did not move past it.
+        assert http("GET", f"{worker.url}/orders/{order_id}").status == 404
+        committed = asyncio.run(_committed(kafka_bootstrap, f"{app_id}.engine", f"{app_id}.orders"))
+        ends = asyncio.run(_ends(kafka_bootstrap, f"{app_id}.orders"))
+        assert any(committed.get(p, 0) < end for p, end in ends.items() if end), (committed, ends)
+        asyncio.run(_max_message_bytes(kafka_bootstrap, changelog, 1_048_588))
+        assert cluster.final(order_id, timeout=90)["status"] == "confirmed"
+    finally:
+        worker.stop()
+
+
+async def _max_message_bytes(bootstrap: str, topic: str, value: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": str(value)})]
+        )
+    finally:
+        await admin.close()
+
+
+async def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+    finally:
+        await admin.close()
+
+
+async def _ends(bootstrap: str, topic: str) -> dict[int, int]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not tps:
+            await consumer.topics()
+            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()

@@ -1,0 +1,148 @@
+"""Local tables never outlive their cluster: a worker serves only state its changelogs hold.
+
+Real brokers and real worker processes. A worker's RocksDB state is kept across a clean
+stop only when its checkpoint names this cluster and this changelog and lies within the
+changelog's range (``app.engine.recovery``); otherwise it is discarded and rebuilt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scripts import kafka_local
+from tests.support import Cluster, Worker, eventually, http, order_body, uid
+
+pytestmark = [pytest.mark.integration]
+
+
+def _place_confirmed(cluster: Cluster, n: int) -> list[str]:
+    product = uid("p")
+    cluster.set_stock(product, 100)
+    ids = [cluster.place(order_body([(product, 1, "5.00")])) for _ in range(n)]
+    for order_id in ids:
+        assert cluster.final(order_id)["status"] == "confirmed"
+    return ids
+
+
+def _summary(worker: Worker) -> dict[str, Any]:
+    resp = eventually(lambda: (r := http("GET", worker.url + "/analytics/summary")).status == 200 and r, 60)
+    assert resp
+    return dict(resp.body)
+
+
+def _orders(worker: Worker) -> list[dict[str, Any]]:
+    resp = eventually(lambda: (r := http("GET", worker.url + "/orders?limit=500")).status == 200 and r, 60)
+    assert resp
+    return list(resp.body["orders"])
+
+
+def _assert_empty(worker: Worker, ids: list[str]) -> None:
+    assert _orders(worker) == []
+    summary = _summary(worker)
+    assert summary["orders_by_status"] == {}
+    assert summary["revenue"]["total"] == "0.00"
+    for order_id in ids:
+        assert http("GET", f"{worker.url}/orders/{order_id}").status == 404
+
+
+def test_a_fresh_cluster_under_an_old_data_directory_serves_an_empty_system(broker_url: str, tmp_path: Path) -> None:
+    app_id = uid("ls")
+    worker = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "w").start().wait_ready()
+    try:
+        ids = _place_confirmed(Cluster([worker]), 3)
+        assert len(_orders(worker)) == 3
+    finally:
+        worker.stop()
+    # A new, empty cluster; the same app id and the same data directory.
+    fresh = kafka_local.start(
+        port=kafka_local.free_port(2), nodes=1, data_dir=tmp_path / "kafka2", owner_pid=os.getpid()
+    )
+    try:
+        again = Worker(app_id=app_id, broker=f"kafka://{fresh.bootstrap}", datadir=tmp_path / "w").start()
+        try:
+            again.wait_ready()
+            _assert_empty(again, ids)
+            assert "written against cluster" in again.log_text()
+        finally:
+            again.stop()
+    finally:
+        fresh.stop()
+
+
+def test_a_recreated_changelog_discards_its_store(broker_url: str, kafka_bootstrap: str, tmp_path: Path) -> None:
+    app_id = uid("ls")
+    worker = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "w").start().wait_ready()
+    try:
+        ids = _place_confirmed(Cluster([worker]), 3)
+    finally:
+        worker.stop()
+    changelog = f"{app_id}-order_records-changelog"
+    asyncio.run(_recreate(kafka_bootstrap, changelog))
+    worker.start().wait_ready()
+    try:
+        assert _orders(worker) == []
+        assert _summary(worker)["orders_by_status"] == {}
+        for order_id in ids:
+            assert http("GET", f"{worker.url}/orders/{order_id}").status == 404
+        assert "ahead of its changelog" in worker.log_text()
+    finally:
+        worker.stop()
+
+
+def test_a_data_directory_copied_to_another_app_is_not_served(broker_url: str, tmp_path: Path) -> None:
+    first = Worker(app_id=uid("ls"), broker=broker_url, datadir=tmp_path / "w1").start().wait_ready()
+    try:
+        ids = _place_confirmed(Cluster([first]), 2)
+    finally:
+        first.stop()
+    shutil.copytree(tmp_path / "w1", tmp_path / "w2")
+    other = Worker(app_id=uid("ls"), broker=broker_url, datadir=tmp_path / "w2").start()
+    try:
+        other.wait_ready()
+        _assert_empty(other, ids)
+        assert "written from changelog" in other.log_text()
+    finally:
+        other.stop()
+
+
+def test_a_clean_restart_keeps_its_state_without_reading_the_changelogs_again(broker_url: str, tmp_path: Path) -> None:
+    worker = Worker(app_id=uid("ls"), broker=broker_url, datadir=tmp_path / "w").start().wait_ready()
+    try:
+        ids = _place_confirmed(Cluster([worker]), 3)
+    finally:
+        worker.stop()
+    worker.start().wait_ready()
+    try:
+        assert sorted(o["order_id"] for o in _orders(worker)) == sorted(ids)
+        assert worker.log_path is not None
+        assert "discarding" not in worker.log_path.read_text()
+    finally:
+        worker.stop()
+
+
+async def _recreate(bootstrap: str, topic: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        partitions = len((await admin.describe_topics([topic]))[0]["partitions"])
+        await admin.delete_topics([topic])
+        for _ in range(100):
+            if topic not in await admin.list_topics():
+                break
+            await asyncio.sleep(0.1)
+        for _ in range(100):
+            try:
+                await admin.create_topics([NewTopic(topic, partitions, 1, topic_configs={"cleanup.policy": "compact"})])
+                return
+            except Exception:  # the deletion may still be in progress
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
