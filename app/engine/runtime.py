@@ -94,6 +94,10 @@ class Task:
     ready: bool = False
     #: After a failed commit the task waits this long (monotonic time) before reading its inputs again.
     retry_at: float = 0.0
+    #: When the task last went back to its committed offsets: records fetched before that are stale.
+    reset_at: float = 0.0
+    #: Next offset expected from the fetcher per input partition (an offset is never handled twice).
+    fetched: dict[TopicPartition, int] = field(default_factory=dict)
 
 
 class Waiters:
@@ -352,10 +356,12 @@ class Engine:
     async def _run(self) -> None:
         assert self.consumer is not None
         fetch: asyncio.Task[dict[TopicPartition, list[Any]]] | None = None
+        fetch_started = 0.0
         wake: asyncio.Task[bool] | None = None
         while not self._stopping:
             if fetch is None:
                 fetch = asyncio.ensure_future(self.consumer.getmany(timeout_ms=200, max_records=2000))
+                fetch_started = time.monotonic()
             if wake is None:
                 wake = asyncio.ensure_future(self._wakeup.wait())
             await asyncio.wait({fetch, wake}, timeout=self._until_timer(), return_when=asyncio.FIRST_COMPLETED)
@@ -371,7 +377,7 @@ class Engine:
                 self._wakeup.clear()
             try:
                 async with self._lock:
-                    await self._cycle(batch)
+                    await self._cycle(batch, fetch_started)
             except Exception:
                 log.exception("engine step failed")
                 await asyncio.sleep(0.1)
@@ -379,11 +385,19 @@ class Engine:
     def _until_timer(self) -> float:
         return max(0.0, min(self._next_timer - time.monotonic(), 0.25))
 
-    async def _cycle(self, batch: dict[TopicPartition, list[Any]]) -> None:
+    async def _cycle(self, batch: dict[TopicPartition, list[Any]], fetched_at: float = 0.0) -> None:
         for tp, records in batch.items():
             task = self.tasks.get(tp.partition)
-            if task is None:
-                continue  # not ours anymore: its next owner reads it from the committed offset
+            if task is None or not task.ready:
+                continue  # not ours (anymore): its owner reads it from the committed offset
+            if fetched_at < task.reset_at:
+                continue  # fetched before the task went back to its committed offsets: read again from there
+            position = task.fetched.get(tp)
+            if position is not None and records[0].offset < position:
+                records = [r for r in records if r.offset >= position]  # never handle an offset twice
+                if not records:
+                    continue
+            task.fetched[tp] = records[-1].offset + 1
             task.backlog.append((tp, records))
         now = time.monotonic()
         for task in list(self.tasks.values()):
@@ -474,9 +488,7 @@ class Engine:
         routes = self.routes.get(logical, ())
         try:
             value = orjson.loads(record.value) if record.value is not None else None
-            if type(value) is dict and value.get("type") in self._unrouted.get(logical, ()):
-                return  # a known type no stage here handles (our own events coming back): nothing to do
-            env = self.decode(value, logical)
+            env = self.decode(value, logical)  # every message is checked whole, even one no stage here handles
         except Exception as exc:  # noqa: BLE001 - whatever cannot be read is dead-lettered, never crashes the task
             self._dead_letter(task, logical, record, exc)
             return
@@ -736,6 +748,8 @@ class Engine:
         task.held.clear()
         task.dirty = False
         task.retry_at = time.monotonic() + RETRY_AFTER
+        task.reset_at = time.monotonic()
+        task.fetched.clear()
         if fenced:
             task.ready = False
             return
@@ -785,6 +799,7 @@ class Engine:
                 task = self.tasks[tp.partition]
                 if tp in task.position:
                     self.consumer.seek(tp, task.position[tp])  # a kept task goes on where it was
+                    task.fetched[tp] = task.position[tp]
             self.assigned = True
             self.rebalancing = False
             log.info("serving partitions %s", sorted(numbers))

@@ -64,7 +64,8 @@ def test_a_failed_changelog_send_commits_no_offset(broker_url: str, kafka_bootst
 
 
 async def _max_message_bytes(bootstrap: str, topic: str, value: int) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, ConfigResource, ConfigResourceType
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
