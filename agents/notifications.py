@@ -23,6 +23,14 @@ from schemas.envelope import Envelope
 from tables import NOTIFICATIONS as STORE
 
 STAGE = "notifications"
+
+
+class Undelivered(Exception):
+    """The notifier kept failing; ``attempts`` says how often it was tried."""
+
+    def __init__(self, attempts: int, error: Exception) -> None:
+        super().__init__(f"{error} (after {attempts} attempt(s))")
+        self.attempts = attempts
 BACKOFF = 0.2
 notifier = build(settings.notifier, settings.smtp_url, settings.smtp_sender)
 
@@ -42,10 +50,10 @@ async def handle(step: Step, env: Envelope) -> None:
         try:
             await notifier.send(env["id"], to, subject, body, p)
             break
-        except Exception:
+        except Exception as exc:
             metrics.NOTIFICATIONS.labels(notifier.name, "failed").inc()
             if attempt == settings.notify_max_attempts:
-                raise  # dead-lettered; a redrive tries again
+                raise Undelivered(attempt, exc) from exc  # dead-lettered; a redrive tries again
             await asyncio.sleep(BACKOFF * 2 ** (attempt - 1))
     metrics.NOTIFICATIONS.labels(notifier.name, "sent").inc()
     sent = {"order_id": order_id, "to": to, "channel": notifier.name, "message_id": env["id"], "subject": subject}

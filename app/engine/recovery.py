@@ -104,9 +104,9 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
         batch = await consumer.getmany(*todo.keys(), timeout_ms=500, max_records=5000)
         for tp, records in batch.items():
             db, store = by_tp[tp]
-            writes: dict[str, Any] = {}
+            writes: dict[str, tuple[Any, bytes | None]] = {}
             for r in records:
-                writes[r.key.decode()] = None if r.value is None else orjson.loads(r.value)
+                writes[r.key.decode()] = (None if r.value is None else orjson.loads(r.value), r.value)
             position = await consumer.position(tp)
             db.apply({store: writes}, {store: {"offset": position, "cluster": engine.cluster_id, "topic": tp.topic}})
             total += len(records)

@@ -652,8 +652,7 @@ class Engine:
             for store, records in writes.items():
                 changelog = self.stores[store].changelog
                 batch, n = task.producer.create_batch(), 0
-                for key, value in records.items():
-                    value_bytes = None if value is None else orjson.dumps(value)
+                for key, (_, value_bytes) in records.items():
                     if batch.append(key=key.encode(), value=value_bytes, timestamp=None) is None:
                         fut = await task.producer.send_batch(batch, changelog, partition=task.partition)
                         futures.append((store, fut, n))

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from app.engine.store import PartitionDB
 
 _MISSING: Any = object()
@@ -38,10 +40,12 @@ class Step:
     def __init__(self, partition: int, db: PartitionDB) -> None:
         self.partition = partition
         self.db = db
-        #: ``{store: {key: value or None}}``: written since the last commit began, not yet in RocksDB.
-        self.overlay: dict[str, dict[str, Any]] = {}
+        #: ``{store: {key: (value or None, its bytes)}}``: written since the last commit began, not yet
+        #: in RocksDB. A value is encoded when it is written, so one that cannot be (an integer
+        #: past 64 bits) fails its handler, and its input is dead-lettered, not the commit.
+        self.overlay: dict[str, dict[str, tuple[Any, bytes | None]]] = {}
         #: The writes of the commit in flight: read through until RocksDB has them.
-        self.frozen: dict[str, dict[str, Any]] = {}
+        self.frozen: dict[str, dict[str, tuple[Any, bytes | None]]] = {}
         #: Per-store caches that views keep in step with the overlay (e.g. an order's latest entry).
         self.caches: dict[str, dict[str, Any]] = {}
         self.frozen_caches: dict[str, dict[str, Any]] = {}
@@ -84,17 +88,18 @@ class Step:
         """The value of ``key`` as this step sees it (its own writes first), or ``None``."""
         pending = self.overlay.get(store)
         if pending is not None and key in pending:
-            return pending[key]
+            return pending[key][0]
         pending = self.frozen.get(store)
         if pending is not None and key in pending:
-            return pending[key]
+            return pending[key][0]
         return self.db.get(store, key)
 
     def put(self, store: str, key: str, value: Any) -> None:
         """Write ``key`` (``None`` deletes it)."""
+        data = None if value is None else orjson.dumps(value)
         pending = self.overlay.setdefault(store, {})
         self._undo.append((pending, key, pending.get(key, _MISSING)))
-        pending[key] = value
+        pending[key] = (value, data)
 
     def cached(self, name: str, key: str) -> Any:
         """A view's cached value for ``key`` (set with :meth:`cache_put` since the last commit landed), or ``None``."""
@@ -128,7 +133,7 @@ class Step:
         """
         self.effects.append((name, effect))
 
-    def freeze(self) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    def freeze(self) -> tuple[dict[str, dict[str, tuple[Any, bytes | None]]], list[str]]:
         """Hand the writes so far to a commit (still read through) and start a new overlay."""
         self.frozen, self.overlay = self.overlay, {}
         self.frozen_caches, self.caches = self.caches, {}

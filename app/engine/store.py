@@ -138,20 +138,20 @@ class PartitionDB:
 
     def apply(
         self,
-        writes: dict[str, dict[str, Any]],
+        writes: dict[str, dict[str, tuple[Any, bytes | None]]],
         checkpoints: dict[str, dict[str, Any]],
     ) -> None:
-        """Write one commit: ``{store: {key: value or None}}`` and each store's new checkpoint, atomically."""
+        """Write one commit — ``{store: {key: (value or None, its bytes)}}`` and each store's new checkpoint — atomically."""
         batch = WriteBatch(raw_mode=True)
         for store, records in writes.items():
             derived: dict[str, Any] = {}
             reader = _Pending(self, store, derived)
-            for key, value in records.items():
+            for key, (value, data) in records.items():
                 full = f"{store}{SEP}{key}".encode()
-                if value is None:
+                if data is None:
                     batch.delete(full)
                 else:
-                    batch.put(full, orjson.dumps(value))
+                    batch.put(full, data)
                 if self.indexer is not None:
                     for ix_key, ix_value in self.indexer(store, key, value, reader):
                         derived[ix_key] = ix_value

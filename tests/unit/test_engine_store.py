@@ -5,8 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from app.engine.step import Step
 from app.engine.store import IndexReader, PartitionDB
+
+
+def enc(records: dict[str, Any]) -> dict[str, tuple[Any, bytes | None]]:
+    """Records as a commit carries them: each value with its bytes."""
+    return {k: (v, None if v is None else orjson.dumps(v)) for k, v in records.items()}
 
 
 def _count_index(store: str, key: str, value: Any, reader: IndexReader) -> list[tuple[str, Any]]:
@@ -18,13 +25,13 @@ def _count_index(store: str, key: str, value: Any, reader: IndexReader) -> list[
 def test_a_commit_is_written_whole_with_its_checkpoint(tmp_path: Path) -> None:
     db = PartitionDB(tmp_path / "p0", 0)
     db.apply(
-        {"s": {"a/1": {"x": 1}, "a/2": {"x": 2}, "b/1": {"x": 3}}}, {"s": {"offset": 7, "cluster": "c", "topic": "t"}}
+        {"s": enc({"a/1": {"x": 1}, "a/2": {"x": 2}, "b/1": {"x": 3}})}, {"s": {"offset": 7, "cluster": "c", "topic": "t"}}
     )
     assert db.get("s", "a/1") == {"x": 1}
     assert [k for k, _ in db.scan("s", "a/")] == ["a/1", "a/2"]
     assert db.last("s", "a/") == ("a/2", {"x": 2})
     assert db.checkpoint("s") == {"offset": 7, "cluster": "c", "topic": "t"}
-    db.apply({"s": {"a/1": None}}, {})
+    db.apply({"s": enc({"a/1": None})}, {})
     assert db.get("s", "a/1") is None
     assert db.has_records("s") and not db.has_records("other")
     db.close()
@@ -32,7 +39,7 @@ def test_a_commit_is_written_whole_with_its_checkpoint(tmp_path: Path) -> None:
 
 def test_scan_starts_after_a_cursor_and_reads_only_its_prefix(tmp_path: Path) -> None:
     db = PartitionDB(tmp_path / "p0", 0)
-    db.apply({"s": {f"k/{i:03d}": i for i in range(50)} | {"l/000": -1}}, {})
+    db.apply({"s": enc({f"k/{i:03d}": i for i in range(50)} | {"l/000": -1})}, {})
     page = [item[0] for item, _ in zip(db.scan("s", "k/", "010\x00"), range(5), strict=False)]
     assert page == ["k/011", "k/012", "k/013", "k/014", "k/015"]
     assert db.last("s", "k/") == ("k/049", 49)
@@ -42,8 +49,8 @@ def test_scan_starts_after_a_cursor_and_reads_only_its_prefix(tmp_path: Path) ->
 
 def test_derived_indexes_follow_the_records_and_are_wiped_with_their_store(tmp_path: Path) -> None:
     db = PartitionDB(tmp_path / "p0", 0, _count_index)
-    db.apply({"s": {"1": {"color": "red"}, "2": {"color": "blue"}}}, {})
-    db.apply({"s": {"3": {"color": "red"}}}, {})
+    db.apply({"s": enc({"1": {"color": "red"}, "2": {"color": "blue"}})}, {})
+    db.apply({"s": enc({"3": {"color": "red"}})}, {})
     assert [k for k, _ in db.index_scan("s", "by_color/red/")] == ["by_color/red/1", "by_color/red/3"]
     assert db.index_get("s", "count") == 3
     db.wipe_store("s")
@@ -53,13 +60,13 @@ def test_derived_indexes_follow_the_records_and_are_wiped_with_their_store(tmp_p
 
 def test_a_step_reads_its_own_writes_then_the_commit_in_flight_then_rocksdb(tmp_path: Path) -> None:
     db = PartitionDB(tmp_path / "p0", 0)
-    db.apply({"s": {"a": 1, "b": 1, "c": 1}}, {})
+    db.apply({"s": enc({"a": 1, "b": 1, "c": 1})}, {})
     step = Step(0, db)
     step.begin("stage", "topic", 0, {})
     step.put("s", "a", 2)
     step.put("s", "b", 2)
     writes, _ = step.freeze()  # a commit takes a and b
-    assert writes == {"s": {"a": 2, "b": 2}}
+    assert {k: v for k, (v, _) in writes["s"].items()} == {"a": 2, "b": 2}
     step.begin("stage", "topic", 1, {})
     step.put("s", "a", 3)
     assert (step.get("s", "a"), step.get("s", "b"), step.get("s", "c")) == (3, 2, 1)
@@ -82,3 +89,16 @@ def test_rollback_undoes_exactly_the_failed_event(tmp_path: Path) -> None:
     step.rollback()
     assert step.get("s", "a") == 1 and step.get("s", "b") is None and step.cached("view", "a") is None
     assert [o.value for o in step.outputs] == [b"v1"]
+
+
+def test_a_value_that_cannot_be_encoded_fails_its_handler_not_the_commit(tmp_path: Path) -> None:
+    import pytest
+
+    db = PartitionDB(tmp_path / "p0", 0)
+    step = Step(0, db)
+    step.begin("stage", "t", 0, {})
+    with pytest.raises(TypeError):
+        step.put("s", "revenue", {"cents": 2**64 + 1})  # past orjson's 64-bit integers
+    step.rollback()
+    writes, _ = step.freeze()
+    assert writes == {"s": {}} or writes == {}
