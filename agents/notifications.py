@@ -31,6 +31,8 @@ class Undelivered(Exception):
     def __init__(self, attempts: int, error: Exception) -> None:
         super().__init__(f"{error} (after {attempts} attempt(s))")
         self.attempts = attempts
+
+
 BACKOFF = 0.2
 notifier = build(settings.notifier, settings.smtp_url, settings.smtp_sender)
 

@@ -141,7 +141,7 @@ class PartitionDB:
         writes: dict[str, dict[str, tuple[Any, bytes | None]]],
         checkpoints: dict[str, dict[str, Any]],
     ) -> None:
-        """Write one commit — ``{store: {key: (value or None, its bytes)}}`` and each store's new checkpoint — atomically."""
+        """Write one commit atomically: ``{store: {key: (value or None, its bytes)}}`` and each new checkpoint."""
         batch = WriteBatch(raw_mode=True)
         for store, records in writes.items():
             derived: dict[str, Any] = {}

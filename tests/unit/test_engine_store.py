@@ -24,9 +24,8 @@ def _count_index(store: str, key: str, value: Any, reader: IndexReader) -> list[
 
 def test_a_commit_is_written_whole_with_its_checkpoint(tmp_path: Path) -> None:
     db = PartitionDB(tmp_path / "p0", 0)
-    db.apply(
-        {"s": enc({"a/1": {"x": 1}, "a/2": {"x": 2}, "b/1": {"x": 3}})}, {"s": {"offset": 7, "cluster": "c", "topic": "t"}}
-    )
+    checkpoint = {"offset": 7, "cluster": "c", "topic": "t"}
+    db.apply({"s": enc({"a/1": {"x": 1}, "a/2": {"x": 2}, "b/1": {"x": 3}})}, {"s": checkpoint})
     assert db.get("s", "a/1") == {"x": 1}
     assert [k for k, _ in db.scan("s", "a/")] == ["a/1", "a/2"]
     assert db.last("s", "a/") == ("a/2", {"x": 2})
