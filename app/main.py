@@ -13,13 +13,12 @@ from typing import Any
 
 import faust
 
-from app import codec, logs, startup, tracing
+from app import codec, faust_patches, logs, startup, tracing
 from app.admin import bootstrap_servers
-from app.cli import flags
 from app.engine.dead_letters import dead_letter
 from app.engine.runtime import Engine
 from app.settings import Settings, SettingsError, bind_host, load
-from schemas.registry import TOPIC_TYPES, read
+from schemas.registry import read
 
 try:
     settings: Settings = load()
@@ -30,8 +29,10 @@ try:
     tracing.configure(settings)
 except tracing.TracingError as exc:
     raise SystemExit(f"orderstream: {exc}") from None
-flags.install()
-startup.quiet_banner_for_json(settings)
+try:
+    faust_patches.install(settings)
+except faust_patches.UntestedVersion as exc:
+    raise SystemExit(f"orderstream: {exc}") from None
 codec.register()
 log = logging.getLogger("orderstream.main")
 
@@ -108,7 +109,6 @@ def create_engine(s: Settings, datadir: Path) -> Engine:
         linger_ms=int(s.producer_linger * 1000),
         session_timeout_ms=int(s.session_timeout * 1000),
         decode=read,
-        topic_types=TOPIC_TYPES,
         dead_letter=dead_letter,
     )
 

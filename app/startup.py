@@ -96,10 +96,13 @@ class OrderstreamWorker(faust.Worker):
             self._redirect_stdouts()
 
 
-def quiet_banner_for_json(settings: Settings) -> None:
-    """With ``log_format=json`` faust's start-up banner (a text table on stdout) becomes one log record."""
+def quiet_banner_for_json(settings: Settings) -> bool:
+    """With ``log_format=json`` faust's start-up banner (a text table on stdout) becomes one log record.
+
+    Returns whether the hook was installed.
+    """
     if settings.log_format != "json":
-        return
+        return False
     from faust.cli import worker as worker_cli
 
     def on_worker_created(self: Any, worker: Any) -> None:
@@ -108,3 +111,4 @@ def quiet_banner_for_json(settings: Settings) -> None:
         )
 
     worker_cli.worker.on_worker_created = on_worker_created  # type: ignore[method-assign]  # faust's hook
+    return True

@@ -29,10 +29,9 @@ def worker_options() -> list[click.Option]:
 
 def install() -> None:
     """Append the options to faust's ``worker`` command (once; faust's own names are never replaced)."""
+    import faust.cli.worker  # noqa: F401  # registers the `worker` command with faust's click group
     from faust.cli.base import cli
 
-    command = cli.commands.get("worker")
-    if command is None:  # pragma: no cover - faust always registers `worker`
-        return
+    command = cli.commands["worker"]
     taken = {opt for param in command.params for opt in getattr(param, "opts", [])}
     command.params.extend(o for o in worker_options() if not taken.intersection(o.opts))

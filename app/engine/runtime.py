@@ -161,7 +161,6 @@ class Engine:
         decode: Decoder,
         dead_letter: DeadLetter,
         indexer: Indexer | None = None,
-        topic_types: dict[str, frozenset[str]] | None = None,
     ) -> None:
         self.app_id = app_id
         self.group_id = f"{app_id}.engine"
@@ -175,9 +174,6 @@ class Engine:
         self.decode = decode
         self.dead_letter = dead_letter
         self.indexer = indexer
-        #: The message types each logical topic carries; those no route handles are skipped unread.
-        self.topic_types = topic_types or {}
-        self._unrouted: dict[str, frozenset[str]] = {}
         self.routes: dict[str, list[Route]] = {}
         self.stores: dict[str, StoreDef] = {}
         self.topics: dict[str, str] = {}  # kafka topic -> logical name
@@ -221,10 +217,6 @@ class Engine:
         """Run ``handler`` for messages of ``types`` on ``logical_topic``."""
         self.topic(logical_topic)
         self.routes.setdefault(logical_topic, []).append(Route(stage, logical_topic, frozenset(types), handler))
-        self._unrouted = {
-            topic: frozenset(known - {t for r in self.routes.get(topic, ()) for t in r.types})
-            for topic, known in self.topic_types.items()
-        }
 
     def replicate(self, store: str, fn: Callable[[str, Any], None]) -> None:
         """Feed ``fn(key, value)`` every record of ``store`` from all partitions (a read-only replica)."""
