@@ -1,0 +1,95 @@
+"""No stranded orders: a reservation that never answers (dead-lettered or lost) ends the order at its deadline.
+
+The saga's and the inventory stage's real adapters run over real partition databases;
+the deadline comes as the saga timer's local ``order.cancel`` (reason ``pending_timeout``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from app.engine.step import Step
+from app.engine.store import PartitionDB
+from schemas.envelope import derived_id, make
+
+
+def _run(step: Step, handler: Any, env: dict[str, Any]) -> list[dict[str, Any]]:
+    step.begin("test", "t", 0, env)
+    handler(step, env)
+    out = [orjson.loads(o.value) for o in step.outputs]
+    step.outputs.clear()
+    return out
+
+
+def test_an_order_whose_reservation_was_dead_lettered_is_rejected_and_every_line_released(tmp_path: Path) -> None:
+    from agents import inventory, orders
+    from tables import latest_order
+
+    saga = Step(0, PartitionDB(tmp_path / "orders", 0))
+    stock = Step(1, PartitionDB(tmp_path / "stock", 1))
+    for product in ("a", "b"):
+        _run(
+            stock,
+            inventory.handle_restock,
+            dict(
+                make(
+                    "inventory.set_stock",
+                    "product",
+                    product,
+                    {"product_id": product, "on_hand": 5},
+                    correlation_id=product,
+                )
+            ),
+        )
+    order_id = "o-stranded"
+    payload = {
+        "order_id": order_id,
+        "user_id": "u1",
+        "items": [
+            {"product_id": "a", "quantity": 2, "price_cents": 100},
+            {"product_id": "b", "quantity": 1, "price_cents": 100},
+        ],
+        "total_cents": 300,
+        "currency": "USD",
+        "payment": {"method": "card", "token": "tok_visa", "last4": "4242"},
+    }
+    placed = dict(make("order.placed", "order", order_id, payload, correlation_id=order_id, version=2))
+    reserves = _run(saga, orders.handle, placed)
+    assert [e["type"] for e in reserves] == ["inventory.reserve", "inventory.reserve"]
+    # Line a is reserved; line b's reserve command is dead-lettered: it never answers.
+    answer = _run(stock, inventory.handle_line, next(e for e in reserves if e["payload"]["product_id"] == "a"))
+    assert stock.get("stock_records", "stock/a")["reserved"] == 2
+    _run(saga, orders.handle, answer[0])
+    assert latest_order(saga, order_id)[1]["status"] == "pending"
+
+    # The saga's timer: the pending deadline passed.
+    expire = dict(
+        make(
+            "order.cancel",
+            "order",
+            order_id,
+            {"order_id": order_id, "reason": "pending_timeout"},
+            correlation_id=order_id,
+            event_id=derived_id(f"pending_timeout/{order_id}", 0),
+        )
+    )
+    out = _run(saga, orders.handle, expire)
+    state = latest_order(saga, order_id)[1]
+    assert (state["status"], state["reason"]) == ("rejected", "reservation_timeout")
+    releases = [e for e in out if e["type"] == "inventory.release"]
+    assert [r["payload"]["product_id"] for r in releases] == ["a"]
+    assert any(e["type"] == "order.rejected" for e in out)
+    for release in releases:
+        _run(stock, inventory.handle_line, release)
+    assert stock.get("stock_records", "stock/a") == {"on_hand": 5, "reserved": 0, "sold": 0}
+
+    # If line b's reservation turns up after all (a redrive), it is given straight back.
+    late = _run(stock, inventory.handle_line, next(e for e in reserves if e["payload"]["product_id"] == "b"))
+    back = _run(saga, orders.handle, late[0])
+    assert [e["type"] for e in back] == ["inventory.release"]
+    _run(stock, inventory.handle_line, back[0])
+    assert stock.get("stock_records", "stock/b") == {"on_hand": 5, "reserved": 0, "sold": 0}
+    assert latest_order(saga, order_id)[1]["status"] == "rejected"
