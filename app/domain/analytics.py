@@ -64,6 +64,8 @@ def empty_partial() -> Partial:
 
 def window_start(timestamp: str) -> str:
     """Return the start of the one-minute tumbling window holding ``timestamp``."""
+    if len(timestamp) == 24 and timestamp[-1] == "Z" and timestamp[10] == "T":
+        return timestamp[:17] + "00Z"  # the envelopes' own UTC form, 2026-12-02T01:13:04.937Z: no parsing
     ts = parse_ts(timestamp).astimezone(UTC)
     start = ts.replace(second=0, microsecond=0)
     return start.isoformat().replace("+00:00", "Z")

@@ -20,6 +20,9 @@ from app.engine.store import PartitionDB
 
 _MISSING: Any = object()
 
+#: How many committed cache entries a step keeps per view before it starts over.
+HOT_ENTRIES = 50_000
+
 #: A background job started by a handler; its result comes back to the partition as a local input.
 Effect = Callable[[], Awaitable[Any]]
 
@@ -49,6 +52,9 @@ class Step:
         #: Per-store caches that views keep in step with the overlay (e.g. an order's latest entry).
         self.caches: dict[str, dict[str, Any]] = {}
         self.frozen_caches: dict[str, dict[str, Any]] = {}
+        #: Committed cache entries kept after their commit landed (recently touched keys are
+        #: usually touched again soon: an order's next input follows within milliseconds).
+        self.hot: dict[str, dict[str, Any]] = {}
         self.outputs: list[Output] = []
         self.effects: list[tuple[str, Effect]] = []
         #: Ids of the events handled since the last commit (only while someone waits for one).
@@ -103,7 +109,7 @@ class Step:
 
     def cached(self, name: str, key: str) -> Any:
         """A view's cached value for ``key`` (set with :meth:`cache_put` since the last commit landed), or ``None``."""
-        for layer in (self.caches, self.frozen_caches):
+        for layer in (self.caches, self.frozen_caches, self.hot):
             cache = layer.get(name)
             if cache is not None and key in cache:
                 return cache[key]
@@ -141,14 +147,19 @@ class Step:
         return self.frozen, handled
 
     def landed(self) -> None:
-        """The commit in flight reached RocksDB: stop reading through it."""
+        """The commit in flight reached RocksDB: stop reading through it (its cache entries stay hot)."""
         self.frozen = {}
+        for name, cache in self.frozen_caches.items():
+            hot = self.hot.setdefault(name, {})
+            if len(hot) + len(cache) > HOT_ENTRIES:
+                hot.clear()
+            hot.update(cache)
         self.frozen_caches = {}
 
     def reset(self) -> None:
         """Forget every write not in RocksDB."""
         self.overlay, self.frozen = {}, {}
-        self.caches, self.frozen_caches = {}, {}
+        self.caches, self.frozen_caches, self.hot = {}, {}, {}
         self.handled = []
         self.outputs = []
         self.effects = []
