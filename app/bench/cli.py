@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -46,6 +47,7 @@ from app.bench.stats import (
     parse_rates,
     parse_windows,
     produced_summary,
+    rate_label,
     run_lines,
     vs_ceiling,
 )
@@ -136,10 +138,12 @@ async def measure(bench: Bench, target: Target, rate: float | None) -> dict[str,
     await prod.start()
     stop = asyncio.Event()
     collector = asyncio.create_task(bk.collect_outcomes(consumer, tally, stop))
+    if args.warmup:
+        await warm_up(bench, target, prod, tally)
     snapshots = [await bk.end_offsets(bench.bootstrap, target.app_id)]
-    desc = f"{target.name} @ {'max' if rate is None else f'{rate:g}/s'}"
+    desc = f"{target.name} @ {rate_label(rate)}"
     bar = tqdm(total=total, desc=desc, unit="order", disable=not args.progress, leave=False, file=sys.stderr)
-    tally.on_outcome = lambda: bar.update(1)
+    tally.on_outcome = lambda _order_id: bar.update(1)
     sent_total = 0
 
     def on_sent(n: int) -> None:
@@ -205,6 +209,18 @@ async def measure(bench: Bench, target: Target, rate: float | None) -> dict[str,
     }
     run.update(await produced(bench, target, snapshots, edges, tally))
     return run
+
+
+async def warm_up(bench: Bench, target: Target, prod: Any, tally: bk.Tally) -> None:
+    """Send ``--warmup`` orders flat out and wait for them, then forget them: first fetches are slow."""
+    args = bench.args
+    orders = bk.placed_orders(target.prefix, 0, args.warmup, products=args.products, lines=args.lines)
+    await bk.send_orders(prod, target.input_topic, orders, None, tally)
+    await prod.flush()
+    ended = await wait_drained(tally, [o.order_id for o in orders], target, args)
+    if ended != "complete":
+        say(f"{target.name}: warm-up ended: {ended} ({len(tally.done_at)} of {len(orders)} warm-up orders completed)")
+    tally.reset()
 
 
 def cpu_figures(
@@ -539,7 +555,7 @@ async def run_all(bench: Bench) -> None:
     args = bench.args
     if args.ceiling_processes > 0:
         await run_ceiling(bench, args.rates)
-    for guarantee in args.guarantees:
+    for guarantee in [] if args.ceiling_only else args.guarantees:
         for workers in args.workers:
             await run_orderstream(bench, guarantee, workers, args.rates)
 
@@ -609,9 +625,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--partitions", type=int, default=8, help="partitions of every topic (default 8)")
     p.add_argument("--commit-interval", type=float, default=0.1, help="ORDERSTREAM_COMMIT_INTERVAL (default 0.1)")
     p.add_argument("--windows", default="", help="order counts closing each window, e.g. 1000,10000,100000")
+    p.add_argument("--warmup", type=int, default=100, help="orders sent and awaited before measuring (default 100)")
     p.add_argument("--ceiling-orders", type=int, default=0, help="orders per ceiling run (default: --orders)")
     p.add_argument("--ceiling-processes", type=int, default=2, help="processes of the ceiling; 0 skips it")
     p.add_argument("--no-ceiling", dest="ceiling_processes", action="store_const", const=0, help="skip the ceiling")
+    p.add_argument("--ceiling-only", action="store_true", help="measure only the ceiling")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="give up after this many s without an outcome")
     p.add_argument("--run-timeout", type=float, default=900.0, help="give up a run's drain after this many s")
     p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds for the workers to become ready")
@@ -654,6 +672,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="orderstream-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    # aiokafka logs transient metadata errors of fresh topics; keep them out of the terminal.
+    logging.basicConfig(filename=workdir / "bench.log", level=logging.WARNING)
     run_id = "bn" + os.urandom(3).hex()
     bench = Bench(args=args, workdir=workdir, run_id=run_id)
     signal.signal(signal.SIGTERM, _interrupt)

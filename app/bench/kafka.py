@@ -102,12 +102,25 @@ class Tally:
     outcome: dict[str, str] = field(default_factory=dict)
     duplicates: int = 0
     send_errors: int = 0
-    on_outcome: Callable[[], None] | None = None
+    on_outcome: Callable[[str], None] | None = None
+    #: Keep outcomes of orders not (yet) sent: the HTTP load generator learns an order's id
+    #: only from the POST's answer, which may come after the outcome was read.
+    keep_early: bool = False
+    early: dict[str, tuple[str, float]] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def expect(self, order_id: str, at: float) -> None:
+        """Count ``order_id`` as sent at ``at``; an outcome already read for it counts now."""
+        self.sent_at[order_id] = at
+        early = self.early.pop(order_id, None)
+        if early is not None:
+            self.record(order_id, *early)
 
     def record(self, order_id: str, type_: str, at: float) -> None:
         """Count an outcome read at ``at`` (a second outcome of an order is a duplicate)."""
         if order_id not in self.sent_at:
+            if self.keep_early:
+                self.early[order_id] = (type_, at)
             return
         if order_id in self.done_at:
             self.duplicates += 1
@@ -116,7 +129,15 @@ class Tally:
         self.outcome[order_id] = type_
         self.changed.set()
         if self.on_outcome is not None:
-            self.on_outcome()
+            self.on_outcome(order_id)
+
+    def reset(self) -> None:
+        """Forget every order so far (late outcomes of forgotten orders are ignored)."""
+        self.sent_at.clear()
+        self.done_at.clear()
+        self.outcome.clear()
+        self.duplicates = 0
+        self.send_errors = 0
 
     def latencies(self, order_ids: Sequence[str] | None = None) -> list[float]:
         """Return placed→final seconds of the completed orders (of ``order_ids`` when given)."""

@@ -166,7 +166,7 @@ def parse_windows(text: str) -> list[int]:
 
 def rate_label(rate: float | None) -> str:
     """Return ``max`` or the rate as a short string."""
-    return "max" if rate is None else f"{rate:g}"
+    return "max" if rate is None else f"{rate:g}/s"
 
 
 def config_name(engine: str, guarantee: str | None, workers: int) -> str:
@@ -226,7 +226,7 @@ def run_lines(run: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> list
     def vs(value: float | None, base: float | None) -> str:
         return "" if is_ceiling else f" = {format_ratio(value, base)}"
 
-    head = f"{run['name']} @ {rate_label(run['offered_rate'])}/s"
+    head = f"{run['name']} @ {rate_label(run['offered_rate'])}"
     lines = [
         f"{head}: {fmt_num(run['completed_per_s'])} orders/s{vs(run['completed_per_s'], c.get('completed_per_s'))}"
         f"  ({run['completed']:,} of {run['sent']:,} completed, {run['missing']:,} missing, "
