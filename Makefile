@@ -43,6 +43,9 @@ crash-test: $(STAMP) kafka-fetch ## Full crash test: 1,000+ orders, SIGKILLs, bo
 loadgen: $(STAMP) ## Place orders against a running worker (ARGS="--orders 1000 --rate 200")
 	$(PY) -m app.loadgen $(ARGS)
 
+bench: $(STAMP) kafka-fetch ## Throughput, latency, CPU and bytes per order through Kafka vs a plain-Python ceiling (ARGS="--orders 2000 --rates 500,max")
+	$(PY) -m app.bench $(ARGS)
+
 format: $(STAMP) ## Apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
@@ -50,4 +53,4 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 clean: ## Remove local data directories (not the Kafka jar cache)
 	rm -rf .data orderstream-data
 
-.PHONY: help install kafka-fetch run lint unit test crash-test loadgen format clean
+.PHONY: help install kafka-fetch run lint unit test crash-test loadgen bench format clean
