@@ -107,13 +107,15 @@ class Target:
 async def wait_drained(tally: bk.Tally, ids: Sequence[str], target: Target, args: argparse.Namespace) -> str:
     """Wait until every order of ``ids`` has an outcome; return why the wait ended."""
     deadline = time.monotonic() + args.run_timeout
-    last_count, last_progress = -1, time.monotonic()
+    pending = set(ids)
+    last_progress = time.monotonic()
     while True:
-        done = sum(1 for o in ids if o in tally.done_at) if len(ids) < 50_000 else len(tally.done_at)
-        if done >= len(ids):
+        before = len(pending)
+        pending = {o for o in pending if o not in tally.done_at}
+        if not pending:
             return "complete"
-        if done != last_count:
-            last_count, last_progress = done, time.monotonic()
+        if len(pending) != before:
+            last_progress = time.monotonic()
         if time.monotonic() - last_progress > args.drain_timeout:
             return f"no outcome for {args.drain_timeout:g} s"
         if time.monotonic() > deadline:
@@ -121,9 +123,7 @@ async def wait_drained(tally: bk.Tally, ids: Sequence[str], target: Target, args
         dead = [p for p in target.processes if p.poll() is not None]
         if dead:
             return f"{len(dead)} process(es) exited (code {dead[0].returncode})"
-        tally.changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(tally.changed.wait(), 0.5)
+        await asyncio.sleep(0.1)
 
 
 async def measure(bench: Bench, target: Target, rate: float | None) -> dict[str, Any]:
@@ -142,7 +142,8 @@ async def measure(bench: Bench, target: Target, rate: float | None) -> dict[str,
         await warm_up(bench, target, prod, tally)
     snapshots = [await bk.end_offsets(bench.bootstrap, target.app_id)]
     desc = f"{target.name} @ {rate_label(rate)}"
-    bar = tqdm(total=total, desc=desc, unit="order", disable=not args.progress, leave=False, file=sys.stderr)
+    # disable=None: a bar only on a terminal.
+    bar = tqdm(total=total, desc=desc, unit="order", disable=None if args.progress else True, file=sys.stderr)
     tally.on_outcome = lambda _order_id: bar.update(1)
     sent_total = 0
 
@@ -676,7 +677,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(filename=workdir / "bench.log", level=logging.WARNING)
     run_id = "bn" + os.urandom(3).hex()
     bench = Bench(args=args, workdir=workdir, run_id=run_id)
+    # Explicit handlers: a bench started in the background inherits SIGINT ignored.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     interrupted = False
     try:
         start_broker(bench)

@@ -107,7 +107,6 @@ class Tally:
     #: only from the POST's answer, which may come after the outcome was read.
     keep_early: bool = False
     early: dict[str, tuple[str, float]] = field(default_factory=dict)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def expect(self, order_id: str, at: float) -> None:
         """Count ``order_id`` as sent at ``at``; an outcome already read for it counts now."""
@@ -127,7 +126,6 @@ class Tally:
             return
         self.done_at[order_id] = at
         self.outcome[order_id] = type_
-        self.changed.set()
         if self.on_outcome is not None:
             self.on_outcome(order_id)
 
@@ -191,9 +189,9 @@ async def send_orders(
             i += 1
         if on_sent is not None:
             on_sent(i)
-        if rate is None or i >= due:
-            delay = 0.0 if rate is None else t0 + i / rate - time.monotonic()
-            await asyncio.sleep(max(0.0, delay))
+        # Yield at least every burst, so the outcome reader keeps up while the sender catches up.
+        delay = 0.0 if rate is None or i < due else t0 + i / rate - time.monotonic()
+        await asyncio.sleep(max(0.0, delay))
 
 
 async def collect_outcomes(consumer: AIOKafkaConsumer, tally: Tally, stop: asyncio.Event) -> None:
