@@ -296,7 +296,11 @@ async def produced(
     confirmed = sum(confirmed_by_window)
     summary = produced_summary(per_topic, confirmed)
     summary["per_topic"] = {
-        t: {**v, "records_per_order": round(v["records"] / confirmed, 2) if confirmed else None}
+        t: {
+            **v,
+            "records_per_order": round(v["records"] / confirmed, 2) if confirmed else None,
+            "bytes_per_order": round(v["bytes"] / confirmed, 1) if confirmed else None,
+        }
         for t, v in sorted(per_topic.items())
         if v["offsets"]
     }

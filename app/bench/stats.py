@@ -253,6 +253,17 @@ def run_lines(run: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> list
             f"{fmt_num(per.get('total_bytes'), ' B')}{vs(per.get('total_bytes'), cper.get('total_bytes'))}"
             + (f", {per['markers']:.2f} txn markers" if per.get("markers") else "")
         )
+    topics = (run.get("produced") or {}).get("per_topic") or {}
+    if topics and not is_ceiling:
+        app_id = str(run.get("app_id") or "")
+        lines.append(
+            "  per topic (records, bytes per confirmed order): "
+            + ", ".join(
+                f"{t.removeprefix(app_id).lstrip('.-')} {fmt_num(v.get('records_per_order'), '', 1)}"
+                f"/{fmt_num(v.get('bytes_per_order'), ' B')}"
+                for t, v in topics.items()
+            )
+        )
     rss = run.get("rss_mb") or {}
     if rss:
         lines.append("  RSS " + ", ".join(f"{k} {v:,.0f} MB" for k, v in rss.items()))
