@@ -184,6 +184,7 @@ async def measure(bench: Bench, target: Target, rate: float | None) -> dict[str,
         await consumer.stop()
         await prod.stop()
     wall = max(1e-9, wall1 - wall0)
+    load = [round(x, 2) for x in os.getloadavg()]
     rss = {f"{target.engine}{i}": procs.rss_bytes(p) for i, p in enumerate(pids)}
     run: dict[str, Any] = {
         "name": target.name,
@@ -207,6 +208,8 @@ async def measure(bench: Bench, target: Target, rate: float | None) -> dict[str,
         "latency_ms": latency_ms(tally.latencies()),
         "cpu": cpu_figures(cpu0, cpu1, broker0, broker1, wall, len(tally.done_at), target.engine),
         "rss_mb": {k: round(v / 2**20, 1) for k, v in rss.items() if v is not None},
+        # The machine's load average at the end: other work on the same cores skews every figure.
+        "loadavg_1_5_15": load,
     }
     run.update(await produced(bench, target, snapshots, edges, tally))
     return run
@@ -294,7 +297,7 @@ async def produced(
                 if k != "kind":
                     acc[k] += v
     confirmed = sum(confirmed_by_window)
-    summary = produced_summary(per_topic, confirmed)
+    summary = produced_summary(per_topic, confirmed, len(tally.done_at))
     summary["per_topic"] = {
         t: {
             **v,

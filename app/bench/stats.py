@@ -93,8 +93,10 @@ def per_order(total: float, orders: int) -> float | None:
     return round(total / orders, 2) if orders > 0 else None
 
 
-def produced_summary(per_topic: Mapping[str, Mapping[str, Any]], confirmed: int) -> dict[str, Any]:
-    """Sum per-topic counts into events / changelogs / other, and per confirmed order."""
+def produced_summary(
+    per_topic: Mapping[str, Mapping[str, Any]], confirmed: int, completed: int | None = None
+) -> dict[str, Any]:
+    """Sum per-topic counts into events / changelogs / other, per confirmed order (and per completed one)."""
     kinds: dict[str, dict[str, int]] = {}
     for counts in per_topic.values():
         acc = kinds.setdefault(str(counts["kind"]), {"records": 0, "bytes": 0, "markers": 0, "aborted": 0})
@@ -109,7 +111,14 @@ def produced_summary(per_topic: Mapping[str, Mapping[str, Any]], confirmed: int)
     per["total_records"] = per_order(total["records"], confirmed)
     per["total_bytes"] = per_order(total["bytes"], confirmed)
     per["markers"] = per_order(total["markers"], confirmed)
-    return {"by_kind": kinds, "total": total, "per_confirmed_order": per}
+    out: dict[str, Any] = {"by_kind": kinds, "total": total, "per_confirmed_order": per}
+    if completed is not None:
+        # Under overload orders time out and are cancelled: their records still count here.
+        out["per_completed_order"] = {
+            "total_records": per_order(total["records"], completed),
+            "total_bytes": per_order(total["bytes"], completed),
+        }
+    return out
 
 
 # --- ratios and formatting -------------------------------------------------------------
@@ -265,8 +274,13 @@ def run_lines(run: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> list
             )
         )
     rss = run.get("rss_mb") or {}
-    if rss:
-        lines.append("  RSS " + ", ".join(f"{k} {v:,.0f} MB" for k, v in rss.items()))
+    load = run.get("loadavg_1_5_15")
+    if rss or load:
+        lines.append(
+            "  RSS "
+            + (", ".join(f"{k} {v:,.0f} MB" for k, v in rss.items()) or "-")
+            + (f"; machine load average {load[0]:.1f}" if load else "")
+        )
     for w in run.get("windows") or []:
         wp = w["per_confirmed_order"]
         lines.append(
