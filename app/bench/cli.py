@@ -638,7 +638,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ceiling-processes", type=int, default=2, help="processes of the ceiling; 0 skips it")
     p.add_argument("--no-ceiling", dest="ceiling_processes", action="store_const", const=0, help="skip the ceiling")
     p.add_argument("--ceiling-only", action="store_true", help="measure only the ceiling")
-    p.add_argument("--drain-timeout", type=float, default=30.0, help="give up after this many s without an outcome")
+    p.add_argument("--drain-timeout", type=float, default=120.0, help="give up after this many s without an outcome")
     p.add_argument("--run-timeout", type=float, default=900.0, help="give up a run's drain after this many s")
     p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds for the workers to become ready")
     p.add_argument("--settle-timeout", type=float, default=20.0, help="seconds to wait for the topics to go quiet")
