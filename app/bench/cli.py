@@ -135,30 +135,29 @@ async def measure(bench: Bench, target: Target, rate: float | None) -> dict[str,
     tally = bk.Tally()
     consumer = await bk.outcome_consumer(bench.bootstrap, target.outcome_topic)
     prod = bk.producer(bench.bootstrap)
-    await prod.start()
     stop = asyncio.Event()
     collector = asyncio.create_task(bk.collect_outcomes(consumer, tally, stop))
-    if args.warmup:
-        await warm_up(bench, target, prod, tally)
-    snapshots = [await bk.end_offsets(bench.bootstrap, target.app_id)]
     desc = f"{target.name} @ {rate_label(rate)}"
     # disable=None: a bar only on a terminal.
     bar = tqdm(total=total, desc=desc, unit="order", disable=None if args.progress else True, file=sys.stderr)
-    tally.on_outcome = lambda _order_id: bar.update(1)
     sent_total = 0
 
     def on_sent(n: int) -> None:
         bar.set_postfix_str(f"sent {sent_total + n:,}", refresh=False)
 
-    cpu0 = [procs.cpu_seconds(p) for p in pids]
-    broker0 = procs.cpu_seconds(bench.broker_pid) if bench.broker_pid else None
-    wall0 = time.monotonic()
     active = 0.0
     send_seconds = 0.0
     ended: list[str] = []
-    cpu1: list[float | None] = cpu0
-    broker1 = broker0
     try:
+        await prod.start()
+        if args.warmup:
+            await warm_up(bench, target, prod, tally)
+        snapshots = [await bk.end_offsets(bench.bootstrap, target.app_id)]
+        tally.on_outcome = lambda _order_id: bar.update(1)
+        cpu0 = [procs.cpu_seconds(p) for p in pids]
+        broker0 = procs.cpu_seconds(bench.broker_pid) if bench.broker_pid else None
+        wall0 = wall1 = time.monotonic()
+        cpu1, broker1 = cpu0, broker0
         first = 0
         for edge in edges:
             orders = bk.placed_orders(target.prefix, first, edge - first, products=args.products, lines=args.lines)
@@ -181,8 +180,9 @@ async def measure(bench: Bench, target: Target, rate: float | None) -> dict[str,
         with contextlib.suppress(Exception):
             await collector
         bar.close()
-        await consumer.stop()
-        await prod.stop()
+        with contextlib.suppress(Exception):  # an error on the way is the one to report
+            await consumer.stop()
+            await prod.stop()
     wall = max(1e-9, wall1 - wall0)
     load = [round(x, 2) for x in os.getloadavg()]
     rss = {f"{target.engine}{i}": procs.rss_bytes(p) for i, p in enumerate(pids)}
