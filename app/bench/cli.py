@@ -148,6 +148,7 @@ async def measure(bench: Bench, target: Target, rate: float | None) -> dict[str,
     active = 0.0
     send_seconds = 0.0
     ended: list[str] = []
+    settled: list[bool] = []
     try:
         await prod.start()
         if args.warmup:
@@ -170,10 +171,14 @@ async def measure(bench: Bench, target: Target, rate: float | None) -> dict[str,
             ended.append(await wait_drained(tally, ids, target, args))
             last = max((tally.done_at[o] for o in ids if o in tally.done_at), default=t_start)
             active += max(0.0, last - t_start)
+            # The work of an order goes on after its outcome (notification, analytics, commits):
+            # records and CPU are both taken once the topics are quiet.
+            offsets, quiet = await bk.settle(bench.bootstrap, target.app_id, timeout=args.settle_timeout)
+            snapshots.append(offsets)
+            settled.append(quiet)
             cpu1 = [procs.cpu_seconds(p) for p in pids]
             broker1 = procs.cpu_seconds(bench.broker_pid) if bench.broker_pid else None
             wall1 = time.monotonic()
-            snapshots.append(await bk.settle(bench.bootstrap, target.app_id, timeout=args.settle_timeout))
             first = edge
     finally:
         stop.set()
@@ -199,6 +204,7 @@ async def measure(bench: Bench, target: Target, rate: float | None) -> dict[str,
         "completed": len(tally.done_at),
         "missing": len(tally.sent_at) - len(tally.done_at),
         "ended": ended,
+        "topics_went_quiet": settled,
         "outcomes": tally.outcomes(),
         "duplicates": tally.duplicates,
         "send_seconds": round(send_seconds, 3),
@@ -646,7 +652,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drain-timeout", type=float, default=120.0, help="give up after this many s without an outcome")
     p.add_argument("--run-timeout", type=float, default=900.0, help="give up a run's drain after this many s")
     p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds for the workers to become ready")
-    p.add_argument("--settle-timeout", type=float, default=20.0, help="seconds to wait for the topics to go quiet")
+    p.add_argument("--settle-timeout", type=float, default=120.0, help="seconds to wait for the topics to go quiet")
     p.add_argument("--broker", default="", help="use this broker (kafka://host:port); else ORDERSTREAM_BROKER or own")
     p.add_argument("--broker-pid", type=int, default=0, help="pid of that broker's JVM for CPU figures")
     p.add_argument(

@@ -294,18 +294,21 @@ async def end_offsets(bootstrap: str, app_id: str) -> dict[TopicPartition, int]:
 
 
 async def settle(
-    bootstrap: str, app_id: str, *, quiet: float = 1.5, timeout: float = 20.0
-) -> dict[TopicPartition, int]:
-    """Wait until the app's end offsets stop moving for ``quiet`` seconds (at most ``timeout``); return them."""
+    bootstrap: str, app_id: str, *, quiet: float = 2.0, timeout: float = 120.0
+) -> tuple[dict[TopicPartition, int], bool]:
+    """Wait until the app's end offsets stop moving for ``quiet`` seconds (at most ``timeout``).
+
+    Return the offsets and whether they did go quiet.
+    """
     deadline = time.monotonic() + timeout
     last = await end_offsets(bootstrap, app_id)
     while time.monotonic() < deadline:
         await asyncio.sleep(quiet)
         now = await end_offsets(bootstrap, app_id)
         if now == last:
-            return now
+            return now, True
         last = now
-    return last
+    return last, False
 
 
 @dataclass

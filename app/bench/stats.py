@@ -289,6 +289,8 @@ def run_lines(run: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> list
             f"(events {fmt_num(wp.get('events_records'), '', 2)}, "
             f"changelogs {fmt_num(wp.get('changelog_records'), '', 2)})"
         )
+    if run.get("topics_went_quiet") and not all(run["topics_went_quiet"]):
+        lines.append("  warning: the topics were still moving at the settle timeout; records may be undercounted")
     if run.get("error"):
         lines.append(f"  ERROR: {run['error']}")
     return lines
