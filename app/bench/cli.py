@@ -212,7 +212,7 @@ async def measure(bench: Bench, target: Target, rate: float | None) -> dict[str,
         "duration_seconds": round(active, 3),
         "completed_per_s": round(len(tally.done_at) / active, 1) if active > 0 else None,
         "latency_ms": latency_ms(tally.latencies()),
-        "cpu": cpu_figures(cpu0, cpu1, broker0, broker1, wall, len(tally.done_at), target.engine),
+        "cpu": cpu_figures(cpu0, cpu1, broker0, broker1, active or wall, len(tally.done_at), target.engine),
         "rss_mb": {k: round(v / 2**20, 1) for k, v in rss.items() if v is not None},
         # The machine's load average at the end: other work on the same cores skews every figure.
         "loadavg_1_5_15": load,
@@ -242,7 +242,10 @@ def cpu_figures(
     completed: int,
     engine: str,
 ) -> dict[str, Any]:
-    """Return CPU seconds and milliseconds per completed order, for the processes and the broker."""
+    """Return CPU seconds and milliseconds per completed order, for the processes and the broker.
+
+    ``wall`` is the active time (first send to last outcome): cores used = CPU seconds ÷ it.
+    """
     deltas = [b - a for a, b in zip(before, after, strict=True) if a is not None and b is not None]
     worker = sum(deltas) if deltas else None
     broker = broker1 - broker0 if broker0 is not None and broker1 is not None else None
@@ -258,7 +261,7 @@ def cpu_figures(
         "broker_ms_per_order": per(broker),
         "worker_cores": None if worker is None else round(worker / wall, 3),
         "broker_cores": None if broker is None else round(broker / wall, 3),
-        "wall_seconds": round(wall, 3),
+        "active_seconds": round(wall, 3),
     }
 
 
@@ -649,7 +652,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--commit-interval", type=float, default=0.1, help="ORDERSTREAM_COMMIT_INTERVAL (default 0.1)")
     p.add_argument("--windows", default="", help="order counts closing each window, e.g. 1000,10000,100000")
     p.add_argument("--warmup", type=int, default=100, help="orders sent and awaited before measuring (default 100)")
-    p.add_argument("--ceiling-orders", type=int, default=0, help="orders per ceiling run (default: --orders)")
+    p.add_argument(
+        "--ceiling-orders",
+        type=int,
+        default=0,
+        help="orders per ceiling run (default: --orders, at least 20000: a short burst measures only its start)",
+    )
     p.add_argument("--ceiling-processes", type=int, default=2, help="processes of the ceiling; 0 skips it")
     p.add_argument("--no-ceiling", dest="ceiling_processes", action="store_const", const=0, help="skip the ceiling")
     p.add_argument("--ceiling-only", action="store_true", help="measure only the ceiling")
@@ -690,7 +698,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--worker-env takes KEY=VALUE")
     if args.windows:
         args.orders = args.windows[-1]
-    args.ceiling_orders = args.ceiling_orders or args.orders
+    args.ceiling_orders = args.ceiling_orders or max(args.orders, 20_000)
     if min(args.orders, args.lines, args.products, args.partitions) < 1:
         p.error("--orders, --lines, --products and --partitions must be positive")
     return args

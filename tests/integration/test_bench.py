@@ -25,6 +25,8 @@ def test_bench_reports_orderstream_and_the_ceiling(kafka_bootstrap: str, tmp_pat
         f"kafka://{kafka_bootstrap}",
         "--orders",
         "150",
+        "--ceiling-orders",
+        "150",
         "--warmup",
         "10",
         "--guarantees",

@@ -197,7 +197,8 @@ def test_parse_args_defaults_and_windows() -> None:
     assert args.guarantees == ["at_least_once", "exactly_once"]
     assert args.workers == [1, 2]
     assert args.rates == [None]
-    assert args.ceiling_orders == args.orders
+    assert args.ceiling_orders == max(args.orders, 20_000)
+    assert parse_args(["--orders", "150", "--ceiling-orders", "150"]).ceiling_orders == 150
     w = parse_args(["--windows", "100,1000", "--rates", "50,max", "--no-ceiling"])
     assert (w.orders, w.windows, w.rates, w.ceiling_processes) == (1000, [100, 1000], [50.0, None], 0)
     with pytest.raises(SystemExit):
