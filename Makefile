@@ -66,6 +66,9 @@ readme-settings: $(STAMP) ## Rewrite the README's settings table from app/settin
 	start = text.index("-->", text.index("<!-- settings: generated")) + 3; end = text.index("<!-- end of settings -->"); \
 	path.write_text(text[:start] + "\n" + table + "\n" + text[end:])'
 
+bench: $(STAMP) kafka-fetch ## Throughput, latency, CPU and bytes per order through Kafka vs a plain-Python ceiling (ARGS="--orders 2000 --rates 500,max")
+	$(PY) -m app.bench $(ARGS)
+
 format: $(STAMP) ## Apply ruff fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
@@ -73,4 +76,4 @@ format: $(STAMP) ## Apply ruff fixes and formatting
 clean: ## Remove local data directories (not the Kafka jar cache)
 	rm -rf .data orderstream-data
 
-.PHONY: help install kafka-fetch kafka-fetch-unless-docker run lint unit test crash-test fuzz loadgen chromium readme-settings format clean
+.PHONY: help install kafka-fetch kafka-fetch-unless-docker run lint unit test crash-test fuzz loadgen bench chromium readme-settings format clean

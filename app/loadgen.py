@@ -9,12 +9,20 @@ retried POST never places a second order, and each order is long-polled with
 ``GET /orders/{id}?wait=`` until it reaches a final state. End-to-end latency runs
 from the start of the POST to the moment the final status is seen; the server-side
 latency is the order's ``updated_at - created_at``.
+
+With ``--open-loop`` the figures are not capped by the generator's own concurrency:
+every POST starts on its schedule whatever is in flight (``--concurrency`` then bounds
+only the POSTs, unbounded by default), latency runs from the scheduled start, and
+outcomes are collected apart from the POSTs: one long-poll per order started after its
+POST (bounded by ``--poll-concurrency``), or, with ``--broker`` and ``--app-id``, read
+from the orders topic with a ``read_committed`` consumer, which costs the workers nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import random
@@ -216,9 +224,19 @@ def format_report(report: dict[str, Any]) -> str:
 class Client:
     """HTTP calls with bounded concurrency; every failure is counted, none is raised."""
 
-    def __init__(self, session: aiohttp.ClientSession, concurrency: int, admin_token: str | None) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        concurrency: int,
+        admin_token: str | None,
+        poll_concurrency: int | None = None,
+    ) -> None:
         self.session = session
-        self.slots = asyncio.Semaphore(concurrency)
+        self.slots: asyncio.Semaphore | contextlib.nullcontext[None] = (
+            asyncio.Semaphore(concurrency) if concurrency > 0 else contextlib.nullcontext()
+        )
+        # Long-polls get slots of their own when given: a slow outcome never holds back a POST.
+        self.poll_slots = asyncio.Semaphore(poll_concurrency) if poll_concurrency else self.slots
         self.admin = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
         self.errors: Counter[str] = Counter()
 
@@ -232,11 +250,12 @@ class Client:
         headers: dict[str, str] | None = None,
         timeout: float = 30.0,
         ok: tuple[int, ...] = (200, 202),
+        poll: bool = False,
     ) -> tuple[int, Any]:
         """Return (status, JSON body); status 0 when no answer came. Statuses not in ``ok`` count as errors."""
         try:
             async with (
-                self.slots,
+                self.poll_slots if poll else self.slots,
                 self.session.request(
                     method, url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
                 ) as resp,
@@ -270,12 +289,13 @@ class LoadRun:
         self.args = args
         self.client = client
         self.urls: list[str] = [u.rstrip("/") for u in args.url]
-        self.t0 = time.perf_counter()
+        self.t0 = time.monotonic()
         self.bar: Any = None
         self.placed = 0
+        self.kafka: KafkaOutcomes | None = None
 
     def now(self) -> float:
-        return time.perf_counter() - self.t0
+        return time.monotonic() - self.t0
 
     def url(self, i: int, path: str) -> str:
         return self.urls[i % len(self.urls)] + path
@@ -319,10 +339,11 @@ class LoadRun:
                 file=sys.stderr,
             )
 
-    async def place_and_follow(self, outcome: Outcome, body: dict[str, Any]) -> None:
-        """POST one order, then long-poll it until it is final."""
+    async def place_and_follow(self, outcome: Outcome, body: dict[str, Any], scheduled: float | None = None) -> None:
+        """POST one order, then follow it until it is final (long-poll, or the Kafka outcomes)."""
         i = outcome.index
-        outcome.post_start = self.now()
+        # Open loop: latency runs from the scheduled start, so a late start is not hidden.
+        outcome.post_start = self.now() if scheduled is None else scheduled
         headers = {"Idempotency-Key": f"{self.args.prefix}-{i}"}
         status, data = await self.client.call_with_retries(
             "POST", self.url(i, "/orders"), "POST /orders", body=body, headers=headers
@@ -336,9 +357,15 @@ class LoadRun:
             self.bar.set_postfix_str(f"placed {self.placed}", refresh=False)
         outcome.order_id = str(data["order_id"])
         outcome.status = str(data.get("status", "pending"))
+        if self.kafka is not None:
+            await self.kafka.follow(outcome, self.t0)
+            self._done()
+            return
         url = self.url(i, f"/orders/{outcome.order_id}?wait={POLL_WAIT:g}")
         while True:
-            status, view = await self.client.call("GET", url, "GET /orders/{id}", timeout=POLL_WAIT + 15)
+            status, view = await self.client.call(
+                "GET", url, "GET /orders/{id}", timeout=POLL_WAIT + 15, poll=self.args.open_loop
+            )
             if status == 200 and isinstance(view, dict):
                 outcome.status = view.get("status")
                 if outcome.status in FINAL_STATUSES:
@@ -363,7 +390,7 @@ class LoadRun:
         tasks: list[asyncio.Task[None]] = []
         with tqdm(total=args.orders, unit="order", desc="completed", disable=None if args.progress else True) as bar:
             self.bar = bar
-            self.t0 = time.perf_counter()
+            self.t0 = time.monotonic()
             for outcome, start in zip(outcomes, schedule(args.orders, args.rate), strict=True):
                 delay = start - self.now()
                 if delay > 0:
@@ -372,7 +399,8 @@ class LoadRun:
                 body = order_body(
                     rng, outcome.index, args.prefix, args.products, args.items_max, choose_card(rng, args.mix), today
                 )
-                tasks.append(asyncio.create_task(self.place_and_follow(outcome, body)))
+                scheduled = start if args.open_loop else None
+                tasks.append(asyncio.create_task(self.place_and_follow(outcome, body, scheduled)))
             _, pending = await asyncio.wait(tasks, timeout=args.timeout) if tasks else (set(), set())
             for task in pending:
                 task.cancel()
@@ -380,13 +408,71 @@ class LoadRun:
         return summarize(outcomes, dict(self.client.errors))
 
 
+class KafkaOutcomes:
+    """Outcomes read from the orders topic (``read_committed``) instead of long-polls."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from app.bench import kafka as bench_kafka  # aiokafka only when asked for
+
+        self._kafka = bench_kafka
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.tally = bench_kafka.Tally(keep_early=True)
+        self.stop = asyncio.Event()
+        self.consumer: Any = None
+        self.task: asyncio.Task[None] | None = None
+        self.waiting: dict[str, asyncio.Future[None]] = {}
+        self.tally.on_outcome = self._arrived
+
+    def _arrived(self, order_id: str) -> None:
+        waiter = self.waiting.pop(order_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def start(self) -> None:
+        """Position the consumer at the end of the orders topic and start reading."""
+        self.consumer = await self._kafka.outcome_consumer(self.bootstrap, self.topic)
+        self.task = asyncio.create_task(self._kafka.collect_outcomes(self.consumer, self.tally, self.stop))
+
+    async def follow(self, outcome: Outcome, t0: float) -> None:
+        """Wait until ``outcome``'s order has a final event; fill in its time and status."""
+        order_id = str(outcome.order_id)
+        waiter = self.waiting[order_id] = asyncio.get_running_loop().create_future()
+        self.tally.expect(order_id, time.monotonic())  # resolves the waiter if the outcome came first
+        try:
+            await waiter
+        finally:
+            self.waiting.pop(order_id, None)
+        outcome.final_at = self.tally.done_at[order_id] - t0
+        outcome.status = self.tally.outcome[order_id].split(".", 1)[1]
+
+    async def close(self) -> None:
+        """Stop reading."""
+        self.stop.set()
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the load described by ``args`` (see :func:`parse_args`) and return the report."""
-    connector = aiohttp.TCPConnector(limit=args.concurrency, limit_per_host=0)
+    connector = aiohttp.TCPConnector(limit=0 if args.open_loop else args.concurrency, limit_per_host=0)
+    post_slots = (args.concurrency or 0) if args.open_loop else args.concurrency
+    poll_slots = args.poll_concurrency if args.open_loop else None
     async with aiohttp.ClientSession(connector=connector) as session:
-        report = await LoadRun(args, Client(session, args.concurrency, args.admin_token)).run()
+        load = LoadRun(args, Client(session, post_slots, args.admin_token, poll_slots))
+        if args.broker:
+            load.kafka = KafkaOutcomes(args.broker.split("://", 1)[-1], f"{args.app_id}.orders")
+            await load.kafka.start()
+        try:
+            report = await load.run()
+        finally:
+            if load.kafka is not None:
+                await load.kafka.close()
     config = {"urls": args.url, "prefix": args.prefix, "mix": args.mix, "products": args.products, "stock": args.stock}
-    return {**config, "target_rate": args.rate, **report}
+    mode = {"open_loop": args.open_loop, "outcomes_from": "kafka" if args.broker else "long-poll"}
+    return {**config, **mode, "target_rate": args.rate, **report}
 
 
 def _positive(kind: type[int] | type[float]) -> Any:
@@ -422,7 +508,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--mix", choices=sorted(CARD_MIXES), default="ok", help="ok: every card charged; cards: test-card mix"
     )
     p.add_argument("--items-max", type=_positive(int), default=1, help="at most this many lines per order (default 1)")
-    p.add_argument("--concurrency", type=_positive(int), default=64, help="max requests in flight (default 64)")
+    p.add_argument(
+        "--concurrency",
+        type=_positive(int),
+        default=None,
+        help="max requests in flight (default 64; with --open-loop: POSTs only, unbounded by default)",
+    )
+    p.add_argument(
+        "--open-loop",
+        action="store_true",
+        help="start every POST on schedule whatever is in flight; follow outcomes apart from the POSTs",
+    )
+    p.add_argument(
+        "--poll-concurrency",
+        type=_positive(int),
+        default=4096,
+        help="with --open-loop: long-polls in flight at once (default 4096)",
+    )
+    p.add_argument(
+        "--broker",
+        default=None,
+        help="read outcomes from this broker's orders topic (kafka://host:port) instead of long-polls",
+    )
+    p.add_argument("--app-id", default=None, help="the workers' ORDERSTREAM_APP_ID (topic prefix), with --broker")
     p.add_argument("--timeout", type=_positive(float), default=120.0, help="seconds to wait for outcomes after placing")
     p.add_argument("--seed", type=int, default=None, help="seed for the product and card choices")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -430,6 +538,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.stock < 0:
         p.error("--stock must be zero or more")
+    if args.broker and not args.app_id:
+        p.error("--broker needs --app-id (the topic prefix of the workers)")
+    if not args.open_loop and args.concurrency is None:
+        args.concurrency = 64
     args.url = args.url or [DEFAULT_URL]
     args.prefix = args.prefix or f"lg{secrets.token_hex(3)}"
     return args

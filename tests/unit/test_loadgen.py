@@ -120,3 +120,15 @@ def test_parse_args_defaults() -> None:
     two = loadgen.parse_args(["--url", "http://a:1", "--url", "http://b:2", "--prefix", "run1"])
     assert two.url == ["http://a:1", "http://b:2"]
     assert two.prefix == "run1"
+
+
+def test_parse_args_open_loop() -> None:
+    closed = loadgen.parse_args([])
+    assert (closed.open_loop, closed.concurrency, closed.broker) == (False, 64, None)
+    opened = loadgen.parse_args(["--open-loop"])
+    assert opened.open_loop and opened.concurrency is None  # POSTs unbounded
+    assert opened.poll_concurrency == 4096
+    kafka = loadgen.parse_args(["--open-loop", "--broker", "kafka://h:1", "--app-id", "os1"])
+    assert (kafka.broker, kafka.app_id) == ("kafka://h:1", "os1")
+    with pytest.raises(SystemExit):
+        loadgen.parse_args(["--broker", "kafka://h:1"])  # the topic prefix is needed

@@ -1,0 +1,1 @@
+"""Benchmark through Kafka: `python -m app.bench`."""
