@@ -128,10 +128,11 @@ def read(value: Any, topic: str | None = None) -> Envelope:
     Checks the envelope's shape, upcasts, checks the type travels on ``topic`` (a
     logical topic name) and checks the payload against its record. Raises
     :class:`~schemas.envelope.EnvelopeError`, :class:`UnknownMessageError` or
-    :class:`~schemas.payloads.PayloadError` (all ``ValueError``). ``value`` itself is
-    left exactly as it came, so a dead letter keeps the original.
+    :class:`~schemas.payloads.PayloadError` (all ``ValueError``). Missing optional envelope
+    fields are filled in ``value`` itself (no copy on the hot path): a dead letter keeps
+    the original from the message's bytes.
     """
-    env = upcast(validate(dict(value) if isinstance(value, dict) else value))
+    env = upcast(validate(value))  # fills missing optional fields in place: callers keep the bytes as they came
     if topic is not None and topic in TOPIC_TYPES and env["type"] not in TOPIC_TYPES[topic]:
         raise UnknownMessageError(f"{env['type']!r} does not travel on the {topic} topic")
     check_payload(env["type"], env["payload"])

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import time
@@ -49,6 +50,9 @@ from app.engine.step import Output, Step
 from app.engine.store import Indexer, PartitionDB
 
 log = logging.getLogger("orderstream.engine")
+
+#: Allocations between two young-generation collections (CPython's default is 700).
+GC_THRESHOLD = 50_000
 
 #: Seconds a task waits after a failed commit before it handles its inputs again.
 RETRY_AFTER = 1.0
@@ -230,6 +234,12 @@ class Engine:
 
     async def start(self, url: str) -> None:
         """Connect, join the group and start the loop (returns at once; see :attr:`ready`)."""
+        # The objects alive after start-up (modules, the app) never need collecting, and a
+        # step allocates many short-lived ones: move the former out of the collector's way
+        # and let it run less often (measured: a quarter of the handler path's CPU was GC).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD, 50, 100)
         from aiokafka.admin import AIOKafkaAdminClient
 
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
