@@ -154,7 +154,11 @@ async def measure(bench: Bench, target: Target, rate: float | None) -> dict[str,
         if args.warmup:
             await warm_up(bench, target, prod, tally)
         snapshots = [await bk.end_offsets(bench.bootstrap, target.app_id)]
-        tally.on_outcome = lambda _order_id: bar.update(1)
+
+        def advance(_order_id: str) -> None:
+            bar.update(1)
+
+        tally.on_outcome = advance
         cpu0 = [procs.cpu_seconds(p) for p in pids]
         broker0 = procs.cpu_seconds(bench.broker_pid) if bench.broker_pid else None
         wall0 = wall1 = time.monotonic()
