@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import random
 import re
 import secrets
@@ -39,6 +38,7 @@ from typing import Any
 import aiohttp
 from tqdm import tqdm
 
+from app.bench.stats import percentile
 from app.domain.common import FINAL_STATUSES, from_cents
 
 DEFAULT_URL = "http://127.0.0.1:6066"
@@ -71,19 +71,6 @@ def schedule(n: int, rate: float) -> list[float]:
     if rate <= 0:
         raise ValueError("rate must be positive")
     return [i / rate for i in range(n)]
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Return the ``q``-th percentile (0-100) of ``values``, interpolating between closest ranks."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError("q must be between 0 and 100")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def choose_card(rng: random.Random, mix: str) -> str:

@@ -102,6 +102,8 @@ class Task:
     reset_at: float = 0.0
     #: Next offset expected from the fetcher per input partition (an offset is never handled twice).
     fetched: dict[TopicPartition, int] = field(default_factory=dict)
+    #: Where the last reset sent each input partition back to (``None``: its beginning).
+    rewind: dict[TopicPartition, int | None] = field(default_factory=dict)
 
 
 class Waiters:
@@ -202,6 +204,7 @@ class Engine:
         self.on_commit: list[Callable[[Task, dict[str, dict[str, Any]]], None]] = []
         self._replicas: list[tuple[str, Callable[[str, Any], None]]] = []
         self._replica_tasks: list[asyncio.Task[None]] = []
+        self._bg: set[asyncio.Task[None]] = set()
 
     # --- declaration ------------------------------------------------------------
 
@@ -393,7 +396,10 @@ class Engine:
             if task is None or not task.ready:
                 continue  # not ours (anymore): its owner reads it from the committed offset
             if fetched_at < task.reset_at:
-                continue  # fetched before the task went back to its committed offsets: read again from there
+                # Fetched before the task went back to its committed offsets: the consumer has
+                # moved past these records, so send it back again before dropping them.
+                await self._rewind(task, tp)
+                continue
             position = task.fetched.get(tp)
             if position is not None and records[0].offset < position:
                 records = [r for r in records if r.offset >= position]  # never handle an offset twice
@@ -408,7 +414,7 @@ class Engine:
         if now >= self._next_timer:
             self._next_timer = now + 1.0
             self._log_stats(now)
-            self._publish_metrics()
+            await self._publish_metrics()
             for _interval, fn in self._timers:
                 result = fn(self)
                 if result is not None:
@@ -419,7 +425,7 @@ class Engine:
             if task.dirty and task.committing is None and due:
                 task.committing = asyncio.create_task(self._commit(task))
 
-    def _publish_metrics(self) -> None:
+    async def _publish_metrics(self) -> None:
         """Move the loop's counts to Prometheus (once a second, not per event) and sample the lag."""
         for (stage, type_, result), n in self.counters.items():
             if result == "handled":
@@ -432,13 +438,19 @@ class Engine:
         if self.consumer is None:
             return
         seen = set()
-        assigned = self.consumer.assignment()
-        for task in self.tasks.values():
-            for tp, position in task.position.items():
-                end = self.consumer.highwater(tp) if tp in assigned else None
-                if end is not None:
-                    metrics.set_lag(tp.topic, tp.partition, end - position)
-                    seen.add((tp.topic, tp.partition))
+        for tp in self.consumer.assignment():
+            task = self.tasks.get(tp.partition)
+            end = self.consumer.highwater(tp)
+            if task is None or end is None:
+                continue
+            position = task.position.get(tp)
+            if position is None:  # nothing handled here yet: where the consumer stands
+                try:
+                    position = await asyncio.wait_for(self.consumer.position(tp), 0.1)
+                except (TimeoutError, KafkaError, AssertionError):
+                    continue
+            metrics.set_lag(tp.topic, tp.partition, end - position)
+            seen.add((tp.topic, tp.partition))
         for topic, partition in self._lag_reported - seen:
             metrics.forget_lag(topic, partition)
         self._lag_reported = seen
@@ -561,6 +573,19 @@ class Engine:
             env = None
         task.local.append((logical, env or {"type": "_effect_done", "id": "", "payload": {}}, tp, offset))
         self._wakeup.set()
+
+    def _background(self, coro: Awaitable[Any]) -> None:
+        """Run ``coro`` without waiting for it; its failure is only logged."""
+
+        async def run() -> None:
+            try:
+                await coro
+            except Exception as exc:  # noqa: BLE001 - a background clean-up must not crash anything
+                log.debug("background task failed: %r", exc)
+
+        job = asyncio.get_running_loop().create_task(run())
+        self._bg.add(job)
+        job.add_done_callback(self._bg.discard)
 
     def wake(self) -> None:
         """Make the loop look at local inputs now."""
@@ -737,10 +762,16 @@ class Engine:
             job.cancel()
         task.sends.clear()
         task.deferred.clear()
-        if task.in_txn:
-            with contextlib.suppress(Exception):
-                await task.producer.abort_transaction()
-            task.in_txn = False
+        task.in_txn = False
+        if not fenced:
+            # A transaction that failed can leave aiokafka's producer unable to abort it (the
+            # abort waits for ever): start a new producer with the same transactional id,
+            # whose init_transactions aborts whatever the old one left open.
+            old = task.producer
+            # Stopped in the background: a producer whose transaction failed can wait a long
+            # time on its own abort, and stop() shields that wait from cancellation.
+            self._background(old.stop())
+            task.producer = await self._transactional_producer(task.partition)
         task.step.reset()
         task.backlog.clear()
         task.local.clear()
@@ -756,13 +787,20 @@ class Engine:
             return
         assert self.consumer is not None
         for tp in list(task.position):
-            committed = await self.consumer.committed(tp)
-            if committed is not None:
-                self.consumer.seek(tp, committed)
-                task.position[tp] = committed
-            else:
-                await self.consumer.seek_to_beginning(tp)
-                task.position.pop(tp, None)
+            task.rewind[tp] = await self.consumer.committed(tp)
+            await self._rewind(task, tp)
+        log.info("partition %s: reading its inputs again from %s", task.partition, task.rewind)
+
+    async def _rewind(self, task: Task, tp: TopicPartition) -> None:
+        """Point the consumer at ``tp``'s last committed offset (the beginning when none)."""
+        assert self.consumer is not None
+        committed = task.rewind.get(tp)
+        if committed is None:
+            await self.consumer.seek_to_beginning(tp)
+            task.position.pop(tp, None)
+        else:
+            self.consumer.seek(tp, committed)
+            task.position[tp] = committed
 
     async def _commit_all(self) -> None:
         for task in list(self.tasks.values()):
@@ -811,6 +849,11 @@ class Engine:
         if db is None:
             db = PartitionDB(self.datadir / f"p{partition}.rocksdb", partition, self.indexer)
             self.dbs[partition] = db
+        producer = await self._transactional_producer(partition)
+        return Task(partition, Step(partition, db), producer)
+
+    async def _transactional_producer(self, partition: int) -> AIOKafkaProducer:
+        """The partition's transactional producer, started: it fences the previous one, aborts its open transaction."""
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             transactional_id=f"{self.app_id}-task-{partition}",
@@ -819,8 +862,8 @@ class Engine:
             linger_ms=self.linger_ms,
             max_batch_size=256 * 1024,
         )
-        await producer.start()  # fences the partition's previous owner and aborts its open transaction
-        return Task(partition, Step(partition, db), producer)
+        await producer.start()
+        return producer
 
     async def _close_task(self, task: Task) -> None:
         for job in list(task.effects):

@@ -49,7 +49,9 @@ def test_a_failed_changelog_send_commits_no_offset(broker_url: str, kafka_bootst
         product = uid("p")
         cluster.set_stock(product, 10)
         changelog = f"{app_id}-order_records-changelog"
-        asyncio.run(_max_message_bytes(kafka_bootstrap, changelog, 64))  # every order entry is now too large
+        # Every order entry (a history entry with its events and state, over 1 KB) is now too
+        # large, while a transaction marker (under 100 bytes) still fits: the abort can land.
+        asyncio.run(_max_message_bytes(kafka_bootstrap, changelog, 512))
         order_id = cluster.place(order_body([(product, 1, "3.00")]))
         eventually(lambda: "commit of partition" in worker.log_text(), 30, what="a failed commit in the log")
         # Nothing landed: the order is unknown, and the orders topic's committed offsets did not move past it.
@@ -91,14 +93,18 @@ async def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
 
 async def _ends(bootstrap: str, topic: str) -> dict[int, int]:
     from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
 
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        partitions = [p["partition"] for p in (await admin.describe_topics([topic]))[0]["partitions"]]
+    finally:
+        await admin.close()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        if not tps:
-            await consumer.topics()
-            tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return {tp.partition: offset for tp, offset in ends.items()}
     finally:
         await consumer.stop()
