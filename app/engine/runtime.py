@@ -374,8 +374,9 @@ class Engine:
             if fetch.done():
                 try:
                     batch = fetch.result()
-                except KafkaError as exc:
-                    log.warning("fetch failed: %s", exc)
+                except Exception as exc:  # noqa: BLE001 - a failed fetch is retried; it must never end the loop
+                    log.warning("fetch failed: %r", exc)
+                    await asyncio.sleep(0.1)
                 fetch = None
             if wake.done():
                 wake = None
