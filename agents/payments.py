@@ -45,7 +45,8 @@ async def charge(command: Envelope) -> Envelope:
     """Call the gateway (waiting for a slot counts toward ``gateway_timeout``) and build the result event."""
     p = command["payload"]
     try:
-        await asyncio.wait_for(_bound().acquire(), settings.gateway_timeout)
+        async with asyncio.timeout(settings.gateway_timeout):
+            await _bound().acquire()
     except TimeoutError:
         outcome: Any = domain.Declined("gateway_timeout")
         attempts = 0

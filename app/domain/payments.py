@@ -93,15 +93,13 @@ async def charge_with_retries(
     while True:
         attempt += 1
         try:
-            outcome = await asyncio.wait_for(
-                gateway.charge(
+            async with asyncio.timeout(timeout):
+                outcome = await gateway.charge(
                     command["token"],
                     int(command["amount_cents"]),
                     command["currency"],
                     idempotency_key=command["payment_id"],
-                ),
-                timeout,
-            )
+                )
             return outcome, attempt
         except TimeoutError:
             return Declined("gateway_timeout"), attempt
