@@ -205,6 +205,8 @@ class Engine:
         self._replicas: list[tuple[str, Callable[[str, Any], None]]] = []
         self._replica_tasks: list[asyncio.Task[None]] = []
         self._bg: set[asyncio.Task[None]] = set()
+        self._known_topics: set[str] = set()
+        self._partitions_by_key: dict[bytes, int] = {}
 
     # --- declaration ------------------------------------------------------------
 
@@ -635,16 +637,27 @@ class Engine:
         else:
             assert self.producer is not None
             producer = self.producer
-        send = producer.send
+        # Straight to the producer's accumulator (aiokafka 0.14, pinned in app/faust_patches):
+        # send() would look up metadata, serialize and hash every record again.
+        accumulator = producer._message_accumulator
+        timeout = producer._request_timeout_ms / 1000
         partition_of = self._partition_of
         for out in outputs:
-            fut = await send(out.topic, out.value, out.key, partition=partition_of(out), headers=out.headers or None)
-            task.sends.append(fut)
+            if out.topic not in self._known_topics:
+                await producer.client._wait_on_metadata(out.topic)
+                self._known_topics.add(out.topic)
+            tp = TopicPartition(out.topic, partition_of(out))
+            task.sends.append(await accumulator.add_message(tp, out.key, out.value, timeout, headers=out.headers))
 
     def _partition_of(self, out: Output) -> int:
         if out.key is None:
             return 0
-        return (murmur2(out.key) & 0x7FFFFFFF) % self.partitions
+        partition = self._partitions_by_key.get(out.key)
+        if partition is None:  # murmur2 is pure Python here: keys (orders, products) repeat, so remember them
+            if len(self._partitions_by_key) > 100_000:
+                self._partitions_by_key.clear()
+            partition = self._partitions_by_key[out.key] = (murmur2(out.key) & 0x7FFFFFFF) % self.partitions
+        return partition
 
     # --- commits ----------------------------------------------------------------
 
