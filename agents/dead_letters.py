@@ -17,15 +17,15 @@ import orjson
 
 from agents._wiring import send_raw
 from app import metrics
-from app.domain.common import ANALYTICS, INVENTORY, NOTIFICATIONS, ORDERS, PAYMENTS, USERS
 from app.engine.step import Step
 from app.main import engine
+from schemas.catalogue import TOPICS
 from schemas.envelope import Envelope
 from tables import DEAD_LETTERS as STORE
 
 log = logging.getLogger("orderstream.dead_letters")
 STAGE = "dead_letters"
-SOURCES = (ORDERS, INVENTORY, PAYMENTS, NOTIFICATIONS, ANALYTICS, USERS)
+SOURCES = TOPICS
 
 
 def original_bytes(letter: dict[str, Any]) -> bytes:

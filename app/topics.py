@@ -8,10 +8,8 @@ them with :func:`produce`.
 
 from __future__ import annotations
 
-from app.domain.common import ANALYTICS, INVENTORY, NOTIFICATIONS, ORDERS, PAYMENTS, USERS
 from app.main import engine, settings
-
-NAMES = (ORDERS, INVENTORY, PAYMENTS, NOTIFICATIONS, ANALYTICS, USERS)
+from schemas.catalogue import TOPICS as NAMES
 
 #: Logical name -> Kafka topic name.
 BY_NAME: dict[str, str] = {name: f"{settings.app_id}.{name}" for name in NAMES}

@@ -13,57 +13,14 @@ from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from schemas.envelope import COMMAND_TYPES, EVENT_TYPES, Envelope, validate
+from schemas.catalogue import COMMAND_TYPES, CURRENT_VERSION, EVENT_TYPES, TOPIC_TYPES
+from schemas.envelope import Envelope, validate
 from schemas.payloads import PayloadError, check_payload
 
 Payload = dict[str, Any]
 Upcaster = Callable[[Payload], Payload]
 
-#: Current version per message type; types not listed are at version 1.
-CURRENT_VERSION: dict[str, int] = {"order.placed": 2}
-
 DEFAULT_CURRENCY = "USD"
-
-#: The message types that travel on each input topic (by logical name); anything else
-#: arriving there was misrouted and is dead-lettered, not ignored.
-TOPIC_TYPES: dict[str, frozenset[str]] = {
-    "orders": frozenset(
-        {
-            "order.placed",
-            "order.paid",
-            "order.confirmed",
-            "order.rejected",
-            "order.cancelled",
-            "order.shipped",
-            "order.delivered",
-            "order.cancel",
-            "order.ship",
-            "order.deliver",
-            "inventory.reserved",
-            "inventory.rejected",
-            "inventory.released",
-            "inventory.committed",
-            "payment.processed",
-            "payment.failed",
-            "notification.sent",
-            "analytics.order_recorded",
-        }
-    ),
-    "inventory": frozenset(
-        {
-            "inventory.reserve",
-            "inventory.release",
-            "inventory.commit",
-            "inventory.restock",
-            "inventory.set_stock",
-            "inventory.restocked",
-        }
-    ),
-    "payments": frozenset({"payment.charge", "payment.refund", "payment.processed", "payment.failed"}),
-    "notifications": frozenset({"notification.send"}),
-    "analytics": frozenset({"analytics.record"}),
-    "users": frozenset({"user.created", "user.updated"}),
-}
 
 
 class UnknownMessageError(ValueError):

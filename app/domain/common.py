@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-#: Logical topic names; ``app.topics`` maps them to Kafka topics.
-ORDERS = "orders"
-INVENTORY = "inventory"
-PAYMENTS = "payments"
-NOTIFICATIONS = "notifications"
-ANALYTICS = "analytics"
-USERS = "users"
+#: Logical topic names, from the one catalogue of message types; ``app.topics`` maps them to Kafka topics.
+from schemas.catalogue import ANALYTICS as ANALYTICS
+from schemas.catalogue import INVENTORY as INVENTORY
+from schemas.catalogue import NOTIFICATIONS as NOTIFICATIONS
+from schemas.catalogue import ORDERS as ORDERS
+from schemas.catalogue import PAYMENTS as PAYMENTS
+from schemas.catalogue import USERS as USERS
 
 FINAL_STATUSES = frozenset({"confirmed", "rejected", "cancelled", "shipped", "delivered"})
 
