@@ -19,7 +19,7 @@ def test_the_envelope_registry_payloads_and_topics_read_the_one_catalogue() -> N
 
 
 def test_every_type_has_a_kind_a_topic_and_a_version() -> None:
-    assert catalogue.EVENT_TYPES | catalogue.COMMAND_TYPES == set(catalogue.CATALOGUE)
+    assert set(catalogue.CATALOGUE) == catalogue.EVENT_TYPES | catalogue.COMMAND_TYPES
     assert not catalogue.EVENT_TYPES & catalogue.COMMAND_TYPES
     for name, t in catalogue.CATALOGUE.items():
         assert t.name == name and t.topics and t.version >= 1, name
