@@ -85,7 +85,7 @@ def expire_due(eng: Engine) -> None:
                 correlation_id=order_id,
                 event_id=derived_id(f"{reason}/{order_id}", 0),
             )
-            task.local.append((ORDERS, command, None, -1))
+            task.local.append((ORDERS, command, None, -1, []))
     eng.wake()
 
 

@@ -94,8 +94,8 @@ async def run(orders: int, batch: int) -> dict[str, float]:
                 db.apply(writes, {})
                 task.step.landed()
         while task.local:
-            logical, env, _, _ = task.local.popleft()
-            await engine._handle_local(task, logical, env)
+            logical, env, _, _, headers = task.local.popleft()
+            await engine._handle_local(task, logical, env, headers)
             for out in task.step.outputs:
                 queue.append(record(out.topic, out.key, out.value))
             task.step.outputs = []

@@ -84,8 +84,8 @@ class Task:
     #: Offsets of inputs whose effects are still running: the commit stays below them.
     held: dict[TopicPartition, Counter[int]] = field(default_factory=dict)
     backlog: deque[tuple[TopicPartition, list[Record]]] = field(default_factory=deque)
-    #: Local inputs: ``(logical topic, envelope, held topic-partition or None, held offset)``.
-    local: deque[tuple[str, Any, TopicPartition | None, int]] = field(default_factory=deque)
+    #: Local inputs: ``(logical topic, envelope, held topic-partition or None, held offset, trace headers)``.
+    local: deque[tuple[str, Any, TopicPartition | None, int, list[tuple[str, bytes]]]] = field(default_factory=deque)
     effects: set[asyncio.Task[None]] = field(default_factory=set)
     in_txn: bool = False
     dirty: bool = False
@@ -481,8 +481,8 @@ class Engine:
 
     async def _step(self, task: Task) -> None:
         while task.local:
-            logical, env, tp, offset = task.local.popleft()
-            await self._handle_local(task, logical, env)
+            logical, env, tp, offset, headers = task.local.popleft()
+            await self._handle_local(task, logical, env, headers)
             held = task.held.get(tp) if tp is not None else None
             if held is not None:
                 held[offset] -= 1
@@ -525,19 +525,21 @@ class Engine:
                     result = route.handler(step, env)
                     if result is not None:
                         await result
+                    if step.effects:  # started inside the span: their results continue the trace
+                        self._launch(task, record, step.effects)
+                        step.effects = []
             except Exception as exc:  # noqa: BLE001 - a handler failure dead-letters its input, never stops the task
                 step.rollback()
                 self.counters[(route.stage, type_, "dead_lettered")] += 1
                 self._dead_letter(task, logical, record, exc, stage=route.stage)
                 continue
             self.counters[(route.stage, type_, "handled")] += 1
-            if step.effects:
-                self._launch(task, record, step.effects)
-                step.effects = []
         if waited:
             step.handled.append(env["id"])
 
-    async def _handle_local(self, task: Task, logical: str, env: dict[str, Any]) -> None:
+    async def _handle_local(
+        self, task: Task, logical: str, env: dict[str, Any], headers: list[tuple[str, bytes]]
+    ) -> None:
         """A local input (an effect's result, a timer's command): handled like a message of ``logical``."""
         step = task.step
         type_ = env["type"]
@@ -546,9 +548,13 @@ class Engine:
                 continue
             step.begin(route.stage, logical, -1, env)
             try:
-                result = route.handler(step, env)
-                if result is not None:
-                    await result
+                with (
+                    logs.event_context(stage=route.stage, partition=task.partition, offset=-1, env=env),
+                    tracing.stage_span(route.stage, env, headers, partition=task.partition),
+                ):
+                    result = route.handler(step, env)
+                    if result is not None:
+                        await result
             except Exception:
                 step.rollback()
                 log.exception("local input %s failed in stage %s", type_, route.stage)
@@ -574,7 +580,9 @@ class Engine:
         except Exception:
             log.exception("effect %s failed; its input is read again after a restart", name)
             env = None
-        task.local.append((logical, env or {"type": "_effect_done", "id": "", "payload": {}}, tp, offset))
+        headers: list[tuple[str, bytes]] = []
+        tracing.inject(headers)  # the span of the handler that started the effect: the result continues its trace
+        task.local.append((logical, env or {"type": "_effect_done", "id": "", "payload": {}}, tp, offset, headers))
         self._wakeup.set()
 
     def _background(self, coro: Awaitable[Any]) -> None:

@@ -1,0 +1,57 @@
+"""One order is one trace: the W3C traceparent rides the Kafka headers from the HTTP edge through every stage.
+
+A real worker exports its spans with the console exporter (one JSON object per line in
+its log); the test reads them back and checks that every stage's span of the order
+shares the HTTP edge's trace id, with parent links.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.support import eventually, order_body, uid
+
+pytestmark = [pytest.mark.e2e]
+
+STAGES = {"http", "orders", "inventory", "payments", "notifications", "analytics"}
+
+
+def _spans(log: str, order_id: str) -> list[dict[str, Any]]:
+    spans = []
+    for line in log.splitlines():
+        if not line.startswith('{"name"'):
+            continue
+        try:
+            span = json.loads(line)
+        except ValueError:
+            continue
+        if span.get("attributes", {}).get("orderstream.order_id") == order_id:
+            spans.append(span)
+    return spans
+
+
+def test_an_order_is_one_trace_across_every_stage(make_cluster: Any) -> None:
+    cluster = make_cluster(1, env={"ORDERSTREAM_TRACE_EXPORTER": "console"})
+    worker = cluster.workers[0]
+    product = uid("p")
+    cluster.set_stock(product, 5)
+    order_id = cluster.place(order_body([(product, 1, "4.00")]))
+    assert cluster.final(order_id)["status"] == "confirmed"
+
+    def complete() -> list[dict[str, Any]] | None:
+        spans = _spans(worker.log_text(), order_id)
+        stages = {s["attributes"]["orderstream.stage"] for s in spans}
+        return spans if STAGES <= stages else None
+
+    spans = eventually(complete, 30, 0.5, what="a span from every stage in the log")
+    traces = {s["context"]["trace_id"] for s in spans}
+    assert len(traces) == 1, {s["name"]: s["context"]["trace_id"] for s in spans}
+    ids = {s["context"]["span_id"] for s in spans}
+    roots = [s for s in spans if s.get("parent_id") is None]
+    assert [r["attributes"]["orderstream.stage"] for r in roots] == ["http"]
+    assert all(s["parent_id"] in ids for s in spans if s.get("parent_id") is not None)
+    types = {s["attributes"]["orderstream.event_type"] for s in spans}
+    assert {"order.placed", "inventory.reserve", "payment.charge", "payment.processed", "order.confirmed"} <= types
