@@ -124,7 +124,8 @@ class Waiters:
         group = self._by_key.setdefault(key, set())
         group.add(fut)
         try:
-            await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):  # no task per waiter, unlike wait_for
+                await fut
             return True
         except TimeoutError:
             return False
