@@ -447,12 +447,12 @@ class Engine:
             end = self.consumer.highwater(tp)
             if task is None or end is None:
                 continue
-            position = task.position.get(tp)
-            if position is None:  # nothing handled here yet: where the consumer stands
-                try:
-                    position = await asyncio.wait_for(self.consumer.position(tp), 0.1)
-                except (TimeoutError, KafkaError, AssertionError):
-                    continue
+            # Kafka's records-lag: the high watermark minus where the consumer stands (which is
+            # past transaction markers; the offset after the last handled record may not be).
+            try:
+                position = await asyncio.wait_for(self.consumer.position(tp), 0.1)
+            except (TimeoutError, KafkaError, AssertionError):
+                continue
             metrics.set_lag(tp.topic, tp.partition, end - position)
             seen.add((tp.topic, tp.partition))
         for topic, partition in self._lag_reported - seen:
