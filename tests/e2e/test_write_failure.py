@@ -1,0 +1,87 @@
+"""An order that makes a stage raise when it writes ends as a dead letter, never silently, and the partition goes on.
+
+Real workers and broker. An ``order.placed`` put straight on the orders topic (the HTTP
+edge refuses such prices) whose total passes 64-bit integers: the saga's write of the
+order cannot be encoded, so the handler fails, its writes and outputs are rolled back,
+and the input is dead-lettered; orders after it on the same partition confirm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import pytest
+
+from app.gateway import SimulatedGateway
+from schemas.envelope import derived_id, make
+from tests.e2e.test_dead_letters import all_dead_letters, topic
+from tests.e2e.test_redrive_processed import _produce
+from tests.support import Cluster, eventually, http, uid
+
+pytestmark = [pytest.mark.e2e]
+
+
+def _partition(key: str, partitions: int) -> int:
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def test_an_order_whose_write_cannot_be_encoded_is_dead_lettered_and_the_partition_goes_on(
+    make_cluster: Any, kafka_bootstrap: str
+) -> None:
+    cluster: Cluster = make_cluster(2)
+    product = uid("p")
+    cluster.set_stock(product, 10)
+    order_id = uid("huge")
+    card = SimulatedGateway().tokenize("4242424242424242")
+    payload = {
+        "order_id": order_id,
+        "user_id": "u1",
+        "items": [{"product_id": product, "quantity": 8, "price_cents": 2**62}],  # total 2**65 cents
+        "currency": "USD",
+        "payment": {"method": "card", "token": card.token, "last4": card.last4},
+    }
+    placed = dict(
+        make(
+            "order.placed",
+            "order",
+            order_id,
+            payload,
+            correlation_id=order_id,
+            event_id=derived_id(f"placed/{order_id}", 0),
+            version=2,
+        )
+    )
+    asyncio.run(_produce(kafka_bootstrap, [(topic(cluster, "orders"), order_id, placed)]))
+    letter = eventually(
+        lambda: next((m for m in all_dead_letters(cluster) if m.get("original_id") == placed["id"]), None),
+        60,
+        what="the order.placed dead-lettered",
+    )
+    assert letter["stage"] == "orders" and letter["source_topic"] == topic(cluster, "orders")
+    assert "Integer exceeds 64-bit range" in letter["error"] or "64" in letter["error"], letter["error"]
+    assert http("GET", f"{cluster.urls[0]}/orders/{order_id}").status == 404  # nothing of it was kept
+    assert cluster.get(f"/inventory/{product}").body["reserved"] == 0  # nor sent on
+    # A good order on the same partition, after it, is handled as usual.
+    partitions = int(os.environ.get("ORDERSTREAM_TEST_PARTITIONS", "4"))
+    same = next(
+        o for o in (uid("good") for _ in range(10_000)) if _partition(o, partitions) == _partition(order_id, partitions)
+    )
+    good = {**payload, "order_id": same, "items": [{"product_id": product, "quantity": 1, "price_cents": 200}]}
+    asyncio.run(
+        _produce(
+            kafka_bootstrap,
+            [
+                (
+                    topic(cluster, "orders"),
+                    same,
+                    dict(make("order.placed", "order", same, good, correlation_id=same, version=2)),
+                )
+            ],
+        )
+    )
+    assert cluster.final(same)["status"] == "confirmed"
+    assert cluster.get(f"/orders/{same}").status == 200
