@@ -1,0 +1,42 @@
+"""With ``log_format=json`` every log line of a placed→confirmed order is JSON and names the order.
+
+A real worker writes its log as JSON lines; after one order is confirmed, the lines that
+a stage logged while handling one of the order's events are found by their ``order_id``
+field, every line parses, and each stage's line carries ``event_id``, ``event_type``,
+``stage``, ``partition`` and ``offset``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.support import eventually, order_body, uid
+
+pytestmark = [pytest.mark.e2e]
+
+
+def test_every_log_line_of_an_order_is_json_and_carries_its_order_id(make_cluster: Any) -> None:
+    cluster = make_cluster(1, env={"ORDERSTREAM_LOG_FORMAT": "json"})
+    worker = cluster.workers[0]
+    product = uid("p")
+    cluster.set_stock(product, 5)
+    order_id = cluster.place(order_body([(product, 1, "4.00")]))
+    assert cluster.final(order_id)["status"] == "confirmed"
+
+    def lines_of_the_order() -> list[dict[str, Any]] | None:
+        records = []
+        for line in worker.log_text().splitlines():
+            if order_id not in line:
+                continue
+            records.append(json.loads(line))  # every line about the order is one JSON object
+        return records if any(r.get("stage") == "notifications" for r in records) else None
+
+    records = eventually(lines_of_the_order, 30, 0.5, what="the order's notification logged")
+    assert records
+    for record in records:
+        if "stage" in record:  # logged while a stage handled one of the order's events
+            assert record["order_id"] == order_id
+            assert {"event_id", "event_type", "stage", "partition", "offset", "correlation_id"} <= set(record)
