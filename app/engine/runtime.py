@@ -385,8 +385,13 @@ class Engine:
                 wake = None
                 self._wakeup.clear()
             try:
+                cycle_started = time.monotonic()
                 async with self._lock:
                     await self._cycle(batch, fetch_started)
+                spent = time.monotonic() - cycle_started
+                self.stats["cycles"] += 1
+                self.stats["cycle_ms"] += int(spent * 1000)
+                self.stats["cycle_max_ms"] = max(self.stats["cycle_max_ms"], int(spent * 1000))
             except Exception:
                 log.exception("engine step failed")
                 await asyncio.sleep(0.1)
@@ -469,14 +474,19 @@ class Engine:
         delta = self.stats - last[1]
         if delta["records"]:
             log.info(
-                "engine: %d records in %d steps, %d commits (avg %.1f ms), %d changelog records in %.1f s",
+                "engine: %d records in %d steps and %d cycles (avg %.1f ms, max %d ms), %d commits (avg %.1f ms), "
+                "%d changelog records in %.1f s",
                 delta["records"],
                 delta["steps"],
+                delta["cycles"],
+                delta["cycle_ms"] / max(delta["cycles"], 1),
+                self.stats["cycle_max_ms"],
                 delta["commits"],
                 delta["commit_ms"] / max(delta["commits"], 1),
                 delta["changelog_records"],
                 now - last[0],
             )
+            self.stats["cycle_max_ms"] = 0
 
     # --- a step -----------------------------------------------------------------
 
