@@ -206,7 +206,7 @@ class Engine:
         self._replicas: list[tuple[str, Callable[[str, Any], None]]] = []
         self._replica_tasks: list[asyncio.Task[None]] = []
         self._bg: set[asyncio.Task[None]] = set()
-        self._known_topics: set[str] = set()
+        self._known_topics: dict[int, set[str]] = {}
         self._partitions_by_key: dict[bytes, int] = {}
 
     # --- declaration ------------------------------------------------------------
@@ -661,10 +661,11 @@ class Engine:
         accumulator = producer._message_accumulator
         timeout = producer._request_timeout_ms / 1000
         partition_of = self._partition_of
+        known = self._known_topics.setdefault(id(producer), set())  # metadata is per producer (per client)
         for out in outputs:
-            if out.topic not in self._known_topics:
+            if out.topic not in known:
                 await producer.client._wait_on_metadata(out.topic)
-                self._known_topics.add(out.topic)
+                known.add(out.topic)
             tp = TopicPartition(out.topic, partition_of(out))
             task.sends.append(await accumulator.add_message(tp, out.key, out.value, timeout, headers=out.headers))
 
