@@ -111,44 +111,14 @@ def test_run_serves_the_dashboard_and_ctrl_c_stops_everything(tmp_path: Path) ->
     if kafka_local.docker_available():
         pytest.skip("with Docker the run command uses compose; this test covers the local-broker path")
     data_dir = tmp_path / "run-data"
-    kafka_port, web_port = kafka_local.free_port(2), kafka_local.free_port()
-    env = {k: v for k, v in os.environ.items() if k != "ORDERSTREAM_BROKER"}
-    env["ORDERSTREAM_APP_ID"] = f"run{os.getpid()}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "scripts/run.py",
-            "--port",
-            str(kafka_port),
-            "--web-port",
-            str(web_port),
-            "--data-dir",
-            str(data_dir),
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
-    reader.start()
+    run = Run(data_dir, f"run{os.getpid()}")
     try:
-        url = eventually(
-            lambda: next((m.group(1) for line in lines if (m := re.search(r"Open (http://\S+?)/? ", line))), None),
-            150,
-            0.25,
-            what="the run command to print its URL",
-        )
-        before_url = next(i for i, line in enumerate(lines) if "Open http" in line)
-        assert before_url <= 15, "".join(lines[: before_url + 1])
-        assert http("GET", url + "/").status == 200
-        assert http("GET", url + "/ready").status == 200
-        eventually(lambda: http("GET", url + "/inventory/widget").body.get("on_hand") == 100, 30, what="demo stock")
+        before_url = next(i for i, line in enumerate(run.lines) if "Open http" in line)
+        assert before_url <= 15, "".join(run.lines[: before_url + 1])
+        assert http("GET", run.url + "/").status == 200
+        assert http("GET", run.url + "/ready").status == 200
+        eventually(lambda: http("GET", run.url + "/inventory/widget").body.get("on_hand") == 100, 30, what="demo stock")
         assert _processes_under(str(data_dir)), "expected a broker and a worker running under the data dir"
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=90)
-    eventually(lambda: not _processes_under(str(data_dir)), 30, 0.25, what="no process left behind")
-    assert proc.returncode == 0, "".join(lines[-30:])
+        run.stop()
+    assert run.proc.returncode == 0, "".join(run.lines[-30:])
