@@ -33,7 +33,10 @@ def _doc(text: str) -> dict[str, str]:
 class Settings:
     """Everything a worker can be told; immutable once built."""
 
-    app_id: str = field(default="orderstream", metadata=_doc("Faust app id: consumer group and topic prefix."))
+    app_id: str = field(
+        default="orderstream",
+        metadata=_doc("App id: topic prefix; consumer groups `{app_id}.engine` (stages) and `{app_id}` (Faust)."),
+    )
     broker: str = field(default="kafka://localhost:9092", metadata=_doc("Kafka bootstrap URL(s), `kafka://host:port`."))
     processing_guarantee: str = field(
         default="exactly_once", metadata=_doc("`exactly_once` (transactions) or `at_least_once`.")
