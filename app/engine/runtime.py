@@ -54,6 +54,9 @@ log = logging.getLogger("orderstream.engine")
 #: Allocations between two young-generation collections (CPython's default is 700).
 GC_THRESHOLD = 50_000
 
+#: Seconds between two of the engine's log lines about what it did.
+STATS_EVERY = 5.0
+
 #: Seconds a task waits after a failed commit before it handles its inputs again.
 RETRY_AFTER = 1.0
 
@@ -201,8 +204,9 @@ class Engine:
         self.counters: Counter[tuple[str, str, str]] = Counter()
         #: Running totals for the periodic engine log line and the metrics.
         self.stats: Counter[str] = Counter()
+        self._stats_mark: tuple[float, Counter[str]] = (time.monotonic(), Counter())
+        self._cycle_max_ms = 0
         self._lag_reported: set[tuple[str, int]] = set()
-        self.on_commit: list[Callable[[Task, dict[str, dict[str, Any]]], None]] = []
         self._replicas: list[tuple[str, Callable[[str, Any], None]]] = []
         self._replica_tasks: list[asyncio.Task[None]] = []
         self._bg: set[asyncio.Task[None]] = set()
@@ -391,7 +395,7 @@ class Engine:
                 spent = time.monotonic() - cycle_started
                 self.stats["cycles"] += 1
                 self.stats["cycle_ms"] += int(spent * 1000)
-                self.stats["cycle_max_ms"] = max(self.stats["cycle_max_ms"], int(spent * 1000))
+                self._cycle_max_ms = max(self._cycle_max_ms, int(spent * 1000))
             except Exception:
                 log.exception("engine step failed")
                 await asyncio.sleep(0.1)
@@ -465,13 +469,12 @@ class Engine:
         self._lag_reported = seen
 
     def _log_stats(self, now: float) -> None:
-        last = getattr(self, "_last_stats", None)
-        self._last_stats = (now, Counter(self.stats))
-        if last is None or (now - last[0] < 5.0 and not log.isEnabledFor(logging.DEBUG)):
-            if last is not None:
-                self._last_stats = last
+        """One line every :data:`STATS_EVERY` seconds with what the loop did since the last one."""
+        since, before = self._stats_mark
+        if now - since < STATS_EVERY:
             return
-        delta = self.stats - last[1]
+        self._stats_mark = (now, Counter(self.stats))
+        delta = self.stats - before
         if delta["records"]:
             log.info(
                 "engine: %d records in %d steps and %d cycles (avg %.1f ms, max %d ms), %d commits (avg %.1f ms), "
@@ -480,13 +483,13 @@ class Engine:
                 delta["steps"],
                 delta["cycles"],
                 delta["cycle_ms"] / max(delta["cycles"], 1),
-                self.stats["cycle_max_ms"],
+                self._cycle_max_ms,
                 delta["commits"],
                 delta["commit_ms"] / max(delta["commits"], 1),
                 delta["changelog_records"],
-                now - last[0],
+                now - since,
             )
-            self.stats["cycle_max_ms"] = 0
+        self._cycle_max_ms = 0
 
     # --- a step -----------------------------------------------------------------
 
@@ -750,8 +753,6 @@ class Engine:
             }
             step.db.apply(writes, checkpoints)
             step.landed()
-            for fn in self.on_commit:
-                fn(task, writes)
             self._wake_waiters(writes, handled)
             task.last_commit = time.monotonic()
             self.stats["commits"] += 1

@@ -16,7 +16,6 @@ transaction succeeded. So the database is always exactly at a committed point.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,10 +65,6 @@ class PartitionDB:
         """The committed value of ``key`` in ``store``, or ``None``."""
         raw = self.db.get(f"{store}{SEP}{key}".encode())
         return None if raw is None else orjson.loads(raw)
-
-    def get_raw(self, full_key: str) -> bytes | None:
-        """The committed bytes under a full key."""
-        return self.db.get(full_key.encode())  # type: ignore[no-any-return]
 
     def scan(self, store: str, prefix: str, start: str = "", *, reverse: bool = False) -> Iterator[tuple[str, Any]]:
         """``(key, value)`` of ``store`` whose key starts with ``prefix``, from ``prefix + start`` on, in key order.
@@ -176,11 +171,6 @@ class PartitionDB:
     def close(self) -> None:
         """Close the database."""
         self.db.close()
-
-    @staticmethod
-    def destroy(path: Path) -> None:
-        """Remove a closed database from disk."""
-        shutil.rmtree(path, ignore_errors=True)
 
 
 class _Pending:
