@@ -69,7 +69,16 @@ def test_five_thousand_long_polls_leave_the_worker_serving(make_cluster: Any) ->
 
     async def storm() -> dict[str, Any]:
         connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        sent = 0
+
+        async def on_sent(*_: Any) -> None:
+            nonlocal sent
+            sent += 1
+
+        trace = aiohttp.TraceConfig()
+        trace.on_request_headers_sent.append(on_sent)
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout, trace_configs=[trace]) as session:
 
             async def poll(order_id: str) -> int:
                 try:
@@ -79,7 +88,10 @@ def test_five_thousand_long_polls_leave_the_worker_serving(make_cluster: Any) ->
                     return 0
 
             polls = [asyncio.create_task(poll(o)) for o in unknown]
-            await asyncio.sleep(8)  # every long-poll is open (or refused with 503) by now
+            deadline = time.monotonic() + 30
+            while sent < len(unknown) and time.monotonic() < deadline:  # every long-poll sent (then held or refused)
+                await asyncio.sleep(0.1)
+            assert sent == len(unknown), f"only {sent} long-polls were sent within 30 s"
             loop = asyncio.get_running_loop()
             t0 = time.monotonic()
             health = await loop.run_in_executor(None, lambda: http("GET", cluster.urls[0] + "/health", timeout=5))
