@@ -18,6 +18,7 @@ from app.engine.step import Step
 from app.main import engine
 from schemas.envelope import Envelope
 from tables import ANALYTICS as STORE
+from tables import pack_event
 
 STAGE = "analytics"
 
@@ -47,7 +48,7 @@ def handle(step: Step, env: Envelope) -> None:
     outs = envelopes(
         [Emit(ORDERS, order_id, "analytics.order_recorded", "order", order_id, recorded)], env, stage=STAGE
     )
-    step.put(STORE, marker, {"event": outs[0][2]})
+    step.put(STORE, marker, {"event": pack_event(outs[0][2], order_id)})
     send(step, outs)
 
 

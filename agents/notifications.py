@@ -21,6 +21,7 @@ from app.main import engine, settings
 from app.notifier import build
 from schemas.envelope import Envelope
 from tables import NOTIFICATIONS as STORE
+from tables import pack_event
 
 STAGE = "notifications"
 
@@ -60,7 +61,8 @@ async def handle(step: Step, env: Envelope) -> None:
     metrics.NOTIFICATIONS.labels(notifier.name, "sent").inc()
     sent = {"order_id": order_id, "to": to, "channel": notifier.name, "message_id": env["id"], "subject": subject}
     outs = envelopes([Emit(ORDERS, order_id, "notification.sent", "notification", order_id, sent)], env, stage=STAGE)
-    step.put(STORE, key, {**sent, "at": env["timestamp"], "event": outs[0][2]})
+    # The delivery's details are the event's payload: the record keeps the (packed) event once.
+    step.put(STORE, key, {"at": env["timestamp"], "event": pack_event(outs[0][2], order_id)})
     send(step, outs)
 
 

@@ -24,7 +24,7 @@ from app.engine.step import Step
 from app.gateway import PaymentGateway, SimulatedGateway
 from app.main import engine, settings
 from schemas.envelope import Envelope, derived_id, make
-from tables import PAYMENTS as STORE
+from tables import payment_record, put_payment_record
 
 log = logging.getLogger("orderstream.payments")
 STAGE = "payments"
@@ -79,9 +79,9 @@ async def charge(command: Envelope) -> Envelope:
 def handle_charge(step: Step, env: Envelope) -> None:
     """Start the gateway call once per order; a repeat re-sends the recorded result."""
     order_id = str(env["payload"]["order_id"])
-    record = step.get(STORE, f"payment/{order_id}")
+    record = payment_record(step, order_id)
     decision = domain.charge_requested(record, env)
-    if decision.emits:
+    if decision.emits and record is not None:
         _forward(step, record["result"])
         return
     if decision.start_charge and order_id not in _inflight:
@@ -99,17 +99,17 @@ def handle_charge(step: Step, env: Envelope) -> None:
 def handle_result(step: Step, env: Envelope) -> None:
     """A gateway call came back (a local input): record the result and send it to the order."""
     order_id = str(env["payload"]["order_id"])
-    record = step.get(STORE, f"payment/{order_id}")
+    record = payment_record(step, order_id)
     decision = domain.result_arrived(record, env)
     if decision.record is not None:
-        step.put(STORE, f"payment/{order_id}", decision.record)
+        put_payment_record(step, order_id, decision.record)
         _forward(step, env)
 
 
 def handle_refund(step: Step, env: Envelope) -> None:
     """Give back a charge the order could not use (paid after it was cancelled)."""
     order_id = str(env["payload"]["order_id"])
-    record = step.get(STORE, f"payment/{order_id}") or {}
+    record = payment_record(step, order_id) or {}
     charge_id = env["payload"].get("charge_id")
     if record.get("refunded") or not charge_id:
         return
@@ -124,8 +124,8 @@ def handle_refund(step: Step, env: Envelope) -> None:
 def handle_refunded(step: Step, env: Envelope) -> None:
     """Record a refund the gateway confirmed (a local input)."""
     order_id = str(env["payload"]["order_id"])
-    record = step.get(STORE, f"payment/{order_id}") or {"order_id": order_id}
-    step.put(STORE, f"payment/{order_id}", {**record, "refunded": True})
+    record = payment_record(step, order_id) or {"order_id": order_id}
+    put_payment_record(step, order_id, {**record, "refunded": True})
 
 
 def _forward(step: Step, result: Envelope) -> None:

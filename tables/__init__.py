@@ -6,9 +6,14 @@ partition ``p`` of every input topic, see :mod:`app.engine`), has its changelog 
 partition, inside a step. Records, by store:
 
 * ``order_records``: ``log/<order>/<seq>`` — the order's history, append-only: one
-  entry per handled input with the input, every event and command it caused, and the
-  order's state after it. The last entry's state *is* the order's state (one reverse
-  seek); nothing is ever rewritten, and nothing is added once the order is final.
+  entry per handled input with the input, every event and command it caused, and what
+  changed in the order's state (the first entry holds the whole state, each later one
+  only the top-level fields it changed). Folding the entries gives the order's state;
+  the derived index keeps the result (``st/<order>``), so a read is one get. Nothing is
+  ever rewritten, and nothing is added once the order is final.
+* Envelopes kept in records (history entries, a notification's or an analytics record's
+  event, a payment's result) are stored packed (:func:`pack_event`): the fields an order
+  id and the defaults already say are left out, and put back on read.
 * ``stock_records``: ``stock/<product>`` and ``reservation/<product>/<order>``; and
   ``restock/<event id>`` for stock commands, which only their id can deduplicate.
 * ``payment_records``: ``payment/<order>``; ``notification_records``:
@@ -28,7 +33,7 @@ worker serves (:func:`committed`), or ``None`` when it does not serve the key's 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from app.engine.step import Step
@@ -71,36 +76,114 @@ def _log_prefix(order_id: str) -> str:
     return f"log/{order_id}/"
 
 
+def pack_event(env: Mapping[str, Any], order_id: str, cause: str | None = None) -> dict[str, Any]:
+    """An envelope as a record keeps it: without what ``order_id``, ``cause`` and the defaults say.
+
+    Left out: ``entity_id`` and ``correlation_id`` equal to the order id, ``causation_id``
+    equal to ``cause`` (in a history entry, the id of the input that caused the event),
+    ``version`` 1, empty ``metadata``; and the payload's ``order_id`` (the payload is then
+    kept as ``p``).
+    """
+    packed: dict[str, Any] = {}
+    for k, v in env.items():
+        if (k in _ORDER_FIELDS and v == order_id) or (k == "version" and v == 1) or (k == "metadata" and v == {}):
+            continue
+        if k == "causation_id" and cause is not None and v == cause:
+            continue
+        if k == "payload" and isinstance(v, dict) and v.get("order_id") == order_id:
+            packed["p"] = {pk: pv for pk, pv in v.items() if pk != "order_id"}
+            continue
+        packed[k] = v
+    return packed
+
+
+def unpack_event(packed: dict[str, Any], order_id: str, cause: str | None = None) -> dict[str, Any]:
+    """The envelope :func:`pack_event` packed, field for field (in the envelope's field order)."""
+    payload = {"order_id": order_id, **packed["p"]} if "p" in packed else packed.get("payload")
+    env = {
+        "id": packed.get("id"),
+        "type": packed.get("type"),
+        "entity_type": packed.get("entity_type"),
+        "entity_id": packed.get("entity_id", order_id),
+        "timestamp": packed.get("timestamp"),
+        "version": packed.get("version", 1),
+        "correlation_id": packed.get("correlation_id", order_id),
+        "causation_id": packed.get("causation_id", cause),
+        "payload": payload,
+        "metadata": packed.get("metadata", {}),
+    }
+    extra = [k for k in packed if k not in env and k != "p"]
+    if extra:
+        env.update((k, packed[k]) for k in extra)
+    return env
+
+
+def _pack_entry_events(events: list[dict[str, Any]], order_id: str) -> list[dict[str, Any]]:
+    """A history entry's events packed: what the input caused names it once, as the entry's first event."""
+    cause = events[0].get("id") if events else None
+    return [pack_event(e, order_id, cause if i else None) for i, e in enumerate(events)]
+
+
+def _unpack_entry_events(packed: list[dict[str, Any]], order_id: str) -> list[dict[str, Any]]:
+    cause = packed[0].get("id") if packed else None
+    return [unpack_event(e, order_id, cause if i else None) for i, e in enumerate(packed)]
+
+
+_ORDER_FIELDS = frozenset(("entity_id", "correlation_id"))
+
+
+def fold_entry(state: dict[str, Any] | None, entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The order's state after one history entry: its whole state, or ``state`` with its changes."""
+    if "state" in entry:
+        return entry["state"]  # type: ignore[no-any-return]
+    if state is None:
+        return None  # a change without its first entry (cannot happen in a whole changelog)
+    new = {**state, **entry.get("set", {})}
+    for key in entry.get("unset", ()):
+        new.pop(key, None)
+    return new
+
+
 def latest_order(step: Step, order_id: str) -> tuple[int, dict[str, Any]] | None:
     """``(seq, state)`` of the order's last entry as the step sees it, or ``None`` if unknown."""
     cached = step.cached(ORDERS, order_id)
     if cached is not None:
         return cached  # type: ignore[no-any-return]
-    item = step.db.last(ORDERS, _log_prefix(order_id))
-    if item is None:
+    latest = step.db.index_get(ORDERS, f"st/{order_id}")
+    if latest is None:
         return None
-    return int(item[0].rsplit("/", 1)[1]), item[1]["state"]
+    return latest["seq"], latest["state"]
 
 
 def append_order(step: Step, order_id: str, seq: int, events: list[dict[str, Any]], state: dict[str, Any]) -> None:
-    """Add the order's next history entry (its events and the state after them)."""
-    step.put(ORDERS, f"{_log_prefix(order_id)}{seq:06d}", {"events": events, "state": state})
+    """Add the order's next history entry: its events and what they changed in its state."""
+    packed = _pack_entry_events(events, order_id)
+    before = latest_order(step, order_id) if seq else None
+    if before is None:
+        entry: dict[str, Any] = {"events": packed, "state": state}
+    else:
+        old = before[1]
+        entry = {"events": packed, "set": {k: v for k, v in state.items() if k not in old or old[k] != v}}
+        unset = [k for k in old if k not in state]
+        if unset:
+            entry["unset"] = unset
+    step.put(ORDERS, f"{_log_prefix(order_id)}{seq:06d}", entry)
     step.cache_put(ORDERS, order_id, (seq, state))
 
 
 def order_state(db: PartitionDB, order_id: str) -> dict[str, Any] | None:
     """The order's committed state, or ``None``."""
-    item = db.last(ORDERS, _log_prefix(order_id))
-    return None if item is None else item[1]["state"]  # type: ignore[no-any-return]
+    latest = db.index_get(ORDERS, f"st/{order_id}")
+    return None if latest is None else latest["state"]  # type: ignore[no-any-return]
 
 
 def order_history(db: PartitionDB, order_id: str) -> list[dict[str, Any]]:
     """Every event of the order in causal order: its entries, then the other stages' events about it."""
     events: list[dict[str, Any]] = []
     for _, entry in db.scan(ORDERS, _log_prefix(order_id)):
-        events.extend(entry["events"])
+        events.extend(_unpack_entry_events(entry["events"], order_id))
     extra = [
-        record["event"]
+        unpack_event(record["event"], order_id)
         for record in (db.get(NOTIFICATIONS, f"notification/{order_id}"), db.get(ANALYTICS, f"recorded/{order_id}"))
         if record and record.get("event")
     ]
@@ -157,16 +240,22 @@ def _deadline_key(at: float) -> str:
 
 
 def index_order(store: str, key: str, value: Any, reader: IndexReader) -> list[tuple[str, Any]]:
-    """The derived entries an order entry changes: lists by status and user, deadlines, counts."""
+    """The derived entries an order entry changes: its state, lists by status and user, deadlines, counts."""
     if store != ORDERS or not key.startswith("log/") or value is None:
         return []
-    state = value["state"]
-    order_id = state["order_id"]
-    new = {"s": state["status"], "u": state["user_id"], "d": state.get("deadline")}
-    old = reader.index_get(f"o/{order_id}")
-    if old == new:
+    prefix, seq = key.rsplit("/", 1)
+    order_id = prefix[len("log/") :]
+    latest = reader.index_get(f"st/{order_id}")
+    before = latest["state"] if latest else None
+    state = fold_entry(before, value)
+    if state is None:
         return []
-    out: list[tuple[str, Any]] = [(f"o/{order_id}", new), (f"all/{order_id}", 1)]
+    out: list[tuple[str, Any]] = [(f"st/{order_id}", {"seq": int(seq), "state": state})]
+    new = {"s": state["status"], "u": state["user_id"], "d": state.get("deadline")}
+    old = None if before is None else {"s": before["status"], "u": before["user_id"], "d": before.get("deadline")}
+    if old == new:
+        return out
+    out.append((f"all/{order_id}", 1))
     if old is not None:
         out += [
             (f"status/{old['s']}/{order_id}", None),
@@ -194,6 +283,21 @@ engine.indexer = index_order
 
 
 # --- stock, payments, notifications, analytics, users, dead letters -------------------
+
+
+def payment_record(step: Step, order_id: str) -> dict[str, Any] | None:
+    """The order's payment record (its result event unpacked), as the step sees it."""
+    record = step.get(PAYMENTS, f"payment/{order_id}")
+    if record is None or "result" not in record:
+        return record  # type: ignore[no-any-return]
+    return {**record, "result": unpack_event(record["result"], order_id)}
+
+
+def put_payment_record(step: Step, order_id: str, record: dict[str, Any]) -> None:
+    """Write the order's payment record, its result event packed."""
+    if "result" in record:
+        record = {**record, "result": pack_event(record["result"], order_id)}
+    step.put(PAYMENTS, f"payment/{order_id}", record)
 
 
 def reservation_key(product_id: str, order_id: str) -> str:

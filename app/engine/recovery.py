@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app.engine.store import PartitionDB
+from app.engine.store import LAYOUT, PartitionDB, checkpoint
 
 if TYPE_CHECKING:
     from app.engine.runtime import Engine, Task
@@ -39,6 +39,8 @@ def verdict(cp: dict[str, Any] | None, has_records: bool, *, cluster: str, topic
         return "it has records but no checkpoint" if has_records else ""
     if cp.get("cluster") != cluster:
         return f"it was written against cluster {cp.get('cluster')!r}, this is {cluster!r}"
+    if cp.get("layout", 1) != LAYOUT:
+        return f"it was written in local layout {cp.get('layout', 1)}, this worker keeps layout {LAYOUT}"
     if cp.get("topic") != topic:
         return f"it was written from changelog {cp.get('topic')!r}"
     offset = int(cp.get("offset", -1))
@@ -93,7 +95,7 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
             consumer.seek(tp, position)
         elif cp is None and ends[tp] > 0:
             # Nothing to read, but record that this (empty) state matches the changelog.
-            db.apply({}, {store: {"offset": ends[tp], "cluster": engine.cluster_id, "topic": tp.topic}})
+            db.apply({}, {store: checkpoint(ends[tp], engine.cluster_id, tp.topic)})
     if not todo:
         return
     consumer.pause(*[tp for tp in tps if tp not in todo])
@@ -108,14 +110,14 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
             for r in records:
                 writes[r.key.decode()] = (None if r.value is None else orjson.loads(r.value), r.value)
             position = await consumer.position(tp)
-            db.apply({store: writes}, {store: {"offset": position, "cluster": engine.cluster_id, "topic": tp.topic}})
+            db.apply({store: writes}, {store: checkpoint(position, engine.cluster_id, tp.topic)})
             total += len(records)
             last_progress = time.monotonic()
         for tp in list(todo):
             position = await consumer.position(tp)
             if position >= ends[tp]:
                 db, store = by_tp[tp]
-                db.apply({}, {store: {"offset": position, "cluster": engine.cluster_id, "topic": tp.topic}})
+                db.apply({}, {store: checkpoint(position, engine.cluster_id, tp.topic)})
                 del todo[tp]
                 consumer.pause(tp)
         if todo and time.monotonic() - last_progress > STALL_TIMEOUT:

@@ -47,7 +47,7 @@ from aiokafka.structs import ConsumerRecord as Record  # topic, partition, offse
 from app import logs, metrics, tracing
 from app.engine.assignor import TaskAssignor
 from app.engine.step import Output, Step
-from app.engine.store import Indexer, PartitionDB
+from app.engine.store import Indexer, PartitionDB, checkpoint
 
 log = logging.getLogger("orderstream.engine")
 
@@ -748,7 +748,7 @@ class Engine:
                 )
             task.in_txn = False
             checkpoints = {
-                store: {"offset": offset + 1, "cluster": self.cluster_id, "topic": self.stores[store].changelog}
+                store: checkpoint(offset + 1, self.cluster_id, self.stores[store].changelog)
                 for store, offset in last.items()
             }
             step.db.apply(writes, checkpoints)

@@ -5,7 +5,8 @@ task's database holds them all, each store's keys under its own prefix
 (``<store>/<key>``), plus local bookkeeping that never goes to a changelog:
 
 * ``~cp/<store>``: the checkpoint — the changelog partition's next offset the database
-  has applied, and the cluster and changelog topic it was written against;
+  has applied, the cluster and changelog topic it was written against, and the layout
+  of the records and indexes it holds (:data:`LAYOUT`; another layout is rebuilt);
 * ``~ix/...``: derived indexes (by status, by user, deadlines, counters) computed from
   the records as they are applied, live or during recovery, so they never disagree.
 
@@ -26,6 +27,15 @@ from rocksdict import Options, Rdict, WriteBatch
 SEP = "/"
 CHECKPOINT = "~cp/"
 INDEX = "~ix/"
+
+#: The layout of the local records and derived indexes; a database checkpointed with another
+#: one is rebuilt from the changelogs (2: order state kept in the index, history entries hold changes).
+LAYOUT = 2
+
+
+def checkpoint(offset: int, cluster: str, topic: str) -> dict[str, Any]:
+    """What a store partition records with each commit it applies (see :func:`app.engine.recovery.verdict`)."""
+    return {"offset": offset, "cluster": cluster, "topic": topic, "layout": LAYOUT}
 
 
 class IndexReader(Protocol):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from app.engine.recovery import verdict
+from app.engine.store import LAYOUT
 
-CP = {"cluster": "c1", "topic": "app-s-changelog", "offset": 50}
+CP = {"cluster": "c1", "topic": "app-s-changelog", "offset": 50, "layout": LAYOUT}
 
 
 def judge(cp: dict[str, object] | None, *, has_records: bool = True, start: int = 0, end: int = 80) -> str:
@@ -35,3 +36,9 @@ def test_state_built_on_records_the_changelog_no_longer_holds_is_discarded() -> 
 
 def test_records_without_a_checkpoint_are_discarded() -> None:
     assert "no checkpoint" in judge(None)
+
+
+def test_another_local_layout_is_discarded() -> None:
+    # A database from before the order state moved into the index (no layout: 1) is rebuilt.
+    old = {k: v for k, v in CP.items() if k != "layout"}
+    assert "layout 1" in judge(old)
