@@ -132,6 +132,27 @@ def _unpack_entry_events(packed: list[dict[str, Any]], order_id: str) -> list[di
 _ORDER_FIELDS = frozenset(("entity_id", "correlation_id"))
 
 
+def state_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """What a history entry keeps of a state change: ``set`` (whole fields), ``merge`` (the changed
+    keys of a mapping field that lost none, e.g. one line's status of a 100-line order), ``unset``."""
+    changes: dict[str, Any] = {}
+    for key, value in new.items():
+        before = old.get(key, _ABSENT)
+        if before == value:
+            continue
+        if isinstance(value, dict) and isinstance(before, dict) and before.keys() <= value.keys():
+            changes.setdefault("merge", {})[key] = {k: v for k, v in value.items() if before.get(k, _ABSENT) != v}
+        else:
+            changes.setdefault("set", {})[key] = value
+    unset = [k for k in old if k not in new]
+    if unset:
+        changes["unset"] = unset
+    return changes
+
+
+_ABSENT: Any = object()
+
+
 def fold_entry(state: dict[str, Any] | None, entry: dict[str, Any]) -> dict[str, Any] | None:
     """The order's state after one history entry: its whole state, or ``state`` with its changes."""
     if "state" in entry:
@@ -139,6 +160,8 @@ def fold_entry(state: dict[str, Any] | None, entry: dict[str, Any]) -> dict[str,
     if state is None:
         return None  # a change without its first entry (cannot happen in a whole changelog)
     new = {**state, **entry.get("set", {})}
+    for key, changed in entry.get("merge", {}).items():
+        new[key] = {**state.get(key, {}), **changed}
     for key in entry.get("unset", ()):
         new.pop(key, None)
     return new
@@ -162,11 +185,7 @@ def append_order(step: Step, order_id: str, seq: int, events: list[dict[str, Any
     if before is None:
         entry: dict[str, Any] = {"events": packed, "state": state}
     else:
-        old = before[1]
-        entry = {"events": packed, "set": {k: v for k, v in state.items() if k not in old or old[k] != v}}
-        unset = [k for k in old if k not in state]
-        if unset:
-            entry["unset"] = unset
+        entry = {"events": packed, **state_changes(before[1], state)}
     step.put(ORDERS, f"{_log_prefix(order_id)}{seq:06d}", entry)
     step.cache_put(ORDERS, order_id, (seq, state))
 

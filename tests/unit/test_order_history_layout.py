@@ -95,7 +95,10 @@ def test_entries_hold_changes_and_folding_them_gives_the_state(tmp_path: Path, r
 
     entries = [value for store, key, value in changelog if store == ORDERS]
     assert len(entries) == 3 and "state" in entries[0]
-    assert all("state" not in e and e["set"] for e in entries[1:])  # later entries: only what changed
+    assert all(
+        "state" not in e and (e.get("set") or e.get("merge")) for e in entries[1:]
+    )  # later entries: only what changed
+    assert entries[1]["merge"]["lines"] == {"a": "reserved"}  # one line's status, not every line's
     assert all(len(orjson.dumps(e)) < len(orjson.dumps(entries[0])) for e in entries[1:])
     assert order_state(db, order_id) == final[1]
     assert order_history(db, order_id) == seen  # every envelope back, field for field
@@ -114,3 +117,17 @@ def test_entries_hold_changes_and_folding_them_gives_the_state(tmp_path: Path, r
     assert not list(order_rows(restored, status="pending", user_id=None, cursor="", limit=10))
     db.close()
     restored.close()
+
+
+def test_state_changes_fold_back_to_the_new_state() -> None:
+    from tables import fold_entry, state_changes
+
+    lines = {f"p{i}": "pending" for i in range(100)}
+    old = {"status": "pending", "lines": lines, "payment": {"status": "charging", "x": 1}, "reason": None}
+    new = {"status": "reserved", "lines": {**lines, "p7": "reserved"}, "payment": {"status": "charged"}, "gone": 1}
+    changes = state_changes(old, new)
+    assert changes["merge"] == {"lines": {"p7": "reserved"}}  # a mapping that only gained or changed keys
+    assert changes["set"] == {"status": "reserved", "payment": {"status": "charged"}, "gone": 1}  # lost a key
+    assert changes["unset"] == ["reason"]
+    assert fold_entry(old, changes) == new
+    assert state_changes(new, new) == {}
