@@ -265,6 +265,8 @@ def index_order(store: str, key: str, value: Any, reader: IndexReader) -> list[t
     prefix, seq = key.rsplit("/", 1)
     order_id = prefix[len("log/") :]
     latest = reader.index_get(f"st/{order_id}")
+    if latest is not None and int(seq) <= latest["seq"]:
+        return []  # already folded in (the same commit applied again)
     before = latest["state"] if latest else None
     state = fold_entry(before, value)
     if state is None:

@@ -47,7 +47,7 @@ from aiokafka.structs import ConsumerRecord as Record  # topic, partition, offse
 from app import logs, metrics, tracing
 from app.engine.assignor import TaskAssignor
 from app.engine.step import Output, Step
-from app.engine.store import Indexer, PartitionDB, checkpoint
+from app.engine.store import Indexer, PartitionDB, checkpoint, decode_record
 
 log = logging.getLogger("orderstream.engine")
 
@@ -301,7 +301,7 @@ class Engine:
         try:
             async for record in consumer:
                 try:
-                    fn(record.key.decode(), None if record.value is None else orjson.loads(record.value))
+                    fn(record.key.decode(), None if record.value is None else decode_record(record.value))
                 except Exception:
                     log.exception("replica of %s could not apply a record", topic)
         finally:
@@ -817,9 +817,22 @@ class Engine:
         task.retry_at = time.monotonic() + RETRY_AFTER
         task.reset_at = time.monotonic()
         task.fetched.clear()
+        task.ready = False
         if fenced:
-            task.ready = False
-            return
+            return  # the rebalance that moved it recovers it, if it comes back
+        # Another worker may have committed to this task's changelogs meanwhile (it owned the
+        # partition while this one was paused, and the new producer above fenced it): bring
+        # the database to the changelogs' end before reading the inputs again, or the task
+        # would go on from a state older than its committed offsets.
+        for attempt in itertools.count(1):
+            try:
+                await self._recover([task])
+                break
+            except Exception:  # a broker hiccup: try again; the task waits meanwhile
+                log.exception(
+                    "partition %s: restoring after a failed commit failed (attempt %d)", task.partition, attempt
+                )
+                await asyncio.sleep(RETRY_AFTER)
         assert self.consumer is not None
         for tp in list(task.position):
             task.rewind[tp] = await self.consumer.committed(tp)
