@@ -19,10 +19,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app.engine.store import LAYOUT, PartitionDB, checkpoint
+from app.engine.store import LAYOUT, PartitionDB, checkpoint, decode_record
 
 if TYPE_CHECKING:
     from app.engine.runtime import Engine, Task
@@ -108,7 +107,7 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
             db, store = by_tp[tp]
             writes: dict[str, tuple[Any, bytes | None]] = {}
             for r in records:
-                writes[r.key.decode()] = (None if r.value is None else orjson.loads(r.value), r.value)
+                writes[r.key.decode()] = (None if r.value is None else decode_record(r.value), r.value)
             position = await consumer.position(tp)
             db.apply({store: writes}, {store: checkpoint(position, engine.cluster_id, tp.topic)})
             total += len(records)

@@ -14,9 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from app.engine.store import PartitionDB
+from app.engine.store import PartitionDB, encode_record
 
 _MISSING: Any = object()
 
@@ -102,7 +100,7 @@ class Step:
 
     def put(self, store: str, key: str, value: Any) -> None:
         """Write ``key`` (``None`` deletes it)."""
-        data = None if value is None else orjson.dumps(value)
+        data = None if value is None else encode_record(value)
         pending = self.overlay.setdefault(store, {})
         self._undo.append((pending, key, pending.get(key, _MISSING)))
         pending[key] = (value, data)

@@ -17,6 +17,7 @@ transaction succeeded. So the database is always exactly at a committed point.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +28,24 @@ from rocksdict import Options, Rdict, WriteBatch
 SEP = "/"
 CHECKPOINT = "~cp/"
 INDEX = "~ix/"
+
+#: Records whose JSON reaches this many bytes are stored and sent deflated (zlib, level 1):
+#: an order's history entry (~1 KB of envelopes with ids) shrinks to about 45 %, for ~10 µs.
+COMPRESS_AT = 512
+
+
+def encode_record(value: Any) -> bytes:
+    """A record's bytes, in RocksDB and in its changelog: JSON, deflated from :data:`COMPRESS_AT` bytes on."""
+    data = orjson.dumps(value)
+    return zlib.compress(data, 1) if len(data) >= COMPRESS_AT else data
+
+
+def decode_record(raw: bytes) -> Any:
+    """The value :func:`encode_record` encoded (plain JSON from older writers too)."""
+    if raw[:1] == b"\x78":
+        raw = zlib.decompress(raw)
+    return orjson.loads(raw)
+
 
 #: The layout of the local records and derived indexes; a database checkpointed with another
 #: one is rebuilt from the changelogs (2: order state kept in the index, history entries hold changes).
@@ -74,7 +93,7 @@ class PartitionDB:
     def get(self, store: str, key: str) -> Any:
         """The committed value of ``key`` in ``store``, or ``None``."""
         raw = self.db.get(f"{store}{SEP}{key}".encode())
-        return None if raw is None else orjson.loads(raw)
+        return None if raw is None else decode_record(raw)
 
     def scan(self, store: str, prefix: str, start: str = "", *, reverse: bool = False) -> Iterator[tuple[str, Any]]:
         """``(key, value)`` of ``store`` whose key starts with ``prefix``, from ``prefix + start`` on, in key order.
@@ -92,7 +111,7 @@ class PartitionDB:
             k = it.key()
             if not k.startswith(base):
                 return
-            yield k[cut:].decode(), orjson.loads(it.value())
+            yield k[cut:].decode(), decode_record(it.value())
             if reverse:
                 it.prev()
             else:

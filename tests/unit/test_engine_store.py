@@ -101,3 +101,15 @@ def test_a_value_that_cannot_be_encoded_fails_its_handler_not_the_commit(tmp_pat
     step.rollback()
     writes, _ = step.freeze()
     assert writes == {"s": {}} or writes == {}
+
+
+def test_records_are_json_and_large_ones_deflated() -> None:
+    from app.engine.store import COMPRESS_AT, decode_record, encode_record
+
+    small = {"on_hand": 5, "reserved": 0}
+    assert encode_record(small) == orjson.dumps(small)  # small records stay readable JSON
+    entry = {"events": [{"id": f"{i:036d}", "type": "inventory.reserved", "payload": {"n": i}} for i in range(20)]}
+    data = encode_record(entry)
+    assert len(orjson.dumps(entry)) >= COMPRESS_AT and len(data) < len(orjson.dumps(entry)) / 2
+    assert decode_record(data) == entry
+    assert decode_record(orjson.dumps(entry)) == entry  # records written before deflating still read
