@@ -94,6 +94,9 @@ GATEWAY_CALLS = Counter(
     "orderstream_gateway_calls_total", "Payment gateway charges by result.", ["result"], registry=REGISTRY
 )
 GATEWAY_INFLIGHT = Gauge("orderstream_gateway_inflight", "Gateway charges in flight.", registry=REGISTRY)
+HTTP_LONG_POLLS = Gauge(
+    "orderstream_http_long_polls", "Long-polls (GET /orders/{id}?wait=) this worker holds now.", registry=REGISTRY
+)
 NOTIFICATIONS = Counter(
     "orderstream_notifications_total", "Notifications by result.", ["notifier", "result"], registry=REGISTRY
 )

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from app import metrics
 from app.main import settings
 
 INTERNAL_HEADER = "X-Orderstream-Internal"
@@ -124,3 +125,4 @@ class Gauge:
 IN_FLIGHT = Gauge("requests in flight", MAX_IN_FLIGHT)
 PEER_IN_FLIGHT = Gauge("worker-to-worker requests in flight", MAX_IN_FLIGHT)
 WAITERS = Gauge("long-polls waiting", MAX_WAITERS)
+metrics.HTTP_LONG_POLLS.set_function(lambda: WAITERS.value)

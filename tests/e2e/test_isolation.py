@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiokafka.partitioner import murmur2
 
 from schemas.envelope import parse_ts
 from tests.support import Cluster, http, order_body, uid
@@ -58,6 +61,13 @@ def _confirmed(cluster: Cluster, order_id: str) -> dict[str, Any]:
     raise AssertionError(f"order {order_id} not confirmed within 30 s")
 
 
+def _long_polls(url: str) -> int:
+    """The long-polls a worker holds now (its ``orderstream_http_long_polls`` gauge)."""
+    resp = http("GET", url + "/metrics", timeout=5)
+    match = re.search(r"^orderstream_http_long_polls (\S+)$", resp.raw.decode(), re.M)
+    return int(float(match.group(1))) if match else -resp.status
+
+
 def test_five_thousand_long_polls_leave_the_worker_serving(make_cluster: Any) -> None:
     cluster: Cluster = make_cluster(2)
     product = uid("p")
@@ -66,6 +76,10 @@ def test_five_thousand_long_polls_leave_the_worker_serving(make_cluster: Any) ->
     assert worker.proc is not None
     rss_before = _rss_mb(worker.proc.pid)
     unknown = [uid("nope") for _ in range(5000)]
+    owners = cluster.get("/cluster").body["workers"]
+    second = set(next(w["partitions"] for w in owners if w["url"].rstrip("/") == cluster.urls[1]))
+    n = sum(len(w["partitions"]) for w in owners)
+    forwarded = sum((murmur2(o.encode()) & 0x7FFFFFFF) % n in second for o in unknown)
 
     async def storm() -> dict[str, Any]:
         connector = aiohttp.TCPConnector(limit=0)
@@ -88,11 +102,25 @@ def test_five_thousand_long_polls_leave_the_worker_serving(make_cluster: Any) ->
                     return 0
 
             polls = [asyncio.create_task(poll(o)) for o in unknown]
+            loop = asyncio.get_running_loop()
             deadline = time.monotonic() + 30
             while sent < len(unknown) and time.monotonic() < deadline:  # every long-poll sent (then held or refused)
                 await asyncio.sleep(0.1)
             assert sent == len(unknown), f"only {sent} long-polls were sent within 30 s"
-            loop = asyncio.get_running_loop()
+            # ... and held (or refused): the first worker holds a slot for every one, those the
+            # second owns included (it forwards them there). Measured from here, not while the
+            # workers still accept the storm.
+            while time.monotonic() < deadline + 30:
+                held = await loop.run_in_executor(None, lambda: [_long_polls(u) for u in cluster.urls])
+                if held[0] + sum(p.done() for p in polls) >= len(unknown) and (held[1] > 0 or not forwarded):
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                done = [p.result() for p in polls if p.done()]
+                raise AssertionError(
+                    f"long-polls held {held}, expected {len(unknown)} and {forwarded}; "
+                    f"{len(done)} answered: {sorted(Counter(done).items())}"
+                )
             t0 = time.monotonic()
             health = await loop.run_in_executor(None, lambda: http("GET", cluster.urls[0] + "/health", timeout=5))
             health_s = time.monotonic() - t0
