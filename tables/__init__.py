@@ -84,16 +84,21 @@ def pack_event(env: Mapping[str, Any], order_id: str, cause: str | None = None) 
     ``version`` 1, empty ``metadata``; and the payload's ``order_id`` (the payload is then
     kept as ``p``).
     """
-    packed: dict[str, Any] = {}
-    for k, v in env.items():
-        if (k in _ORDER_FIELDS and v == order_id) or (k == "version" and v == 1) or (k == "metadata" and v == {}):
-            continue
-        if k == "causation_id" and cause is not None and v == cause:
-            continue
-        if k == "payload" and isinstance(v, dict) and v.get("order_id") == order_id:
-            packed["p"] = {pk: pv for pk, pv in v.items() if pk != "order_id"}
-            continue
-        packed[k] = v
+    packed = dict(env)
+    if packed.get("entity_id") == order_id:
+        del packed["entity_id"]
+    if packed.get("correlation_id") == order_id:
+        del packed["correlation_id"]
+    if cause is not None and packed.get("causation_id") == cause:
+        del packed["causation_id"]
+    if packed.get("version") == 1:
+        del packed["version"]
+    if packed.get("metadata") == {}:
+        del packed["metadata"]
+    payload = packed.get("payload")
+    if isinstance(payload, dict) and payload.get("order_id") == order_id:
+        del packed["payload"]
+        packed["p"] = {k: v for k, v in payload.items() if k != "order_id"}
     return packed
 
 
@@ -127,9 +132,6 @@ def _pack_entry_events(events: list[dict[str, Any]], order_id: str) -> list[dict
 def _unpack_entry_events(packed: list[dict[str, Any]], order_id: str) -> list[dict[str, Any]]:
     cause = packed[0].get("id") if packed else None
     return [unpack_event(e, order_id, cause if i else None) for i, e in enumerate(packed)]
-
-
-_ORDER_FIELDS = frozenset(("entity_id", "correlation_id"))
 
 
 def state_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
