@@ -114,7 +114,7 @@ class Settings:
         default=0.1,
         metadata=_doc(
             "Seconds between commits of a partition's transaction (state changelogs, input offsets and, "
-            "under exactly_once, outputs) while input keeps coming; an idle partition commits at once."
+            "under exactly_once, outputs); under exactly_once an idle partition also commits at once."
         ),
     )
     producer_linger: float = field(
