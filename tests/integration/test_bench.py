@@ -70,3 +70,25 @@ def test_bench_reports_orderstream_and_the_ceiling(kafka_bootstrap: str, tmp_pat
     assert orderstream["rss_mb"]["orderstream0"] > 10
     assert "× ceiling" in done.stdout
     assert report["broker"]["started_by_bench"] is False
+    app = orderstream["app_id"]
+    # Where the time went: every hop of the 150 orders, from the topics the run left behind.
+    hops = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.bench.hops",
+            "--broker",
+            f"kafka://{kafka_bootstrap}",
+            "--app-id",
+            app,
+            "--min-count",
+            "150",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert hops.returncode == 0, hops.stdout + hops.stderr[-3000:]
+    assert "order.placed -> inventory.reserve" in hops.stdout
+    assert "inventory.committed -> order.confirmed" in hops.stdout
