@@ -649,13 +649,14 @@ class Engine:
     async def _flush_outputs(self, task: Task) -> None:
         """Hand the step's outputs to the producer: the task's transaction, or the plain producer."""
         outputs = task.step.outputs
-        if not outputs:
-            return
         task.step.outputs = []
         if self.exactly_once and task.committing is not None:
             task.deferred.extend(outputs)
             return
-        await self._send(task, outputs)
+        if task.deferred:  # deferred while the last commit ran: they come first, in order
+            outputs, task.deferred = task.deferred + outputs, []
+        if outputs:
+            await self._send(task, outputs)
 
     async def _send(self, task: Task, outputs: list[Output]) -> None:
         if self.exactly_once:
@@ -707,9 +708,13 @@ class Engine:
         """
         began = time.monotonic()
         step = task.step
+        # One instant: the writes, the offsets and the outputs of exactly the same handled inputs.
+        # Outputs deferred while the last commit ran belong to inputs in these offsets: they go
+        # in this transaction too (sent below, before anything later can be).
         writes, handled = step.freeze()
         offsets = self._offsets(task)
         sends, task.sends = task.sends, []
+        deferred, task.deferred = task.deferred, []
         task.dirty = False
         marks = [time.monotonic()]
         try:
@@ -719,6 +724,10 @@ class Engine:
             if not task.in_txn:
                 await task.producer.begin_transaction()
                 task.in_txn = True
+            if deferred:
+                await self._send(task, deferred)
+                sends.extend(task.sends)  # steps running meanwhile defer theirs: only these are here
+                task.sends = []
             futures = []
             for store, records in writes.items():
                 changelog = self.stores[store].changelog
@@ -766,9 +775,6 @@ class Engine:
             self.stats["commit_ms"] += int((task.last_commit - began) * 1000)
             metrics.observe_produce("transaction", task.last_commit - began)
             self.stats["changelog_records"] += sum(n for _, _, n in futures)
-            if task.deferred:
-                deferred, task.deferred = task.deferred, []
-                await self._send(task, deferred)
         except ProducerFenced:
             log.warning(
                 "partition %s moved to another worker while committing: dropping its uncommitted work", task.partition
