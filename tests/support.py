@@ -100,6 +100,13 @@ def order_body(
     return body
 
 
+def partition_of(key: str, partitions: int) -> int:
+    """The partition ``key`` goes to: the Java client's default partitioner, as the workers use it."""
+    from aiokafka.partitioner import murmur2
+
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
 def uid(prefix: str = "t") -> str:
     """Return a short unique id for products, users and apps."""
     return f"{prefix}{uuid.uuid4().hex[:10]}"

@@ -12,10 +12,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiokafka.partitioner import murmur2
 
 from schemas.envelope import parse_ts
-from tests.support import Cluster, http, order_body, uid
+from tests.support import Cluster, http, order_body, partition_of, uid
 
 pytestmark = [pytest.mark.e2e]
 
@@ -79,7 +78,7 @@ def test_five_thousand_long_polls_leave_the_worker_serving(make_cluster: Any) ->
     owners = cluster.get("/cluster").body["workers"]
     second = set(next(w["partitions"] for w in owners if w["url"].rstrip("/") == cluster.urls[1]))
     n = sum(len(w["partitions"]) for w in owners)
-    forwarded = sum((murmur2(o.encode()) & 0x7FFFFFFF) % n in second for o in unknown)
+    forwarded = sum(partition_of(o, n) in second for o in unknown)
 
     async def storm() -> dict[str, Any]:
         connector = aiohttp.TCPConnector(limit=0)

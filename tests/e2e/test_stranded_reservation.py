@@ -22,17 +22,12 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
-from aiokafka.partitioner import murmur2
 
-from tests.support import Cluster, eventually, order_body, uid
+from tests.support import Cluster, eventually, order_body, partition_of, uid
 
 pytestmark = [pytest.mark.e2e]
 
 IDEMPOTENCY_NS = uuid.UUID("0b7f4f7c-1c1e-4c0e-8a4b-3b8f5f0f9a11")  # app.web.api's, to pick the order's partition
-
-
-def _partition(key: str, partitions: int) -> int:
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 def _owned(cluster: Cluster) -> list[set[int]]:
@@ -43,7 +38,7 @@ def _owned(cluster: Cluster) -> list[set[int]]:
 
 
 def _pick(prefix: str, partitions: int, want: set[int]) -> str:
-    return next(k for k in (uid(prefix) for _ in range(10_000)) if _partition(k, partitions) in want)
+    return next(k for k in (uid(prefix) for _ in range(10_000)) if partition_of(k, partitions) in want)
 
 
 def test_an_order_whose_reservation_never_answers_is_rejected_with_every_line_released(
@@ -60,7 +55,7 @@ def test_an_order_whose_reservation_never_answers_is_rejected_with_every_line_re
     key = next(
         k
         for k in (uid("k") for _ in range(10_000))
-        if _partition(str(uuid.uuid5(IDEMPOTENCY_NS, f"{user}\n{k}")), n) in owned[0]
+        if partition_of(str(uuid.uuid5(IDEMPOTENCY_NS, f"{user}\n{k}")), n) in owned[0]
     )
 
     assert frozen.proc is not None

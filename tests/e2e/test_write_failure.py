@@ -18,15 +18,9 @@ from app.gateway import SimulatedGateway
 from schemas.envelope import derived_id, make
 from tests.e2e.test_dead_letters import all_dead_letters, topic
 from tests.e2e.test_redrive_processed import _produce
-from tests.support import Cluster, eventually, http, uid
+from tests.support import Cluster, eventually, http, partition_of, uid
 
 pytestmark = [pytest.mark.e2e]
-
-
-def _partition(key: str, partitions: int) -> int:
-    from aiokafka.partitioner import murmur2
-
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
 def test_an_order_whose_write_cannot_be_encoded_is_dead_lettered_and_the_partition_goes_on(
@@ -68,7 +62,9 @@ def test_an_order_whose_write_cannot_be_encoded_is_dead_lettered_and_the_partiti
     # A good order on the same partition, after it, is handled as usual.
     partitions = int(os.environ.get("ORDERSTREAM_TEST_PARTITIONS", "4"))
     same = next(
-        o for o in (uid("good") for _ in range(10_000)) if _partition(o, partitions) == _partition(order_id, partitions)
+        o
+        for o in (uid("good") for _ in range(10_000))
+        if partition_of(o, partitions) == partition_of(order_id, partitions)
     )
     good = {**payload, "order_id": same, "items": [{"product_id": product, "quantity": 1, "price_cents": 200}]}
     asyncio.run(
