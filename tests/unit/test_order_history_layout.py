@@ -16,14 +16,7 @@ import pytest
 from app.engine.step import Step
 from app.engine.store import PartitionDB
 from schemas.envelope import make
-
-
-def _run(step: Step, handler: Any, env: dict[str, Any]) -> list[dict[str, Any]]:
-    step.begin("test", "t", 0, env)
-    handler(step, env)
-    out = [orjson.loads(o.value) for o in step.outputs]
-    step.outputs.clear()
-    return out
+from tests.unit.saga_harness import run as _run
 
 
 def _commit(step: Step, changelog: list[tuple[str, str, Any]]) -> None:

@@ -7,21 +7,11 @@ the deadline comes as the saga timer's local ``order.cancel`` (reason ``pending_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import orjson
 
 from app.engine.step import Step
 from app.engine.store import PartitionDB
 from schemas.envelope import derived_id, make
-
-
-def _run(step: Step, handler: Any, env: dict[str, Any]) -> list[dict[str, Any]]:
-    step.begin("test", "t", 0, env)
-    handler(step, env)
-    out = [orjson.loads(o.value) for o in step.outputs]
-    step.outputs.clear()
-    return out
+from tests.unit.saga_harness import run as _run
 
 
 def test_an_order_whose_reservation_was_dead_lettered_is_rejected_and_every_line_released(tmp_path: Path) -> None:
