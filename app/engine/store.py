@@ -34,7 +34,8 @@ INDEX = "~ix/"
 COMPRESS_AT = 512
 #: Raw deflate, level 1, a 2 KB window and a small hash table: the ratio of zlib's defaults on
 #: records this size, at a third of the cost (most of ``zlib.compress`` is allocating its state).
-_DEFLATE = (1, zlib.DEFLATED, -11, 5)
+_WBITS = -11  # raw deflate (no zlib header), a 2 KB window
+_DEFLATE = (1, zlib.DEFLATED, _WBITS, 5)
 _DEFLATED = b"\x01"  # marks a deflated record; JSON never starts with it
 
 
@@ -50,7 +51,7 @@ def encode_record(value: Any) -> bytes:
 def decode_record(raw: bytes) -> Any:
     """The value :func:`encode_record` encoded (plain JSON from older writers too)."""
     if raw[:1] == _DEFLATED:
-        raw = zlib.decompress(raw[1:], -11)
+        raw = zlib.decompress(raw[1:], _WBITS)
     return orjson.loads(raw)
 
 
