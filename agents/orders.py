@@ -52,7 +52,7 @@ def handle(step: Step, env: Envelope) -> None:
         return  # unknown order, or nothing changes (a duplicate, a late answer)
     outs = envelopes(decision.emits, env)
     events: list[dict[str, Any]] = [dict(env), *(dict(e) for _, _, e in outs)]
-    append_order(step, order_id, latest[0] + 1 if latest else 0, events, new_state)
+    append_order(step, order_id, latest, events, new_state)
     send(step, outs)
     old_status = state["status"] if state else None
     if new_state["status"] in FINAL_STATUSES and old_status not in FINAL_STATUSES:

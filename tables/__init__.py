@@ -180,14 +180,19 @@ def latest_order(step: Step, order_id: str) -> tuple[int, dict[str, Any]] | None
     return latest["seq"], latest["state"]
 
 
-def append_order(step: Step, order_id: str, seq: int, events: list[dict[str, Any]], state: dict[str, Any]) -> None:
-    """Add the order's next history entry: its events and what they changed in its state."""
+def append_order(
+    step: Step,
+    order_id: str,
+    latest: tuple[int, dict[str, Any]] | None,
+    events: list[dict[str, Any]],
+    state: dict[str, Any],
+) -> None:
+    """Add the order's next history entry after ``latest`` (:func:`latest_order`): its events and what they changed."""
     packed = _pack_entry_events(events, order_id)
-    before = latest_order(step, order_id) if seq else None
-    if before is None:
-        entry: dict[str, Any] = {"events": packed, "state": state}
+    if latest is None:
+        seq, entry = 0, {"events": packed, "state": state}
     else:
-        entry = {"events": packed, **state_changes(before[1], state)}
+        seq, entry = latest[0] + 1, {"events": packed, **state_changes(latest[1], state)}
     step.put(ORDERS, f"{_log_prefix(order_id)}{seq:06d}", entry)
     step.cache_put(ORDERS, order_id, (seq, state))
 
