@@ -14,7 +14,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from schemas.catalogue import COMMAND_TYPES, CURRENT_VERSION, EVENT_TYPES, TOPIC_TYPES
-from schemas.envelope import Envelope, validate
+from schemas.envelope import Envelope, derived_id, make, validate
 from schemas.payloads import PayloadError, check_payload
 
 Payload = dict[str, Any]
@@ -56,6 +56,27 @@ UPCASTERS: dict[tuple[str, int], Upcaster] = {
 def current_version(type_: str) -> int:
     """Return the version this code writes for ``type_``."""
     return CURRENT_VERSION.get(type_, 1)
+
+
+def order_placed(
+    order_id: str, payload: dict[str, Any], *, metadata: dict[str, Any] | None = None, timestamp: str | None = None
+) -> Envelope:
+    """The ``order.placed`` the HTTP edge makes: current version, id derived from the order id.
+
+    A retried ``POST /orders`` with the same key therefore places the same event (the saga
+    drops the second), and the load generators and tests build exactly what the edge does.
+    """
+    return make(
+        "order.placed",
+        "order",
+        order_id,
+        payload,
+        correlation_id=order_id,
+        event_id=derived_id(f"placed/{order_id}", 0),
+        timestamp=timestamp,
+        version=current_version("order.placed"),
+        metadata=metadata,
+    )
 
 
 def upcast(envelope: Envelope) -> Envelope:

@@ -40,7 +40,8 @@ async def run(orders: int, batch: int) -> dict[str, float]:
     from app.engine.store import PartitionDB
     from app.gateway import SimulatedGateway
     from app.main import engine
-    from schemas.envelope import derived_id, make
+    from schemas.envelope import make
+    from schemas.registry import order_placed
 
     workdir = Path(tempfile.mkdtemp(prefix="steps-bench-"))
     db = PartitionDB(workdir / "p0", 0, engine.indexer)
@@ -67,15 +68,7 @@ async def run(orders: int, batch: int) -> dict[str, float]:
             "currency": "USD",
             "payment": {"method": "card", "token": card.token, "last4": card.last4},
         }
-        env = make(
-            "order.placed",
-            "order",
-            oid,
-            payload,
-            correlation_id=oid,
-            event_id=derived_id(f"placed/{oid}", 0),
-            version=2,
-        )
+        env = order_placed(oid, payload)
         queue.append(record(f"{engine.app_id}.orders", oid.encode(), orjson.dumps(env)))
     handled = 0
     started = time.process_time()

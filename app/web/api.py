@@ -34,8 +34,8 @@ from app.web.guard import is_admin, require_admin, require_peer
 from app.web.models import MAX_LIMIT
 from app.web.routing import FORWARDED, Unavailable
 from app.web.validation import parse
-from schemas.envelope import Envelope, derived_id, make, parse_ts
-from schemas.registry import current_version
+from schemas.envelope import Envelope, make, parse_ts
+from schemas.registry import order_placed
 from tables import (
     STOCK,
     USERS,
@@ -256,14 +256,9 @@ async def place_order(request: web.Request) -> web.Response:
         "currency": order.currency,
         "payment": {"method": "card", "token": card.token, "last4": card.last4},
     }
-    env = make(
-        "order.placed",
-        "order",
+    env = order_placed(
         order_id,
         payload,
-        correlation_id=order_id,
-        event_id=derived_id(f"placed/{order_id}", 0),
-        version=current_version("order.placed"),
         metadata={"idempotency_key": idem, "request_hash": digest} if idem else {"request_hash": digest},
     )
     await produce(ORDERS, order_id, env)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from app.gateway import SimulatedGateway
-from schemas.envelope import derived_id, make
+from schemas.registry import order_placed
 from tests.e2e.test_dead_letters import all_dead_letters, topic
 from tests.e2e.test_redrive_processed import _produce
 from tests.support import Cluster, eventually, http, partition_of, uid
@@ -38,17 +38,7 @@ def test_an_order_whose_write_cannot_be_encoded_is_dead_lettered_and_the_partiti
         "currency": "USD",
         "payment": {"method": "card", "token": card.token, "last4": card.last4},
     }
-    placed = dict(
-        make(
-            "order.placed",
-            "order",
-            order_id,
-            payload,
-            correlation_id=order_id,
-            event_id=derived_id(f"placed/{order_id}", 0),
-            version=2,
-        )
-    )
+    placed = dict(order_placed(order_id, payload))
     asyncio.run(_produce(kafka_bootstrap, [(topic(cluster, "orders"), order_id, placed)]))
     letter = eventually(
         lambda: next((m for m in all_dead_letters(cluster) if m.get("original_id") == placed["id"]), None),
@@ -74,7 +64,7 @@ def test_an_order_whose_write_cannot_be_encoded_is_dead_lettered_and_the_partiti
                 (
                     topic(cluster, "orders"),
                     same,
-                    dict(make("order.placed", "order", same, good, correlation_id=same, version=2)),
+                    dict(order_placed(same, good)),
                 )
             ],
         )

@@ -137,7 +137,7 @@ def test_confirmed_per_window_follows_send_order() -> None:
 
 def test_placed_orders_make_the_edge_envelope() -> None:
     orders = bench_kafka.placed_orders("px", 0, 3, products=10, lines=2)
-    env = upcast(__import__("orjson").loads(bench_kafka.placed_value(orders[0], 2)))
+    env = upcast(__import__("orjson").loads(bench_kafka.placed_value(orders[0])))
     assert env["type"] == "order.placed"
     assert env["correlation_id"] == env["entity_id"] == orders[0].order_id
     payload = env["payload"]

@@ -25,7 +25,7 @@ from app.domain import analytics, inventory, orders
 from app.domain.common import INVENTORY, ORDERS, Emit
 from app.rebuild import fold
 from schemas.envelope import Envelope, derived_id, make
-from schemas.registry import current_version
+from schemas.registry import current_version, order_placed
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "order_placed_v1"
 PAYMENT_TIMEOUT = 30.0
@@ -51,16 +51,7 @@ def placed(order_id: str, lines: list[tuple[str, int, int]], *, token: str = "to
         "currency": "USD",
         "payment": {"method": "card", "token": token, "last4": "4242"},
     }
-    return make(
-        "order.placed",
-        "order",
-        order_id,
-        payload,
-        correlation_id=order_id,
-        event_id=derived_id(f"placed/{order_id}", 0),
-        timestamp=ts(second),
-        version=2,
-    )
+    return order_placed(order_id, payload, timestamp=ts(second))
 
 
 def event(type_: str, order_id: str, second: int, *, cause: str | None = None, **payload: Any) -> Envelope:
