@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from app.bench.procs import worker_command
 from scripts.kafka_local import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,20 +143,7 @@ class Worker:
             "PYTHONUNBUFFERED": "1",
             **self.env,
         }
-        cmd = [
-            sys.executable,
-            "-m",
-            "faust",
-            "--datadir",
-            str(self.datadir),
-            "-A",
-            "app",
-            "worker",
-            "-l",
-            "info",
-            "--web-port",
-            str(self.port),
-        ]
+        cmd = worker_command(self.port, self.datadir)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         return self

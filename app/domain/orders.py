@@ -18,6 +18,7 @@ deadline) / ``cancelled`` (payment failed, customer, payment timeout).
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,15 @@ from app.domain.common import (
     from_cents,
 )
 from schemas.envelope import Envelope, parse_ts
+
+#: Namespace of the order ids that ``POST /orders`` derives from a user's ``Idempotency-Key``.
+IDEMPOTENCY_NS = uuid.UUID("0b7f4f7c-1c1e-4c0e-8a4b-3b8f5f0f9a11")
+
+
+def keyed_order_id(user_id: str, idempotency_key: str) -> str:
+    """The order id of ``idempotency_key`` from ``user_id``: the same key names the same order."""
+    return str(uuid.uuid5(IDEMPOTENCY_NS, f"{user_id}\n{idempotency_key}"))
+
 
 OrderState = dict[str, Any]
 

@@ -52,7 +52,6 @@ from tables import (
 
 log = logging.getLogger("orderstream.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-IDEMPOTENCY_NS = uuid.UUID("0b7f4f7c-1c1e-4c0e-8a4b-3b8f5f0f9a11")
 #: Paths answered outside the in-flight cap: they are cheap and say whether the worker lives.
 UNCAPPED = frozenset({"/health", "/ready", "/metrics"})
 #: Payload fields a customer read never shows (the admin view does).
@@ -241,7 +240,7 @@ async def place_order(request: web.Request) -> web.Response:
         }
     )
     # The same key from the same user names the same order: a retried POST creates nothing new.
-    order_id = str(uuid.uuid5(IDEMPOTENCY_NS, f"{order.user_id}\n{idem}")) if idem else str(uuid.uuid4())
+    order_id = orders_domain.keyed_order_id(order.user_id, idem) if idem else str(uuid.uuid4())
     if idem and await _already_placed(order_id, digest):
         return json_response({"order_id": order_id, "status": "pending"}, 202, {"Location": f"/orders/{order_id}"})
     from agents.payments import gateway

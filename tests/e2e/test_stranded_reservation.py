@@ -16,18 +16,16 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-import uuid
 from typing import Any
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
+from app.domain.orders import keyed_order_id
 from tests.support import Cluster, eventually, order_body, partition_of, uid
 
 pytestmark = [pytest.mark.e2e]
-
-IDEMPOTENCY_NS = uuid.UUID("0b7f4f7c-1c1e-4c0e-8a4b-3b8f5f0f9a11")  # app.web.api's, to pick the order's partition
 
 
 def _owned(cluster: Cluster) -> list[set[int]]:
@@ -55,7 +53,7 @@ def test_an_order_whose_reservation_never_answers_is_rejected_with_every_line_re
     key = next(
         k
         for k in (uid("k") for _ in range(10_000))
-        if partition_of(str(uuid.uuid5(IDEMPOTENCY_NS, f"{user}\n{k}")), n) in owned[0]
+        if partition_of(keyed_order_id(user, k), n) in owned[0]  # the order lands on a partition of worker 0
     )
 
     assert frozen.proc is not None
