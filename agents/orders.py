@@ -21,7 +21,7 @@ from app.domain.common import FINAL_STATUSES, ORDERS
 from app.engine.runtime import Engine
 from app.engine.step import Step
 from app.main import engine, settings
-from schemas.envelope import Envelope, derived_id, make, parse_ts
+from schemas.envelope import Envelope, parse_ts
 from tables import append_order, due_deadlines, latest_order
 
 STAGE = "orders"
@@ -76,16 +76,7 @@ def expire_due(eng: Engine) -> None:
         if not task.ready:
             continue
         for order_id, status in due_deadlines(task.step.db, now):
-            reason = "payment_timeout" if status == "reserved" else "pending_timeout"
-            command = make(
-                "order.cancel",
-                "order",
-                order_id,
-                {"order_id": order_id, "reason": reason},
-                correlation_id=order_id,
-                event_id=derived_id(f"{reason}/{order_id}", 0),
-            )
-            task.local.append((ORDERS, command, None, -1, []))
+            task.local.append((ORDERS, domain.deadline_cancel(order_id, status), None, -1, []))
     eng.wake()
 
 

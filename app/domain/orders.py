@@ -30,7 +30,7 @@ from app.domain.common import (
     Emit,
     from_cents,
 )
-from schemas.envelope import Envelope, parse_ts
+from schemas.envelope import Envelope, derived_id, make, parse_ts
 
 #: Namespace of the order ids that ``POST /orders`` derives from a user's ``Idempotency-Key``.
 IDEMPOTENCY_NS = uuid.UUID("0b7f4f7c-1c1e-4c0e-8a4b-3b8f5f0f9a11")
@@ -39,6 +39,24 @@ IDEMPOTENCY_NS = uuid.UUID("0b7f4f7c-1c1e-4c0e-8a4b-3b8f5f0f9a11")
 def keyed_order_id(user_id: str, idempotency_key: str) -> str:
     """The order id of ``idempotency_key`` from ``user_id``: the same key names the same order."""
     return str(uuid.uuid5(IDEMPOTENCY_NS, f"{user_id}\n{idempotency_key}"))
+
+
+def deadline_cancel(order_id: str, status: str, timestamp: str | None = None) -> Envelope:
+    """The saga's own ``order.cancel`` for an order past its deadline in ``status``.
+
+    ``reserved`` past ``payment_timeout`` is a ``payment_timeout``; anything else (still
+    ``pending``) a ``pending_timeout``. Its id is derived, so a timer firing twice cancels once.
+    """
+    reason = "payment_timeout" if status == "reserved" else "pending_timeout"
+    return make(
+        "order.cancel",
+        "order",
+        order_id,
+        {"order_id": order_id, "reason": reason},
+        correlation_id=order_id,
+        event_id=derived_id(f"{reason}/{order_id}", 0),
+        timestamp=timestamp,
+    )
 
 
 OrderState = dict[str, Any]

@@ -543,16 +543,7 @@ class World:
     def expire(self, order_id: str) -> None:
         """The saga's timer: a local ``order.cancel`` for an order past its deadline."""
         state = self.order_to_state[order_id]
-        reason = "payment_timeout" if state["status"] == "reserved" else "pending_timeout"
-        command = make(
-            "order.cancel",
-            "order",
-            order_id,
-            {"order_id": order_id, "reason": reason},
-            correlation_id=order_id,
-            event_id=derived_id(f"{reason}/{order_id}", 0),
-            timestamp=self.now(),
-        )
+        command = orders.deadline_cancel(order_id, state["status"], self.now())
         decision = orders.decide(state, command, PAYMENT_TIMEOUT, PENDING_TIMEOUT)
         if decision.state is not None:
             self.timer_at[order_id] = command["timestamp"]
