@@ -18,8 +18,11 @@ from app.engine.store import PartitionDB, encode_record
 
 _MISSING: Any = object()
 
-#: How many committed cache entries a step keeps per view before it starts over.
-HOT_ENTRIES = 50_000
+#: How many committed cache entries a step keeps per view before it starts over. An order's
+#: state is about 2.7 KB of Python objects (measured: 30,000 fewer entries, 80 MB less RSS),
+#: so this bounds the cache near 27 MB per task; it holds every order in flight at a steady
+#: 2,000 orders/s many times over (50,000 would let a worker of 8 tasks grow past 1 GB).
+HOT_ENTRIES = 10_000
 
 #: A background job started by a handler; its result comes back to the partition as a local input.
 Effect = Callable[[], Awaitable[Any]]
