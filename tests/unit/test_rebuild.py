@@ -379,17 +379,9 @@ def test_compare_lists_every_difference() -> None:
 # --- the deadline timer: its command is local to the saga, only its outcome is on the topic ---
 
 
-def timer_command(order_id: str, reason: str, second: int) -> Envelope:
-    """The saga's timer command exactly as the orders stage makes it (never sent to a topic)."""
-    return make(
-        "order.cancel",
-        "order",
-        order_id,
-        {"order_id": order_id, "reason": reason},
-        correlation_id=order_id,
-        event_id=derived_id(f"{reason}/{order_id}", 0),
-        timestamp=ts(second),
-    )
+def timer_command(order_id: str, status: str, second: int) -> Envelope:
+    """The saga's timer command for an order past its deadline in ``status`` (never sent to a topic)."""
+    return orders.deadline_cancel(order_id, status, ts(second))
 
 
 def outcome(state: orders.OrderState | None, command: Envelope) -> tuple[orders.OrderState, Envelope]:
@@ -412,7 +404,7 @@ def outcome(state: orders.OrderState | None, command: Envelope) -> tuple[orders.
 
 def test_a_pending_timeout_is_put_back_from_its_outcome() -> None:
     start = [placed("o3", LINES, second=1), line("inventory.reserved", "o3", "p1", 2, 2)]
-    command = timer_command("o3", "pending_timeout", 21)
+    command = timer_command("o3", "pending", 21)
     _, rejected = outcome(orders.fold(start, PAYMENT_TIMEOUT, PENDING_TIMEOUT), command)
     late = line("inventory.reserved", "o3", "p2", 1, 22)
     live = orders.fold([*start, command, late], PAYMENT_TIMEOUT, PENDING_TIMEOUT)
@@ -430,7 +422,7 @@ def test_an_input_on_the_topic_before_the_timers_outcome_but_handled_after_it() 
     # The last line's answer was waiting in the saga's backlog when the timer fired.
     start = [placed("o4", LINES, second=1), line("inventory.reserved", "o4", "p1", 2, 2)]
     waiting = line("inventory.reserved", "o4", "p2", 1, 3)
-    command = timer_command("o4", "pending_timeout", 21)
+    command = timer_command("o4", "pending", 21)
     _, rejected = outcome(orders.fold(start, PAYMENT_TIMEOUT, PENDING_TIMEOUT), command)
     live = orders.fold([*start, command, waiting], PAYMENT_TIMEOUT, PENDING_TIMEOUT)
     assert live is not None and live["status"] == "rejected"
@@ -445,7 +437,7 @@ def test_a_payment_timeout_before_a_late_payment_is_put_back_and_refunds() -> No
     start = [placed("o1", LINES, second=1), line("inventory.reserved", "o1", "p1", 2, 2)]
     start.append(line("inventory.reserved", "o1", "p2", 1, 3))
     late_payment = processed("o1", 40)
-    command = timer_command("o1", "payment_timeout", 33)
+    command = timer_command("o1", "reserved", 33)
     _, cancelled = outcome(orders.fold(start, PAYMENT_TIMEOUT, PENDING_TIMEOUT), command)
     live = orders.fold([*start, command, late_payment], PAYMENT_TIMEOUT, PENDING_TIMEOUT)
     assert live is not None and live["payment"]["status"] == "refunded"
