@@ -57,17 +57,6 @@ def test_an_order_whose_write_cannot_be_encoded_is_dead_lettered_and_the_partiti
         if partition_of(o, partitions) == partition_of(order_id, partitions)
     )
     good = {**payload, "order_id": same, "items": [{"product_id": product, "quantity": 1, "price_cents": 200}]}
-    asyncio.run(
-        _produce(
-            kafka_bootstrap,
-            [
-                (
-                    topic(cluster, "orders"),
-                    same,
-                    dict(order_placed(same, good)),
-                )
-            ],
-        )
-    )
+    asyncio.run(_produce(kafka_bootstrap, [(topic(cluster, "orders"), same, dict(order_placed(same, good)))]))
     assert cluster.final(same)["status"] == "confirmed"
     assert cluster.get(f"/orders/{same}").status == 200
