@@ -3,10 +3,12 @@
 Consumes ``order.confirmed`` from the orders topic (key: order id; and the older
 ``analytics.record`` command from the analytics topic). Each partition keeps its own
 aggregates in ``analytics_records``: ``total``, ``window/<minute>`` (windows older than
-:data:`~app.domain.analytics.KEEP_MINUTES` are pruned), ``product/<product>``, and
-``recorded/<order>`` so an order is counted once even if its confirmation arrives twice
-(a replay under at-least-once), holding the ``analytics.order_recorded`` event it also
-sends to the orders topic. The summary adds every partition's aggregates across the cluster.
+:data:`~app.domain.analytics.KEEP_MINUTES` are pruned) and ``product/<product>``. It marks
+the order counted (:func:`tables.put_counted`, in the order's record of what its
+confirmation caused, shared with the notifications stage) so an order is counted once even
+if its confirmation arrives twice (a replay under at-least-once); the mark holds the
+``analytics.order_recorded`` event it also sends to the orders topic. The summary adds
+every partition's aggregates across the cluster.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from app.engine.step import Step
 from app.main import engine
 from schemas.envelope import Envelope
 from tables import ANALYTICS as STORE
-from tables import pack_event
+from tables import counted, put_counted
 
 STAGE = "analytics"
 
@@ -27,8 +29,7 @@ def handle(step: Step, env: Envelope) -> None:
     """Add one confirmed order to this partition's aggregates, once."""
     p = env["payload"]
     order_id = order_id_of(env)
-    marker = f"recorded/{order_id}"
-    if step.get(STORE, marker) is not None:
+    if counted(step, order_id):
         return
     total = step.get(STORE, "total") or domain.empty_total()
     step.put(STORE, "total", domain.add_total(total, p))
@@ -48,7 +49,7 @@ def handle(step: Step, env: Envelope) -> None:
     outs = envelopes(
         [Emit(ORDERS, order_id, "analytics.order_recorded", "order", order_id, recorded)], env, stage=STAGE
     )
-    step.put(STORE, marker, {"event": pack_event(outs[0][2], order_id)})
+    put_counted(step, order_id, outs[0][2])
     send(step, outs)
 
 

@@ -5,7 +5,7 @@ Consumes ``order.confirmed`` from the orders topic (key: order id; and the older
 configured :class:`~app.notifier.Notifier` to the customer's directory email when known
 (:mod:`agents.users` keeps a replica of the directory), else the order's email, with a
 bounded number of attempts — then the input is dead-lettered and can be redriven. Records
-the delivery in ``notification/<order>`` and emits ``notification.sent`` to the orders topic.
+the delivery (:func:`tables.put_notified`) and emits ``notification.sent`` to the orders topic.
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from app.engine.step import Step
 from app.main import engine, settings
 from app.notifier import build
 from schemas.envelope import Envelope
-from tables import NOTIFICATIONS as STORE
-from tables import pack_event
+from tables import notified, put_notified
 
 STAGE = "notifications"
 
@@ -42,8 +41,7 @@ async def handle(step: Step, env: Envelope) -> None:
     """Send the confirmation unless this order already has one."""
     p = env["payload"]
     order_id = order_id_of(env)
-    key = f"notification/{order_id}"
-    if step.get(STORE, key) is not None:
+    if notified(step, order_id):
         return
     user_id = str(p.get("user_id") or "")
     to = users.email_of(user_id) or p.get("user_email") or p.get("email")
@@ -62,7 +60,7 @@ async def handle(step: Step, env: Envelope) -> None:
     sent = {"order_id": order_id, "to": to, "channel": notifier.name, "message_id": env["id"], "subject": subject}
     outs = envelopes([Emit(ORDERS, order_id, "notification.sent", "notification", order_id, sent)], env, stage=STAGE)
     # The delivery's details are the event's payload: the record keeps the (packed) event once.
-    step.put(STORE, key, {"at": env["timestamp"], "event": pack_event(outs[0][2], order_id)})
+    put_notified(step, order_id, env["timestamp"], outs[0][2])
     send(step, outs)
 
 

@@ -16,11 +16,18 @@ partition, inside a step. Records, by store:
   id and the defaults already say are left out, and put back on read.
 * ``stock_records``: ``stock/<product>`` and ``reservation/<product>/<order>``; and
   ``restock/<event id>`` for stock commands, which only their id can deduplicate.
-* ``payment_records``: ``payment/<order>``; ``notification_records``:
-  ``notification/<order>`` (the confirmation sent, with its ``notification.sent``).
-* ``analytics_records``: ``recorded/<order>`` (counted once, with its
-  ``analytics.order_recorded``), ``window/<minute>`` (pruned after
-  :data:`app.domain.analytics.KEEP_WINDOWS`), ``product/<product>``, ``total``.
+* ``payment_records``: ``payment/<order>``.
+* ``notification_records``: ``notification/<order>`` — what the order's confirmation
+  caused, one record for the two stages that consume ``order.confirmed`` (both handle it
+  in the same step, so a confirmed order costs one changelog record here, not two): the
+  notification sent (``at``, ``event``: its ``notification.sent``) and the analytics
+  stage's mark that the order is counted (``counted``: its ``analytics.order_recorded``).
+  Each stage reads and writes only its own fields (:func:`notified`, :func:`put_notified`,
+  :func:`counted`, :func:`put_counted`).
+* ``analytics_records``: ``window/<minute>`` (pruned after
+  :data:`app.domain.analytics.KEEP_WINDOWS`), ``product/<product>``, ``total``; and
+  ``recorded/<order>``, the count mark as versions before the shared record kept it (still
+  read, never written).
 * ``user_records``: ``user/<user>``; ``dead_letters``: ``letter/<dead-letter id>``.
 
 Derived indexes (orders by status and by user, deadlines, status counts) are kept in
@@ -208,12 +215,7 @@ def order_history(db: PartitionDB, order_id: str) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     for _, entry in db.scan(ORDERS, _log_prefix(order_id)):
         events.extend(_unpack_entry_events(entry["events"], order_id))
-    extra = [
-        unpack_event(record["event"], order_id)
-        for record in (db.get(NOTIFICATIONS, f"notification/{order_id}"), db.get(ANALYTICS, f"recorded/{order_id}"))
-        if record and record.get("event")
-    ]
-    for env in extra:
+    for env in (unpack_event(packed, order_id) for packed in _after_confirmation(db, order_id)):
         # After its cause (``order.confirmed``), else at the end.
         at = next((i + 1 for i, e in enumerate(events) if e["id"] == env.get("causation_id")), len(events))
         events.insert(at, env)
@@ -347,6 +349,46 @@ def dead_letter_rows(db: PartitionDB, cursor: str) -> Iterator[dict[str, Any]]:
     start = cursor + "\x00" if cursor else ""
     for _, letter in db.scan(DEAD_LETTERS, "letter/", start):
         yield letter
+
+
+def _notification_key(order_id: str) -> str:
+    return f"notification/{order_id}"
+
+
+def _after_confirmation(db: PartitionDB, order_id: str) -> list[dict[str, Any]]:
+    """The packed events the notification and analytics stages recorded for the order."""
+    record = db.get(NOTIFICATIONS, _notification_key(order_id)) or {}
+    legacy = db.get(ANALYTICS, f"recorded/{order_id}") if "counted" not in record else None
+    found = [record.get("event"), record.get("counted"), legacy and legacy.get("event")]
+    return [event for event in found if event]
+
+
+def notified(step: Step, order_id: str) -> bool:
+    """Whether the order's confirmation was sent."""
+    record = step.get(NOTIFICATIONS, _notification_key(order_id))
+    return record is not None and "event" in record
+
+
+def put_notified(step: Step, order_id: str, at: str, event: Mapping[str, Any]) -> None:
+    """Record the confirmation sent: when, and its ``notification.sent`` (packed)."""
+    key = _notification_key(order_id)
+    record = step.get(NOTIFICATIONS, key) or {}
+    step.put(NOTIFICATIONS, key, {**record, "at": at, "event": pack_event(event, order_id)})
+
+
+def counted(step: Step, order_id: str) -> bool:
+    """Whether the analytics stage already added the order to its aggregates."""
+    record = step.get(NOTIFICATIONS, _notification_key(order_id))
+    if record is not None and "counted" in record:
+        return True
+    return step.get(ANALYTICS, f"recorded/{order_id}") is not None
+
+
+def put_counted(step: Step, order_id: str, event: Mapping[str, Any]) -> None:
+    """Mark the order counted, with its ``analytics.order_recorded`` (packed)."""
+    key = _notification_key(order_id)
+    record = step.get(NOTIFICATIONS, key) or {}
+    step.put(NOTIFICATIONS, key, {**record, "counted": pack_event(event, order_id)})
 
 
 def analytics_partial(db: PartitionDB) -> dict[str, Any]:
