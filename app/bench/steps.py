@@ -32,8 +32,12 @@ class _Record(NamedTuple):
     headers: list[tuple[str, bytes]]
 
 
-async def run(orders: int, batch: int) -> dict[str, float]:
-    """Run ``orders`` one-line orders through every stage; return the cost figures."""
+async def run(orders: int, batch: int, *, mixed: bool = False) -> dict[str, Any]:
+    """Run ``orders`` one-line orders through every stage; return the cost figures and the work directory.
+
+    ``mixed``: orders of one to four lines over 100 products, some of them short of stock
+    (rejected) and some paid with a card that is declined (cancelled) — every kind of record.
+    """
     import agents  # noqa: F401  # registers every stage with the engine
     from app.engine.runtime import Task
     from app.engine.step import Step
@@ -47,7 +51,8 @@ async def run(orders: int, batch: int) -> dict[str, float]:
     db = PartitionDB(workdir / "p0", 0, engine.indexer)
     task = Task(0, Step(0, db), producer=None)  # type: ignore[arg-type]  # nothing is produced
     queue: deque[Any] = deque()
-    card = SimulatedGateway().tokenize("4242424242424242")
+    gateway = SimulatedGateway()
+    card, declined = gateway.tokenize("4242424242424242"), gateway.tokenize("4000000000000002")
     offsets = 0
 
     def record(topic: str, key: bytes | None, value: bytes | None) -> Any:
@@ -55,18 +60,37 @@ async def run(orders: int, batch: int) -> dict[str, float]:
         offsets += 1
         return _Record(topic, 0, offsets, key, value, [])
 
-    stock = make("inventory.set_stock", "product", "p", {"product_id": "p", "on_hand": 10**9}, correlation_id="p")
-    queue.append(record(f"{engine.app_id}.inventory", b"p", orjson.dumps(stock)))
+    products = [f"sku-{n:04d}" for n in range(100)] if mixed else ["p"]
+    for n, product in enumerate(products):
+        on_hand = 3 if mixed and n % 10 == 0 else 10**9
+        stock = make(
+            "inventory.set_stock",
+            "product",
+            product,
+            {"product_id": product, "on_hand": on_hand},
+            correlation_id=product,
+        )
+        queue.append(record(f"{engine.app_id}.inventory", product.encode(), orjson.dumps(stock)))
     for i in range(orders):
         oid = f"o{i:08d}"
+        lines = 1 + i % 4 if mixed else 1
+        items: list[dict[str, Any]] = [
+            {
+                "product_id": products[(i * 7 + j * 13) % len(products)],
+                "quantity": 1 + (i + j) % 3,
+                "price_cents": 199 + 37 * j,
+            }
+            for j in range(lines)
+        ]
+        paid_with = declined if mixed and i % 17 == 0 else card
         payload = {
             "order_id": oid,
             "user_id": f"u{i % 100}",
-            "user_email": "buyer@example.com",
-            "items": [{"product_id": "p", "quantity": 1, "price_cents": 1250}],
-            "total_cents": 1250,
+            "user_email": f"buyer{i % 100}@example.com" if mixed else "buyer@example.com",
+            "items": items,
+            "total_cents": sum(item["quantity"] * item["price_cents"] for item in items),
             "currency": "USD",
-            "payment": {"method": "card", "token": card.token, "last4": card.last4},
+            "payment": {"method": "card", "token": paid_with.token, "last4": paid_with.last4},
         }
         env = order_placed(oid, payload)
         queue.append(record(f"{engine.app_id}.orders", oid.encode(), orjson.dumps(env)))
@@ -97,6 +121,7 @@ async def run(orders: int, batch: int) -> dict[str, float]:
     cpu = time.process_time() - started
     db.close()
     return {
+        "workdir": str(workdir),
         "orders": orders,
         "records": handled,
         "cpu_us_per_order": cpu / orders * 1e6,

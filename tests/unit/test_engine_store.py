@@ -103,13 +103,29 @@ def test_a_value_that_cannot_be_encoded_fails_its_handler_not_the_commit(tmp_pat
     assert writes == {"s": {}} or writes == {}
 
 
-def test_records_are_json_and_large_ones_deflated() -> None:
+def test_records_are_json_and_large_ones_compressed() -> None:
+    import zlib
+
     from app.engine.store import COMPRESS_AT, decode_record, encode_record
 
     small = {"on_hand": 5, "reserved": 0}
     assert encode_record(small) == orjson.dumps(small)  # small records stay readable JSON
     entry = {"events": [{"id": f"{i:036d}", "type": "inventory.reserved", "payload": {"n": i}} for i in range(20)]}
     data = encode_record(entry)
-    assert len(orjson.dumps(entry)) >= COMPRESS_AT and len(data) < len(orjson.dumps(entry)) / 2
+    assert len(orjson.dumps(entry)) >= COMPRESS_AT and len(data) < len(orjson.dumps(entry)) / 4
+    assert data[:1] == b"\x02"  # names the dictionary it was written with
     assert decode_record(data) == entry
-    assert decode_record(orjson.dumps(entry)) == entry  # records written before deflating still read
+    assert decode_record(orjson.dumps(entry)) == entry  # records written before compressing still read
+    deflate = zlib.compressobj(1, zlib.DEFLATED, -11, 5)  # and those older versions deflated
+    assert decode_record(b"\x01" + deflate.compress(orjson.dumps(entry)) + deflate.flush()) == entry
+
+
+def test_compressing_is_safe_from_several_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.engine.store import decode_record, encode_record
+
+    values = [{"events": [{"id": f"{i:036d}", "type": "order.paid", "n": n} for i in range(30)]} for n in range(400)]
+    with ThreadPoolExecutor(4) as pool:
+        encoded = list(pool.map(encode_record, values))
+        assert list(pool.map(decode_record, encoded)) == values
