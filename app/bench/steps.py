@@ -134,8 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.bench.steps", description=__doc__.split("\n\n")[0])
     parser.add_argument("--orders", type=int, default=5000)
     parser.add_argument("--batch", type=int, default=500, help="records per commit")
+    parser.add_argument("--mixed", action="store_true", help="1-4 lines, some orders rejected or cancelled")
     args = parser.parse_args(argv)
-    figures = asyncio.run(run(args.orders, args.batch))
+    figures = asyncio.run(run(args.orders, args.batch, mixed=args.mixed))
     print(
         f"{figures['orders']} orders, {figures['records']} records handled: "
         f"{figures['cpu_us_per_order']:.0f} µs CPU per order, {figures['cpu_us_per_record']:.1f} µs per record"
