@@ -281,32 +281,32 @@ def index_order(store: str, key: str, value: Any, reader: IndexReader) -> list[t
     if state is None:
         return []
     out: list[tuple[str, Any]] = [(f"st/{order_id}", {"seq": int(seq), "state": state})]
-    new = {"s": state["status"], "u": state["user_id"], "d": state.get("deadline")}
-    old = None if before is None else {"s": before["status"], "u": before["user_id"], "d": before.get("deadline")}
+    new = _listed(order_id, state)
+    old = {} if before is None else _listed(order_id, before)
     if old == new:
         return out
-    out.append((f"all/{order_id}", 1))
-    if old is not None:
-        out += [
-            (f"status/{old['s']}/{order_id}", None),
-            (f"user/{old['u']}/{order_id}", None),
-            (f"user_status/{old['u']}/{old['s']}/{order_id}", None),
-        ]
-        if old.get("d") is not None:
-            out.append((f"deadline/{_deadline_key(old['d'])}/{order_id}", None))
-        if old["s"] != new["s"]:
-            out.append((f"count/{old['s']}", (reader.index_get(f"count/{old['s']}") or 1) - 1))
-    out += [
-        (f"status/{new['s']}/{order_id}", 1),
-        (f"user/{new['u']}/{order_id}", new["s"]),
-        (f"user_status/{new['u']}/{new['s']}/{order_id}", 1),
-    ]
-    if new["d"] is not None:
-        out.append((f"deadline/{_deadline_key(new['d'])}/{order_id}", new["s"]))
-    if old is None or old["s"] != new["s"]:
-        # Read after the decrement above when both name the same key (they cannot: statuses differ).
-        out.append((f"count/{new['s']}", (reader.index_get(f"count/{new['s']}") or 0) + 1))
+    out += [(key, None) for key in old if key not in new]
+    out += [(key, value) for key, value in new.items() if old.get(key) != value]
+    if before is None or before["status"] != state["status"]:
+        if before is not None:
+            out.append((f"count/{before['status']}", (reader.index_get(f"count/{before['status']}") or 1) - 1))
+        out.append((f"count/{state['status']}", (reader.index_get(f"count/{state['status']}") or 0) + 1))
     return out
+
+
+def _listed(order_id: str, state: dict[str, Any]) -> dict[str, Any]:
+    """The list entries an order state puts the order in (only those that change are rewritten)."""
+    status, user = state["status"], state["user_id"]
+    entries: dict[str, Any] = {
+        f"all/{order_id}": 1,
+        f"status/{status}/{order_id}": 1,
+        f"user/{user}/{order_id}": 1,
+        f"user_status/{user}/{status}/{order_id}": 1,
+    }
+    deadline = state.get("deadline")
+    if deadline is not None:
+        entries[f"deadline/{_deadline_key(deadline)}/{order_id}"] = status
+    return entries
 
 
 engine.indexer = index_order
