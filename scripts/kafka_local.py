@@ -608,6 +608,12 @@ def server_properties(node: Node, all_nodes: Sequence[Node]) -> str:
         "log.retention.hours": 24,
         "log.retention.bytes": 1024**3,
         "log.segment.bytes": 64 * 1024**2,
+        # Each partition's active segment maps its offset and time indexes at this size. At
+        # Kafka's 10 MB, a broker that had hosted ~1,250 partitions (a few bench runs, or the
+        # test suite's topics) spent 5-8x the CPU per produced record on this VM kind, inside
+        # the index appends; at 1 MB it stayed flat past 2,300 partitions (docs/PERFORMANCE.md).
+        # 1 MB still indexes 128 MB of log per segment (one entry per 4 KB), twice a segment.
+        "log.index.size.max.bytes": 1024**2,
         "log.retention.check.interval.ms": 60_000,
         "log.cleaner.threads": 1,
         "log.cleaner.dedupe.buffer.size": 16 * 1024**2,
