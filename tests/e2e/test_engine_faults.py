@@ -49,9 +49,10 @@ def test_a_failed_changelog_send_commits_no_offset(broker_url: str, kafka_bootst
         product = uid("p")
         cluster.set_stock(product, 10)
         changelog = f"{app_id}-order_records-changelog"
-        # Every order entry (a history entry with its events and state, over 1 KB) is now too
-        # large, while a transaction marker (under 100 bytes) still fits: the abort can land.
-        asyncio.run(_max_message_bytes(kafka_bootstrap, changelog, 512))
+        # Every order entry (a history entry with its events and state: over 1 KB of JSON, about
+        # 200 bytes compressed, plus a 61-byte batch header) is now too large, while a transaction
+        # marker (a batch of one 6-byte record, under 100 bytes) still fits: the abort can land.
+        asyncio.run(_max_message_bytes(kafka_bootstrap, changelog, 100))
         order_id = cluster.place(order_body([(product, 1, "3.00")]))
         eventually(lambda: "commit of partition" in worker.log_text(), 30, what="a failed commit in the log")
         # Nothing landed: the order is unknown, and the orders topic's committed offsets did not move past it.
