@@ -97,6 +97,8 @@ class Task:
     last_commit: float = field(default_factory=time.monotonic)
     #: Delivery of the outputs sent since the last commit began.
     sends: list[asyncio.Future[Any]] = field(default_factory=list)
+    #: The plain producer the at-least-once outputs since the last commit went through.
+    output_producer: AIOKafkaProducer | None = None
     #: Exactly-once outputs of steps that ran while a commit was in flight: they go in the next transaction.
     deferred: list[Output] = field(default_factory=list)
     ready: bool = False
@@ -259,14 +261,7 @@ class Engine:
             self.cluster_id = str((await admin.describe_cluster()).get("cluster_id") or "")
         finally:
             await admin.close()
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=self.linger_ms,
-            max_batch_size=256 * 1024,
-        )
-        await self.producer.start()
+        self.producer = await self._plain_producer()
         TaskAssignor.url = url
         TaskAssignor.partitions = self.partitions
         self.consumer = AIOKafkaConsumer(
@@ -361,11 +356,47 @@ class Engine:
         self, logical: str, key: str, value: bytes, headers: list[tuple[str, bytes]] | None = None
     ) -> None:
         """Send one record through the plain producer and wait until the broker has it."""
-        assert self.producer is not None, "the engine is not started"
-        fut = await self.producer.send(
-            f"{self.app_id}.{logical}", value, key.encode(), partition=self.partition_for(key), headers=headers
+        producer = self.producer
+        assert producer is not None, "the engine is not started"
+        try:
+            fut = await producer.send(
+                f"{self.app_id}.{logical}", value, key.encode(), partition=self.partition_for(key), headers=headers
+            )
+            await fut
+        except Exception:
+            await self._renew_producer(producer)
+            raise
+
+    async def _plain_producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=self.linger_ms,
+            max_batch_size=256 * 1024,
         )
-        await fut
+        await producer.start()
+        return producer
+
+    async def _renew_producer(self, broken: AIOKafkaProducer) -> None:
+        """Replace the plain producer after a send it made failed for good.
+
+        An idempotent producer numbers its batches per partition; one the broker refused
+        (e.g. too large) leaves a gap, and aiokafka then fails every later batch to that
+        partition with ``OutOfOrderSequenceNumber`` (the Java client resets its producer id
+        instead). A new producer has a new id and starts its numbering again. Several tasks
+        may see the same failure: only the first replaces it.
+        """
+        if self.producer is not broken:
+            return
+        fresh = await self._plain_producer()
+        if self.producer is broken:
+            self.producer = fresh
+            self._known_topics.pop(id(broken), None)
+            self._background(broken.stop())
+            log.warning("a send failed for good: the plain producer was replaced")
+        else:
+            self._background(fresh.stop())
 
     # --- the loop ---------------------------------------------------------------
 
@@ -666,19 +697,35 @@ class Engine:
                 task.in_txn = True
         else:
             assert self.producer is not None
-            producer = self.producer
+            producer = task.output_producer = self.producer
         # Straight to the producer's accumulator (aiokafka 0.14, pinned in app/faust_patches):
-        # send() would look up metadata, serialize and hash every record again.
+        # send() would look up metadata, serialize and hash every record again. A record joins
+        # its partition's open batch without a future of its own (aiokafka makes one per record,
+        # and a RecordMetadata when it lands); the step waits for the batch instead, through a
+        # shield, since a batch of the shared at-least-once producer also holds other tasks' records.
         accumulator = producer._message_accumulator
+        batches = accumulator._batches
         timeout = producer._request_timeout_ms / 1000
         partition_of = self._partition_of
         known = self._known_topics.setdefault(id(producer), set())  # metadata is per producer (per client)
+        waited: dict[TopicPartition, Any] = {}
         for out in outputs:
             if out.topic not in known:
                 await producer.client._wait_on_metadata(out.topic)
                 known.add(out.topic)
             tp = TopicPartition(out.topic, partition_of(out))
-            task.sends.append(await accumulator.add_message(tp, out.key, out.value, timeout, headers=out.headers))
+            pending = batches.get(tp)
+            batch = pending[-1] if pending else None
+            if (
+                batch is not None
+                and batch._builder.append(timestamp=None, key=out.key, value=out.value, headers=out.headers) is not None
+            ):
+                if waited.get(tp) is not batch:
+                    waited[tp] = batch
+                    task.sends.append(asyncio.shield(batch.future))
+            else:  # no open batch, or it is full: the accumulator opens one (waiting for room)
+                task.sends.append(await accumulator.add_message(tp, out.key, out.value, timeout, headers=out.headers))
+                waited[tp] = batches[tp][-1]  # the record's own future stands for its batch
 
     def _partition_of(self, out: Output) -> int:
         if out.key is None:
@@ -719,7 +766,12 @@ class Engine:
         marks = [time.monotonic()]
         try:
             if not self.exactly_once and sends:
-                await asyncio.gather(*sends)  # outputs first: offsets never commit over a lost output
+                try:
+                    await asyncio.gather(*sends)  # outputs first: offsets never commit over a lost output
+                except Exception:
+                    if task.output_producer is not None:
+                        await self._renew_producer(task.output_producer)
+                    raise
             marks.append(time.monotonic())
             if not task.in_txn:
                 await task.producer.begin_transaction()

@@ -9,6 +9,11 @@ Real broker, real worker processes.
 * A changelog record the broker refuses fails the commit: the input offset is not
   committed and the state is not applied; once the broker accepts again, the input is
   handled again and the order completes.
+* So does an output the broker refuses (an event or command; outputs are waited for by
+  their batch, not one by one), under both guarantees; and the partition it was refused
+  on takes records again afterwards (an idempotent producer's refused batch leaves a gap
+  in its sequence numbers: the engine replaces the producer). The same for an order the
+  HTTP edge could not send.
 """
 
 from __future__ import annotations
@@ -62,6 +67,64 @@ def test_a_failed_changelog_send_commits_no_offset(broker_url: str, kafka_bootst
         assert any(committed.get(p, 0) < end for p, end in ends.items() if end), (committed, ends)
         asyncio.run(_max_message_bytes(kafka_bootstrap, changelog, 1_048_588))
         assert cluster.final(order_id, timeout=90)["status"] == "confirmed"
+    finally:
+        worker.stop()
+
+
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_a_failed_output_send_commits_no_offset(
+    broker_url: str, kafka_bootstrap: str, tmp_path: Path, guarantee: str
+) -> None:
+    app_id = uid("of")
+    worker = (
+        Worker(
+            app_id=app_id,
+            broker=broker_url,
+            datadir=tmp_path / "w",
+            env={"ORDERSTREAM_PROCESSING_GUARANTEE": guarantee},
+        )
+        .start()
+        .wait_ready()
+    )
+    cluster = Cluster([worker])
+    try:
+        product = uid("p")
+        cluster.set_stock(product, 10)
+        # The saga's command to reserve (a ~450-byte envelope) no longer fits the inventory topic.
+        commands = f"{app_id}.inventory"
+        asyncio.run(_max_message_bytes(kafka_bootstrap, commands, 100))
+        order_id = cluster.place(order_body([(product, 1, "3.00")]))
+        eventually(lambda: "commit of partition" in worker.log_text(), 30, what="a failed commit in the log")
+        assert http("GET", f"{worker.url}/orders/{order_id}").status == 404
+        committed = asyncio.run(_committed(kafka_bootstrap, f"{app_id}.engine", f"{app_id}.orders"))
+        ends = asyncio.run(_ends(kafka_bootstrap, f"{app_id}.orders"))
+        assert any(committed.get(p, 0) < end for p, end in ends.items() if end), (committed, ends)
+        asyncio.run(_max_message_bytes(kafka_bootstrap, commands, 1_048_588))
+        assert cluster.final(order_id, timeout=90)["status"] == "confirmed"
+    finally:
+        worker.stop()
+
+
+def test_an_order_the_broker_refused_leaves_the_edge_working(
+    broker_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    app_id = uid("ef")
+    worker = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "w").start().wait_ready()
+    cluster = Cluster([worker])
+    try:
+        product = uid("p")
+        cluster.set_stock(product, 100)
+        orders = f"{app_id}.orders"
+        # First every partition takes records from the producer (a broker checks the sequence
+        # numbers of a producer it has seen on the partition).
+        before = [cluster.place(order_body([(product, 1, "3.00")])) for _ in range(24)]
+        asyncio.run(_max_message_bytes(kafka_bootstrap, orders, 100))
+        refused = cluster.post("/orders", order_body([(product, 1, "3.00")]))
+        assert refused.status >= 500, refused
+        asyncio.run(_max_message_bytes(kafka_bootstrap, orders, 1_048_588))
+        # Enough orders that every partition gets some (4 partitions: all but certainly).
+        placed = [cluster.place(order_body([(product, 1, "3.00")])) for _ in range(24)]
+        assert {cluster.final(o, timeout=90)["status"] for o in before + placed} == {"confirmed"}
     finally:
         worker.stop()
 
