@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from app import codec, metrics, tracing
 from app.domain import analytics as analytics_domain
@@ -157,11 +158,20 @@ def _customer_view(env: dict[str, Any]) -> dict[str, Any]:
 
 
 async def produce(topic: str, key: str, env: Envelope) -> None:
-    """Send an envelope to a logical topic and wait until the broker has it (in a span: the trace's root)."""
+    """Send an envelope to a logical topic and wait until the broker has it (in a span: the trace's root).
+
+    A broker that does not take it (down, timing out, refusing) is a 503 with ``Retry-After``;
+    after a timeout it may still land, and a retry with the same ``Idempotency-Key`` places the
+    order once.
+    """
     headers: list[tuple[str, bytes]] = []
     with tracing.stage_span("http", env):
         tracing.inject(headers)
-        await engine.produce(topic, key, codec.dumps(env), headers)
+        try:
+            await engine.produce(topic, key, codec.dumps(env), headers)
+        except KafkaError as exc:
+            log.warning("the broker did not take a %s for %s: %r", env["type"], key, exc)
+            raise Unavailable(f"the broker did not take the message ({type(exc).__name__})") from exc
 
 
 def _db(key: str) -> PartitionDB:

@@ -13,7 +13,7 @@ Real broker, real worker processes.
   their batch, not one by one), under both guarantees; and the partition it was refused
   on takes records again afterwards (an idempotent producer's refused batch leaves a gap
   in its sequence numbers: the engine replaces the producer). The same for an order the
-  HTTP edge could not send.
+  HTTP edge could not send, which is answered 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ def test_an_order_the_broker_refused_leaves_the_edge_working(
         before = [cluster.place(order_body([(product, 1, "3.00")])) for _ in range(24)]
         asyncio.run(_max_message_bytes(kafka_bootstrap, orders, 100))
         refused = cluster.post("/orders", order_body([(product, 1, "3.00")]))
-        assert refused.status >= 500, refused
+        assert refused.status == 503 and refused.body["error"] == "unavailable", refused
+        assert "Retry-After" in refused.headers
         asyncio.run(_max_message_bytes(kafka_bootstrap, orders, 1_048_588))
         # Enough orders that every partition gets some (4 partitions: all but certainly).
         placed = [cluster.place(order_body([(product, 1, "3.00")])) for _ in range(24)]
