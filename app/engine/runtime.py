@@ -60,6 +60,8 @@ STATS_EVERY = 5.0
 
 #: Seconds a task waits after a failed commit before it handles its inputs again.
 RETRY_AFTER = 1.0
+#: How long closing a revoked task waits for its commit in flight to end before aborting it.
+CLOSE_COMMIT_WAIT = 10.0
 
 Handler = Callable[[Step, Any], Awaitable[None] | None]
 Decoder = Callable[[Any, str | None], Any]
@@ -102,6 +104,8 @@ class Task:
     #: Exactly-once outputs of steps that ran while a commit was in flight: they go in the next transaction.
     deferred: list[Output] = field(default_factory=list)
     ready: bool = False
+    #: Revoked from this worker (closing or closed): never reset, never committed again.
+    closed: bool = False
     #: After a failed commit the task waits this long (monotonic time) before reading its inputs again.
     retry_at: float = 0.0
     #: When the task last went back to its committed offsets: records fetched before that are stale.
@@ -456,8 +460,11 @@ class Engine:
             task.fetched[tp] = records[-1].offset + 1
             task.backlog.append((tp, records))
         now = time.monotonic()
+        # Between a revocation and the assignment that follows, no task steps or commits: a task
+        # may be about to close, and a commit it started could race the close's abort.
+        working = not self.rebalancing
         for task in list(self.tasks.values()):
-            if task.ready and (task.backlog or task.local) and task.retry_at <= now:
+            if working and task.ready and (task.backlog or task.local) and task.retry_at <= now:
                 await self._step(task)
         if now >= self._next_timer:
             self._next_timer = now + 1.0
@@ -473,7 +480,7 @@ class Engine:
         idle = not batch and self.exactly_once
         for task in list(self.tasks.values()):
             due = idle or now - task.last_commit >= self.commit_interval
-            if task.dirty and task.committing is None and due:
+            if working and task.dirty and task.committing is None and due:
                 task.committing = asyncio.create_task(self._commit(task))
 
     async def _publish_metrics(self) -> None:
@@ -858,6 +865,11 @@ class Engine:
 
     async def _reset(self, task: Task, *, fenced: bool = False) -> None:
         """Drop uncommitted work and read the task's inputs again from the last committed offsets."""
+        if task.closed:
+            # The partition was taken away while its commit ran: the new owner reads from the
+            # committed offsets, and a fresh producer here would fence it.
+            log.info("partition %s: commit failed after it was revoked; left to its new owner", task.partition)
+            return
         for job in list(task.sends):
             job.cancel()
         task.sends.clear()
@@ -979,6 +991,10 @@ class Engine:
         return producer
 
     async def _close_task(self, task: Task) -> None:
+        task.closed = True  # a commit still in flight must not reset it (a new producer would fence the new owner)
+        if task.committing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(task.committing), CLOSE_COMMIT_WAIT)
         for job in list(task.effects):
             job.cancel()
         for fut in task.sends:

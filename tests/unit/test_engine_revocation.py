@@ -1,0 +1,101 @@
+"""A partition taken away while its commit runs: nothing starts, the commit ends first, nothing fences the new owner.
+
+Seen in CI (the paused-worker test): the engine started a commit between a revocation
+and the assignment that followed; closing the lost task aborted the transaction under
+it, the commit failed, and its reset started a new transactional producer for the
+partition — which fenced the worker that now owned it, leaving the partition stalled.
+The engine's own methods run here over a real partition database, with a stand-in
+producer that records what was asked of it (no broker: these are the engine's rules).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from app.engine.runtime import Engine, Task
+from app.engine.step import Step
+from app.engine.store import PartitionDB
+
+
+class _Producer:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    async def abort_transaction(self) -> None:
+        self.log.append("abort")
+
+    async def stop(self) -> None:
+        self.log.append("stop")
+
+
+def _engine(tmp_path: Path) -> Engine:
+    return Engine(
+        app_id="t",
+        bootstrap="127.0.0.1:1",
+        partitions=4,
+        exactly_once=True,
+        commit_interval=0.0,
+        datadir=tmp_path,
+        linger_ms=2,
+        session_timeout_ms=10_000,
+        decode=lambda value, topic: value,  # type: ignore[arg-type,return-value]
+        dead_letter=lambda *args, **kw: None,  # type: ignore[arg-type,return-value]
+    )
+
+
+def _task(tmp_path: Path, log: list[str]) -> Task:
+    db = PartitionDB(tmp_path / "p2.rocksdb", 2)
+    task = Task(2, Step(2, db), _Producer(log))  # type: ignore[arg-type]
+    task.ready = True
+    return task
+
+
+def test_no_commit_starts_between_a_revocation_and_the_assignment(tmp_path: Path) -> None:
+    engine = _engine(tmp_path)
+    task = _task(tmp_path, [])
+    engine.tasks[2] = task
+    task.dirty = True
+    engine.rebalancing = True
+
+    async def cycle() -> bool:
+        await engine._cycle({})
+        started = task.committing is not None
+        if task.committing is not None:
+            task.committing.cancel()
+        return started
+
+    assert not asyncio.run(cycle())
+    engine.rebalancing = False  # and once assigned, it does
+    assert asyncio.run(cycle())
+
+
+def test_closing_waits_for_the_commit_in_flight_and_a_revoked_task_is_not_reset(tmp_path: Path) -> None:
+    engine = _engine(tmp_path)
+    log: list[str] = []
+    task = _task(tmp_path, log)
+    engine.tasks[2] = task
+    started: list[Any] = []
+
+    async def fresh_producer(partition: int) -> Any:
+        started.append(partition)  # would fence the partition's new owner
+        return _Producer(log)
+
+    engine._transactional_producer = fresh_producer  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        async def commit() -> None:
+            await asyncio.sleep(0.05)
+            log.append("commit failed")
+            await engine._reset(task)  # what a failed commit does
+
+        task.in_txn = True
+        task.committing = asyncio.create_task(commit())
+        await engine._close_task(task)
+
+    asyncio.run(scenario())
+    assert log[:1] == ["commit failed"]  # the close waited for the commit before aborting
+    assert log[1:] == ["abort", "stop"]
+    assert started == []  # the revoked task was not reset: no new producer for its partition
+    assert 2 not in engine.tasks
