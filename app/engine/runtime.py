@@ -265,7 +265,7 @@ class Engine:
             self.cluster_id = str((await admin.describe_cluster()).get("cluster_id") or "")
         finally:
             await admin.close()
-        self.producer = await self._plain_producer()
+        self.producer = await self._producer()
         TaskAssignor.url = url
         TaskAssignor.partitions = self.partitions
         self.consumer = AIOKafkaConsumer(
@@ -371,17 +371,6 @@ class Engine:
             await self._renew_producer(producer)
             raise
 
-    async def _plain_producer(self) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=self.linger_ms,
-            max_batch_size=256 * 1024,
-        )
-        await producer.start()
-        return producer
-
     async def _renew_producer(self, broken: AIOKafkaProducer) -> None:
         """Replace the plain producer after a send it made failed for good.
 
@@ -393,7 +382,7 @@ class Engine:
         """
         if self.producer is not broken:
             return
-        fresh = await self._plain_producer()
+        fresh = await self._producer()
         if self.producer is broken:
             self.producer = fresh
             self._known_topics.pop(id(broken), None)
@@ -979,9 +968,13 @@ class Engine:
 
     async def _transactional_producer(self, partition: int) -> AIOKafkaProducer:
         """The partition's transactional producer, started: it fences the previous one, aborts its open transaction."""
+        return await self._producer(transactional_id=f"{self.app_id}-task-{partition}")
+
+    async def _producer(self, transactional_id: str | None = None) -> AIOKafkaProducer:
+        """An idempotent producer (transactional with ``transactional_id``), started."""
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
-            transactional_id=f"{self.app_id}-task-{partition}",
+            transactional_id=transactional_id,
             enable_idempotence=True,
             acks="all",
             linger_ms=self.linger_ms,
