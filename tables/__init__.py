@@ -369,11 +369,15 @@ def notified(step: Step, order_id: str) -> bool:
     return record is not None and "event" in record
 
 
+def _add_to_confirmation(step: Step, order_id: str, fields: dict[str, Any]) -> None:
+    """Write one stage's fields into the order's shared confirmation record, keeping the other's."""
+    key = _notification_key(order_id)
+    step.put(NOTIFICATIONS, key, {**(step.get(NOTIFICATIONS, key) or {}), **fields})
+
+
 def put_notified(step: Step, order_id: str, at: str, event: Mapping[str, Any]) -> None:
     """Record the confirmation sent: when, and its ``notification.sent`` (packed)."""
-    key = _notification_key(order_id)
-    record = step.get(NOTIFICATIONS, key) or {}
-    step.put(NOTIFICATIONS, key, {**record, "at": at, "event": pack_event(event, order_id)})
+    _add_to_confirmation(step, order_id, {"at": at, "event": pack_event(event, order_id)})
 
 
 def counted(step: Step, order_id: str) -> bool:
@@ -386,9 +390,7 @@ def counted(step: Step, order_id: str) -> bool:
 
 def put_counted(step: Step, order_id: str, event: Mapping[str, Any]) -> None:
     """Mark the order counted, with its ``analytics.order_recorded`` (packed)."""
-    key = _notification_key(order_id)
-    record = step.get(NOTIFICATIONS, key) or {}
-    step.put(NOTIFICATIONS, key, {**record, "counted": pack_event(event, order_id)})
+    _add_to_confirmation(step, order_id, {"counted": pack_event(event, order_id)})
 
 
 def analytics_partial(db: PartitionDB) -> dict[str, Any]:
