@@ -79,6 +79,17 @@ def order_placed(
     )
 
 
+def set_stock_command(product_id: str, on_hand: int) -> Envelope:
+    """The ``inventory.set_stock`` command ``PUT /inventory/{id}`` makes (and the handler-path bench)."""
+    return make(
+        "inventory.set_stock",
+        "product",
+        product_id,
+        {"product_id": product_id, "on_hand": on_hand},
+        correlation_id=product_id,
+    )
+
+
 def upcast(envelope: Envelope) -> Envelope:
     """Bring ``envelope`` to the current version of its type, or raise :class:`UnknownMessageError`."""
     type_ = envelope["type"]

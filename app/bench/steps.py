@@ -44,8 +44,7 @@ async def run(orders: int, batch: int, *, mixed: bool = False) -> dict[str, Any]
     from app.engine.store import PartitionDB
     from app.gateway import SimulatedGateway
     from app.main import engine
-    from schemas.envelope import make
-    from schemas.registry import order_placed
+    from schemas.registry import order_placed, set_stock_command
 
     workdir = Path(tempfile.mkdtemp(prefix="steps-bench-"))
     db = PartitionDB(workdir / "p0", 0, engine.indexer)
@@ -63,13 +62,7 @@ async def run(orders: int, batch: int, *, mixed: bool = False) -> dict[str, Any]
     products = [f"sku-{n:04d}" for n in range(100)] if mixed else ["p"]
     for n, product in enumerate(products):
         on_hand = 3 if mixed and n % 10 == 0 else 10**9
-        stock = make(
-            "inventory.set_stock",
-            "product",
-            product,
-            {"product_id": product, "on_hand": on_hand},
-            correlation_id=product,
-        )
+        stock = set_stock_command(product, on_hand)
         queue.append(record(f"{engine.app_id}.inventory", product.encode(), orjson.dumps(stock)))
     for i in range(orders):
         oid = f"o{i:08d}"

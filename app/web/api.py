@@ -36,7 +36,7 @@ from app.web.models import MAX_LIMIT
 from app.web.routing import FORWARDED, Unavailable
 from app.web.validation import parse
 from schemas.envelope import Envelope, make, parse_ts
-from schemas.registry import order_placed
+from schemas.registry import order_placed, set_stock_command
 from tables import (
     STOCK,
     USERS,
@@ -458,13 +458,7 @@ async def set_stock(request: web.Request, product_id: str) -> web.Response:
     stock = _db(product_id).get(STOCK, f"stock/{product_id}") or inventory_domain.empty_stock()
     if on_hand < stock["reserved"]:
         raise ApiError(409, "conflict", f"{stock['reserved']} units are reserved; on_hand cannot go below that")
-    env = make(
-        "inventory.set_stock",
-        "product",
-        product_id,
-        {"product_id": product_id, "on_hand": on_hand},
-        correlation_id=product_id,
-    )
+    env = set_stock_command(product_id, on_hand)
     await produce_and_wait(INVENTORY, product_id, env)
     return json_response({"product_id": product_id, "on_hand": on_hand, "status": "accepted"}, 202)
 
