@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import orjson
 import zstandard
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
 
 SEP = "/"
 CHECKPOINT = "~cp/"
@@ -108,6 +108,13 @@ def _options() -> Options:
     options.create_if_missing(True)
     options.set_max_background_jobs(1)
     options.set_write_buffer_size(8 * 1024 * 1024)
+    # Most point reads miss (a new order's state, payment and confirmation records): without
+    # a Bloom filter a miss reads a block of every file it might be in, 8.5 µs against 1.1 µs
+    # with one (300,000 keys; the filter costs ~10 bits a key). Files written without one
+    # still read; only new files get it.
+    table = BlockBasedOptions()
+    table.set_bloom_filter(10, False)
+    options.set_block_based_table_factory(table)
     return options
 
 
@@ -120,6 +127,14 @@ class PartitionDB:
         self.indexer = indexer
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = Rdict(str(path), _options())
+        # No write-ahead log (as Kafka Streams' RocksDB stores): the changelogs are the log. A
+        # killed process loses what was still in the memtable, and the database reopens at an
+        # older commit, whole (each commit is one batch with its checkpoints); recovery then
+        # reads the changelogs from that checkpoint on. A clean close flushes the memtable.
+        # Saves a third of the CPU a commit's write batch costs.
+        unlogged = WriteOptions()
+        unlogged.disable_wal = True  # type: ignore[method-assign,assignment]  # a property (the stub says a method)
+        self.db.set_write_options(unlogged)
 
     # --- reads (committed state) ----------------------------------------------------
 
