@@ -147,6 +147,7 @@ async def measure(bench: Bench, target: Target, rate: float | None) -> dict[str,
 
     active = 0.0
     send_seconds = 0.0
+    driver_seconds = 0.0  # this process's CPU while sending and reading outcomes (it shares the cores)
     ended: list[str] = []
     settled: list[bool] = []
     try:
@@ -167,12 +168,13 @@ async def measure(bench: Bench, target: Target, rate: float | None) -> dict[str,
         for edge in edges:
             orders = bk.placed_orders(target.prefix, first, edge - first, products=args.products, lines=args.lines)
             ids = [o.order_id for o in orders]
-            t_start = time.monotonic()
+            t_start, p_start = time.monotonic(), time.process_time()
             await bk.send_orders(prod, target.input_topic, orders, rate, tally, on_sent)
             await prod.flush()
             send_seconds += time.monotonic() - t_start
             sent_total += len(orders)
             ended.append(await wait_drained(tally, ids, target, args))
+            driver_seconds += time.process_time() - p_start
             last = max((tally.done_at[o] for o in ids if o in tally.done_at), default=t_start)
             active += max(0.0, last - t_start)
             # The work of an order goes on after its outcome (notification, analytics, commits):
@@ -216,7 +218,9 @@ async def measure(bench: Bench, target: Target, rate: float | None) -> dict[str,
         "duration_seconds": round(active, 3),
         "completed_per_s": round(len(tally.done_at) / active, 1) if active > 0 else None,
         "latency_ms": latency_ms(tally.latencies()),
-        "cpu": cpu_figures(cpu0, cpu1, broker0, broker1, active or wall, len(tally.done_at), target.engine),
+        "cpu": cpu_figures(
+            cpu0, cpu1, broker0, broker1, active or wall, len(tally.done_at), target.engine, driver_seconds
+        ),
         "rss_mb": {k: round(v / 2**20, 1) for k, v in rss.items() if v is not None},
         # The machine's load average at the end: other work on the same cores skews every figure.
         "loadavg_1_5_15": load,
@@ -245,10 +249,13 @@ def cpu_figures(
     wall: float,
     completed: int,
     engine: str,
+    driver: float | None = None,
 ) -> dict[str, Any]:
-    """Return CPU seconds and milliseconds per completed order, for the processes and the broker.
+    """Return CPU seconds and milliseconds per completed order, for the processes, the broker and the driver.
 
     ``wall`` is the active time (first send to last outcome): cores used = CPU seconds ÷ it.
+    ``driver`` is the benchmark's own CPU while it sent orders and read outcomes: it runs on
+    the same cores, so it is part of what a configuration costs the machine.
     """
     deltas = [b - a for a, b in zip(before, after, strict=True) if a is not None and b is not None]
     worker = sum(deltas) if deltas else None
@@ -263,6 +270,7 @@ def cpu_figures(
         "broker_seconds": None if broker is None else round(broker, 3),
         "worker_ms_per_order": per(worker),
         "broker_ms_per_order": per(broker),
+        "driver_ms_per_order": per(driver),
         "worker_cores": None if worker is None else round(worker / wall, 3),
         "broker_cores": None if broker is None else round(broker / wall, 3),
         "active_seconds": round(wall, 3),

@@ -250,7 +250,8 @@ def run_lines(run: Mapping[str, Any], ceiling: Mapping[str, Any] | None) -> list
         f"  CPU per order: {cpu.get('process_label', 'worker')} {fmt_num(cpu.get('worker_ms_per_order'), ' ms', 3)}"
         f"{vs(cpu.get('worker_ms_per_order'), ccpu.get('worker_ms_per_order'))}, "
         f"broker {fmt_num(cpu.get('broker_ms_per_order'), ' ms', 3)}"
-        f"{vs(cpu.get('broker_ms_per_order'), ccpu.get('broker_ms_per_order'))}"
+        f"{vs(cpu.get('broker_ms_per_order'), ccpu.get('broker_ms_per_order'))}, "
+        f"driver {fmt_num(cpu.get('driver_ms_per_order'), ' ms', 3)}"
         f"  (cores used: {fmt_num(cpu.get('worker_cores'), '', 2)} + broker {fmt_num(cpu.get('broker_cores'), '', 2)})",
     ]
     if per:
