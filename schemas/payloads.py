@@ -128,8 +128,7 @@ _ABSENT: Any = object()
 def _conforms(record: dict[str, Field], obj: dict[str, Any]) -> bool:
     """One pass with exact JSON types (what every decoded message has): ``True`` only if :func:`check` passes.
 
-    ``False`` leaves the verdict and its message to :func:`check` (also for the kinds this
-    pass does not test, e.g. timestamps).
+    ``False`` leaves the verdict and its message to :func:`check`.
     """
     for name, f in record.items():
         value = obj.get(name, _ABSENT)

@@ -465,6 +465,8 @@ class Engine:
                 await self._step(task)
         if now >= self._next_timer:
             self._next_timer = now + 1.0
+            for db in self.dbs.values():
+                db.flush_if_due(now)
             self._log_stats(now)
             await self._publish_metrics()
             for _interval, fn in self._timers:

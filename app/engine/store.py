@@ -18,6 +18,7 @@ transaction succeeded. So the database is always exactly at a committed point.
 from __future__ import annotations
 
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +31,13 @@ from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOption
 SEP = "/"
 CHECKPOINT = "~cp/"
 INDEX = "~ix/"
+
+#: Seconds a commit may stay only in a memtable (there is no write-ahead log) before the
+#: memtable is flushed to disk. Bounds what a SIGKILL makes recovery replay, and keeps the
+#: checkpoint on disk far younger than the changelog's tombstone retention
+#: (``delete.retention.ms``, 24 h by default): replaying from an older checkpoint than that
+#: could miss a delete the log cleaner has since dropped, and bring the key back.
+FLUSH_AFTER = 60.0
 
 #: Records whose JSON reaches this many bytes are stored and sent compressed (smaller ones, e.g.
 #: a stock count, stay plain JSON).
@@ -135,6 +143,8 @@ class PartitionDB:
         unlogged = WriteOptions()
         unlogged.disable_wal = True  # type: ignore[method-assign,assignment]  # a property (the stub says a method)
         self.db.set_write_options(unlogged)
+        #: ``time.monotonic()`` of the oldest write not yet flushed (None: all on disk).
+        self.unflushed_since: float | None = None
 
     # --- reads (committed state) ----------------------------------------------------
 
@@ -236,6 +246,16 @@ class PartitionDB:
         for store, cp in checkpoints.items():
             batch.put(f"{CHECKPOINT}{store}".encode(), orjson.dumps(cp))
         self.db.write(batch)
+        if self.unflushed_since is None:
+            self.unflushed_since = time.monotonic()
+
+    def flush_if_due(self, now: float) -> bool:
+        """Flush the memtable in the background if a write has waited :data:`FLUSH_AFTER` seconds."""
+        if self.unflushed_since is None or now - self.unflushed_since < FLUSH_AFTER:
+            return False
+        self.db.flush(wait=False)  # RocksDB switches memtables between two batches: whole commits
+        self.unflushed_since = None
+        return True
 
     def wipe_store(self, store: str) -> None:
         """Delete every record, derived entry and the checkpoint of ``store``."""
@@ -244,6 +264,9 @@ class PartitionDB:
             batch.delete_range(base, base[:-1] + bytes([base[-1] + 1]))
         batch.delete(f"{CHECKPOINT}{store}".encode())
         self.db.write(batch)
+        # On disk at once: a wipe lost with the memtable would bring back the checkpoint that
+        # condemned the store, which may pass the check later (a recreated changelog grows past it).
+        self.db.flush()
 
     def close(self) -> None:
         """Close the database."""

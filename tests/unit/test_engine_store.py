@@ -190,3 +190,52 @@ def test_a_closed_writer_keeps_every_commit(tmp_path: Path) -> None:
     assert db.checkpoint("s") == {"offset": 21, "cluster": "c", "topic": "t"}
     assert len(list(db.scan("s", ""))) == 21 * 8
     db.close()
+
+
+_FLUSHER = """
+import sys
+import time
+from pathlib import Path
+from app.engine.store import FLUSH_AFTER, PartitionDB
+db = PartitionDB(Path(sys.argv[1]), 0)
+for i in range(10):
+    db.apply({"s": {f"c{i:06d}/0": (None, b'"x"')}}, {"s": {"offset": i + 1, "cluster": "c", "topic": "t"}})
+if sys.argv[2] == "wipe":
+    db.db.flush()
+    db.wipe_store("s")
+else:
+    assert not db.flush_if_due(time.monotonic())  # too soon
+    assert db.flush_if_due(time.monotonic() + FLUSH_AFTER)
+    while any(db.db.property_int_value(p) for p in ("rocksdb.num-immutable-mem-table", "rocksdb.num-running-flushes")):
+        time.sleep(0.01)  # the background flush is done (its file is in the manifest)
+    assert db.db.property_int_value("rocksdb.num-entries-active-mem-table") == 0
+print("ready", flush=True)
+time.sleep(60)  # killed here
+"""
+
+
+def _kill_after_ready(path: Path, mode: str) -> None:
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FLUSHER, str(path), mode], cwd=root, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_commits_older_than_flush_after_survive_a_kill(tmp_path: Path) -> None:
+    """Without a write-ahead log a quiet partition's commits would stay in memory: the engine flushes them."""
+    _kill_after_ready(tmp_path / "p0", "flush")
+    db = PartitionDB(tmp_path / "p0", 0)
+    assert db.checkpoint("s") == {"offset": 10, "cluster": "c", "topic": "t"}
+    assert len(list(db.scan("s", ""))) == 10
+    db.close()
+
+
+def test_a_wipe_survives_a_kill(tmp_path: Path) -> None:
+    """A store condemned by recovery stays wiped: its old checkpoint never comes back."""
+    _kill_after_ready(tmp_path / "p0", "wipe")
+    db = PartitionDB(tmp_path / "p0", 0)
+    assert db.checkpoint("s") is None and not db.has_records("s")
+    db.close()
