@@ -178,14 +178,18 @@ async def measure(bench: Bench, target: Target, rate: float | None) -> dict[str,
             last = max((tally.done_at[o] for o in ids if o in tally.done_at), default=t_start)
             active += max(0.0, last - t_start)
             # The work of an order goes on after its outcome (notification, analytics, commits):
-            # records and CPU are both taken once the topics are quiet.
+            # records and CPU are both taken once the topics are quiet. The outcome reader
+            # pauses meanwhile: its polls (one per OUTCOME_FETCH_WAIT_MS) are not the app's cost.
+            consumer.pause(*consumer.assignment())
             offsets, quiet = await bk.settle(bench.bootstrap, target.app_id, timeout=args.settle_timeout)
             snapshots.append(offsets)
             settled.append(quiet)
             cpu1 = [procs.cpu_seconds(p) for p in pids]
             broker1 = procs.cpu_seconds(bench.broker_pid) if bench.broker_pid else None
             wall1 = time.monotonic()
+            consumer.resume(*consumer.assignment())
             first = edge
+        await bk.catch_up(consumer)  # outcomes that came while paused (a second one is a duplicate)
     finally:
         stop.set()
         with contextlib.suppress(Exception):

@@ -288,6 +288,19 @@ async def end_offsets(bootstrap: str, app_id: str) -> dict[TopicPartition, int]:
         await consumer.stop()
 
 
+async def catch_up(consumer: AIOKafkaConsumer, timeout: float = 10.0) -> bool:
+    """Wait until the outcome consumer has read its partitions up to their (stable) end; ``False`` on timeout."""
+    tps = list(consumer.assignment())
+    ends = await consumer.end_offsets(tps)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        positions = [await consumer.position(tp) for tp in tps]
+        if all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True)):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 async def settle(
     bootstrap: str, app_id: str, *, quiet: float = 2.0, timeout: float = 120.0
 ) -> tuple[dict[TopicPartition, int], bool]:
