@@ -12,6 +12,7 @@ import orjson
 
 from app.engine.step import Step
 from app.engine.store import IndexReader, PartitionDB
+from tests.support import ROOT
 
 
 def enc(records: dict[str, Any]) -> dict[str, tuple[Any, bytes | None]]:
@@ -154,14 +155,15 @@ for i in range(100_000):
 """
 
 
-def _run_writer(path: Path, ready_at: int, close_at: int) -> subprocess.Popen[str]:
-    root = Path(__file__).resolve().parents[2]
+def _spawn(script: str, *args: object) -> subprocess.Popen[str]:
+    """Run ``script`` in a fresh interpreter at the project's root, its stdout readable."""
     return subprocess.Popen(
-        [sys.executable, "-c", _WRITER, str(path), str(ready_at), str(close_at)],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-c", script, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE, text=True
     )
+
+
+def _run_writer(path: Path, ready_at: int, close_at: int) -> subprocess.Popen[str]:
+    return _spawn(_WRITER, path, ready_at, close_at)
 
 
 def test_a_killed_writer_leaves_a_whole_earlier_commit(tmp_path: Path) -> None:
@@ -197,6 +199,7 @@ import sys
 import time
 from pathlib import Path
 from app.engine.store import FLUSH_AFTER, PartitionDB
+from tests.support import eventually
 db = PartitionDB(Path(sys.argv[1]), 0)
 for i in range(10):
     db.apply({"s": {f"c{i:06d}/0": (None, b'"x"')}}, {"s": {"offset": i + 1, "cluster": "c", "topic": "t"}})
@@ -206,8 +209,10 @@ if sys.argv[2] == "wipe":
 else:
     assert not db.flush_if_due(time.monotonic())  # too soon
     assert db.flush_if_due(time.monotonic() + FLUSH_AFTER)
-    while any(db.db.property_int_value(p) for p in ("rocksdb.num-immutable-mem-table", "rocksdb.num-running-flushes")):
-        time.sleep(0.01)  # the background flush is done (its file is in the manifest)
+    busy = ("rocksdb.num-immutable-mem-table", "rocksdb.num-running-flushes")
+    eventually(  # the background flush is done (its file is in the manifest)
+        lambda: not any(db.db.property_int_value(p) for p in busy), timeout=30, interval=0.01, what="the flush"
+    )
     assert db.db.property_int_value("rocksdb.num-entries-active-mem-table") == 0
 print("ready", flush=True)
 time.sleep(60)  # killed here
@@ -215,10 +220,7 @@ time.sleep(60)  # killed here
 
 
 def _kill_after_ready(path: Path, mode: str) -> None:
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _FLUSHER, str(path), mode], cwd=root, stdout=subprocess.PIPE, text=True
-    )
+    proc = _spawn(_FLUSHER, path, mode)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
