@@ -221,8 +221,27 @@ def test_forwarded_long_polls_do_not_starve_worker_to_worker_calls(cluster: Clus
                 async with client.get(f"{cluster.urls[i % 2]}/orders/{uid('o')}?wait=4") as resp:
                     return resp.status
 
+            async def held() -> int:
+                """Long-polls the two workers hold (a forwarded one counts on both)."""
+                total = 0
+                for url in cluster.urls:
+                    async with client.get(f"{url}/metrics") as resp:
+                        text = await resp.text()
+                    total += sum(
+                        int(float(line.rsplit(" ", 1)[1]))
+                        for line in text.splitlines()
+                        if line.startswith("orderstream_http_long_polls ")
+                    )
+                return total
+
             polls = [asyncio.create_task(poll(i)) for i in range(400)]
-            await asyncio.sleep(1.0)  # every long-poll is waiting, about half of them forwarded
+            # Wait until every long-poll is held (about half of them forwarded): the count has
+            # reached 400 and stopped growing.
+            deadline, last = time.monotonic() + 3.0, -1
+            while (now := await held()) < 400 or now != last:
+                assert time.monotonic() < deadline, f"{now} long-polls held after 3 s, 400 sent"
+                last = now
+                await asyncio.sleep(0.1)
             started = time.monotonic()
             async with client.get(f"{cluster.urls[0]}/orders?limit=5") as resp:
                 listed = resp.status
