@@ -3,9 +3,10 @@
 Consumes ``order.confirmed`` from the orders topic (key: order id; and the older
 ``analytics.record`` command from the analytics topic). Each partition keeps its own
 aggregates in ``analytics_records``: ``total``, ``window/<minute>`` (windows older than
-:data:`~app.domain.analytics.KEEP_MINUTES` are pruned) and ``product/<product>``. It marks
-the order counted (:func:`tables.put_counted`, in the order's record of what its
-confirmation caused, shared with the notifications stage) so an order is counted once even
+:data:`~app.domain.analytics.KEEP_MINUTES` are pruned; ``pruned`` is where the last pruning
+stopped) and ``product/<product>``. It marks the order counted (:func:`tables.put_counted`,
+in the order's record of what its confirmation caused, shared with the notifications
+stage) so an order is counted once even
 if its confirmation arrives twice (a replay under at-least-once); the mark holds the
 ``analytics.order_recorded`` event it also sends to the orders topic. The summary adds
 every partition's aggregates across the cluster.
@@ -37,11 +38,7 @@ def handle(step: Step, env: Envelope) -> None:
     previous = step.get(STORE, f"window/{window}")
     step.put(STORE, f"window/{window}", domain.add_window(previous or domain.empty_window(), p))
     if previous is None:
-        cutoff = domain.oldest_kept(p["confirmed_at"])
-        for key, _ in step.scan(STORE, "window/"):
-            if key[len("window/") :] >= cutoff:
-                break
-            step.put(STORE, key, None)
+        _prune(step, window, p["confirmed_at"])
     for item in p["items"]:
         pid = str(item["product_id"])
         step.put(STORE, f"product/{pid}", domain.add_line(step.get(STORE, f"product/{pid}"), item))
@@ -51,6 +48,24 @@ def handle(step: Step, env: Envelope) -> None:
     )
     put_counted(step, order_id, outs[0][2])
     send(step, outs)
+
+
+def _prune(step: Step, opened: str, confirmed_at: str) -> None:
+    """Delete the windows older than the kept span, starting where the last pruning stopped.
+
+    ``pruned`` is the horizon the last pruning reached (no window before it is left), so a
+    pruning never seeks across the windows deleted before it: RocksDB steps over every
+    deleted key on a seek until a compaction drops it, and a month of one-minute windows is
+    43,200 of them. A window opened before the horizon (a late confirmation) moves it back.
+    """
+    horizon = step.get(STORE, "pruned") or ""
+    horizon = min(horizon, opened) if horizon else ""
+    cutoff = domain.oldest_kept(confirmed_at)
+    for key, _ in step.scan(STORE, "window/", horizon):
+        if key[len("window/") :] >= cutoff:
+            break
+        step.put(STORE, key, None)
+    step.put(STORE, "pruned", max(horizon, cutoff))
 
 
 engine.route(STAGE, ORDERS, {"order.confirmed"}, handle)

@@ -25,7 +25,8 @@ partition, inside a step. Records, by store:
   Each stage reads and writes only its own fields (:func:`notified`, :func:`put_notified`,
   :func:`counted`, :func:`put_counted`).
 * ``analytics_records``: ``window/<minute>`` (pruned after
-  :data:`app.domain.analytics.KEEP_WINDOWS`), ``product/<product>``, ``total``; and
+  :data:`app.domain.analytics.KEEP_MINUTES`; ``pruned``: the horizon the last pruning reached,
+  no window before it is left), ``product/<product>``, ``total``; and
   ``recorded/<order>``, the count mark as versions before the shared record kept it (still
   read, never written).
 * ``user_records``: ``user/<user>``; ``dead_letters``: ``letter/<dead-letter id>``.
@@ -396,6 +397,8 @@ def put_counted(step: Step, order_id: str, event: Mapping[str, Any]) -> None:
 def analytics_partial(db: PartitionDB) -> dict[str, Any]:
     """This partition's aggregates: totals, windows, products."""
     total = db.get(ANALYTICS, "total") or {"orders": 0, "revenue_cents": 0, "currency": None}
-    windows = {k[len("window/") :]: v for k, v in db.scan(ANALYTICS, "window/")}
+    # No window is left before the horizon the last pruning reached: seek past the deleted ones.
+    horizon = db.get(ANALYTICS, "pruned") or ""
+    windows = {k[len("window/") :]: v for k, v in db.scan(ANALYTICS, "window/", horizon)}
     products = {k[len("product/") :]: v for k, v in db.scan(ANALYTICS, "product/")}
     return {**total, "windows": windows, "products": products}

@@ -122,9 +122,38 @@ class Step:
         self._undo.append((cache, key, cache.get(key, _MISSING)))
         cache[key] = value
 
-    def scan(self, store: str, prefix: str) -> Iterator[tuple[str, Any]]:
-        """Committed ``(key, value)`` pairs under ``prefix`` (this step's own writes are not merged in)."""
-        return self.db.scan(store, prefix)
+    def scan(self, store: str, prefix: str, start: str = "") -> Iterator[tuple[str, Any]]:
+        """``(key, value)`` under ``prefix`` from ``prefix + start`` on, in key order, as this step sees it.
+
+        The committed records with this step's own writes merged in (theirs win; deleted keys
+        are left out). The writes are taken when the scan begins: a caller may write while
+        it iterates.
+        """
+        low = prefix + start
+        pending: dict[str, Any] = {}
+        for layer in (self.frozen, self.overlay):  # the overlay is newer
+            for key, (value, _) in layer.get(store, {}).items():
+                if key.startswith(prefix) and key >= low:
+                    pending[key] = value
+        if not pending:
+            yield from self.db.scan(store, prefix, start)
+            return
+        ours = sorted(pending.items())
+        i = 0
+        for key, value in self.db.scan(store, prefix, start):
+            while i < len(ours) and ours[i][0] < key:
+                if ours[i][1] is not None:
+                    yield ours[i]
+                i += 1
+            if i < len(ours) and ours[i][0] == key:
+                if ours[i][1] is not None:
+                    yield ours[i]
+                i += 1
+                continue
+            yield key, value
+        for key, value in ours[i:]:
+            if value is not None:
+                yield key, value
 
     # --- outputs --------------------------------------------------------------------
 

@@ -56,3 +56,56 @@ def test_analytics_records_are_bounded_after_thirty_days(tmp_path: Path) -> None
     assert len(partial["products"]) == 40
     assert max(sizes) < 200, sizes  # no aggregate record grows with time
     db.close()
+
+
+def _handle_all(db: PartitionDB, confirmations: list[tuple[str, datetime]], commit_every: int = 1) -> None:
+    from agents import analytics
+
+    step = Step(0, db)
+    for i, (order_id, at) in enumerate(confirmations):
+        step.begin("analytics", "orders", i, {})
+        analytics.handle(step, _confirmed(order_id, at, "p1"))  # type: ignore[arg-type]
+        if (i + 1) % commit_every == 0 or i == len(confirmations) - 1:
+            writes, _ = step.freeze()
+            db.apply(writes, {})
+            step.landed()
+            step.outputs.clear()
+
+
+def _windows(db: PartitionDB) -> list[str]:
+    from tables import ANALYTICS
+
+    return [key[len("window/") :] for key, _ in db.scan(ANALYTICS, "window/")]
+
+
+def test_a_window_opened_behind_the_pruning_horizon_is_pruned_later(tmp_path: Path) -> None:
+    from app.domain.analytics import KEEP_MINUTES
+    from tables import analytics_partial
+
+    db = PartitionDB(tmp_path / "p0", 0)
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    late = t0 + timedelta(minutes=10)
+    now = t0 + timedelta(minutes=KEEP_MINUTES + 60)
+    # Windows at t0 .. t0+3 min, then an hour past the kept span: the first ones are pruned.
+    _handle_all(db, [(f"o{i}", t0 + timedelta(minutes=i)) for i in range(4)] + [("o-now", now)])
+    assert _windows(db) == ["2026-11-01T03:00:00Z"]
+    # A late confirmation opens a window behind the horizon; the summary still shows it ...
+    _handle_all(db, [("o-late", late)])
+    assert "2026-11-01T00:10:00Z" in analytics_partial(db)["windows"]
+    # ... and the next pruning deletes it: nothing is left behind the horizon for ever.
+    _handle_all(db, [("o-next", now + timedelta(minutes=1))])
+    assert _windows(db) == ["2026-11-01T03:00:00Z", "2026-11-01T03:01:00Z"]
+    assert analytics_partial(db)["windows"].keys() == set(_windows(db))
+    db.close()
+
+
+def test_windows_opened_and_passed_in_one_commit_are_pruned(tmp_path: Path) -> None:
+    from app.domain.analytics import KEEP_MINUTES
+
+    db = PartitionDB(tmp_path / "p0", 0)
+    t0 = datetime(2026, 11, 1, tzinfo=UTC)
+    far = t0 + timedelta(minutes=KEEP_MINUTES + 5)
+    # One commit: three windows, then one past the kept span (they are not in RocksDB yet).
+    _handle_all(db, [("o1", t0), ("o2", t0 + timedelta(minutes=1)), ("o3", far)], commit_every=100)
+    assert _windows(db) == ["2026-11-01T02:05:00Z"]
+    db.close()

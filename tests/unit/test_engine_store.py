@@ -78,6 +78,30 @@ def test_a_step_reads_its_own_writes_then_the_commit_in_flight_then_rocksdb(tmp_
     assert (step.get("s", "a"), step.get("s", "b")) == (3, 2)
 
 
+def test_a_step_scans_its_own_writes_merged_into_rocksdb_in_key_order(tmp_path: Path) -> None:
+    db = PartitionDB(tmp_path / "p0", 0)
+    db.apply({"s": enc({"w/1": 1, "w/3": 1, "w/5": 1, "w/7": 1, "x/0": 1})}, {})
+    step = Step(0, db)
+    step.begin("stage", "topic", 0, {})
+    step.put("s", "w/3", 2)  # the commit in flight changes one and deletes one
+    step.put("s", "w/5", None)
+    step.freeze()
+    step.begin("stage", "topic", 1, {})
+    step.put("s", "w/0", 3)  # the overlay adds before, between and after, and wins over the commit
+    step.put("s", "w/4", 3)
+    step.put("s", "w/3", 3)
+    step.put("s", "w/9", 3)
+    step.put("s", "w/7", None)
+    assert list(step.scan("s", "w/")) == [("w/0", 3), ("w/1", 1), ("w/3", 3), ("w/4", 3), ("w/9", 3)]
+    assert list(step.scan("s", "w/", "3")) == [("w/3", 3), ("w/4", 3), ("w/9", 3)]
+    seen = []
+    for key, _ in step.scan("s", "w/"):  # writing while iterating is allowed
+        seen.append(key)
+        step.put("s", key, None)
+    assert seen == ["w/0", "w/1", "w/3", "w/4", "w/9"]
+    assert list(step.scan("s", "w/")) == []
+
+
 def test_rollback_undoes_exactly_the_failed_event(tmp_path: Path) -> None:
     db = PartitionDB(tmp_path / "p0", 0)
     step = Step(0, db)
