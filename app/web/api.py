@@ -251,8 +251,17 @@ async def place_order(request: web.Request) -> web.Response:
     )
     # The same key from the same user names the same order: a retried POST creates nothing new.
     order_id = orders_domain.keyed_order_id(order.user_id, idem) if idem else str(uuid.uuid4())
-    if idem and await _already_placed(order_id, digest):
-        return json_response({"order_id": order_id, "status": "pending"}, 202, {"Location": f"/orders/{order_id}"})
+    accepted = json_response({"order_id": order_id, "status": "pending"}, 202, {"Location": f"/orders/{order_id}"})
+    if idem:
+        # Placed by the order's owner only, so requests with one key are decided one at a time.
+        owner = routing.owner_of(ORDERS, order_id)
+        if owner != routing.my_url():
+            if request.headers.get(FORWARDED):
+                raise Unavailable("the key's owner changed while the request was forwarded")
+            return await routing.forward(request, owner)
+        routing.check_local(ORDERS, order_id)
+        if _already_placed(order_id, digest):
+            return accepted
     from agents.payments import gateway
 
     card = gateway.tokenize(order.card_number)
@@ -270,26 +279,50 @@ async def place_order(request: web.Request) -> web.Response:
         payload,
         metadata={"idempotency_key": idem, "request_hash": digest} if idem else {"request_hash": digest},
     )
-    await produce(ORDERS, order_id, env)
+    if idem:
+        _PLACING[order_id] = (digest, time.monotonic())  # before any await: the next request sees it
+    try:
+        await produce(ORDERS, order_id, env)
+    except BaseException:
+        if idem:
+            _PLACING.pop(order_id, None)  # not placed (or not known to be): a retry places it
+        raise
     metrics.ORDERS_PLACED.inc()
-    return json_response({"order_id": order_id, "status": "pending"}, 202, {"Location": f"/orders/{order_id}"})
+    return accepted
 
 
-async def _already_placed(order_id: str, digest: str) -> bool:
+#: Seconds an order placed here with an ``Idempotency-Key`` is remembered before its state
+#: is committed (the saga may not have handled its ``order.placed`` yet).
+PLACING_FOR = 600.0
+PLACING_MAX = 100_000
+#: Order id -> (request hash, when) of keyed orders this worker placed, oldest first.
+_PLACING: dict[str, tuple[str, float]] = {}
+
+
+def _already_placed(order_id: str, digest: str) -> bool:
     """Whether the order of this key exists: True if placed with the same request, 422 if with another.
 
-    Asked of the order's owner; a state without ``request_hash`` (placed before it was
-    recorded) counts as the same request.
+    Asked on the order's owner, without waiting between the question and the produce that
+    follows a False, so two requests with one key are never both placed: the owner remembers
+    the keyed orders it placed until their state is committed (the saga keeps
+    ``request_hash`` from the ``order.placed`` metadata in the order's state). A state
+    without ``request_hash`` (placed before it was recorded) counts as the same request.
     """
-    owner = routing.owner_of(ORDERS, order_id)
-    if owner == routing.my_url():
-        routing.check_local(ORDERS, order_id)
-        known = _placed_with(order_id)
+    now = time.monotonic()
+    while _PLACING:
+        oldest = next(iter(_PLACING))
+        if now - _PLACING[oldest][1] < PLACING_FOR and len(_PLACING) < PLACING_MAX:
+            break
+        del _PLACING[oldest]
+    state = order_state(_db(order_id), order_id)
+    if state is not None:
+        _PLACING.pop(order_id, None)
+        placed_with = state.get("request_hash")
+    elif order_id in _PLACING:
+        placed_with = _PLACING[order_id][0]
     else:
-        known = (await routing.gather_one(owner, f"/_local/placed/{order_id}"))["order"]
-    if known is None:
         return False
-    if known["request_hash"] not in (None, digest):
+    if placed_with not in (None, digest):
         raise ApiError(
             422,
             "idempotency_key_reused",
@@ -297,25 +330,6 @@ async def _already_placed(order_id: str, digest: str) -> bool:
             [{"field": "Idempotency-Key", "message": "already used with a different body"}],
         )
     return True
-
-
-async def local_placed(request: web.Request) -> web.Response:
-    """Internal: whether this worker's order ``id`` exists, and the hash of the request that placed it."""
-    require_peer(request)
-    order_id = request.match_info["order_id"]
-    routing.check_local(ORDERS, order_id)
-    return json_response({"order": _placed_with(order_id)})
-
-
-def _placed_with(order_id: str) -> dict[str, Any] | None:
-    """``None`` if this worker's order ``id`` does not exist, else the hash of the request that placed it.
-
-    The saga keeps ``request_hash`` from the ``order.placed`` metadata in the order's state.
-    """
-    state = order_state(_db(order_id), order_id)
-    if state is None:
-        return None
-    return {"request_hash": state.get("request_hash")}
 
 
 async def get_order(request: web.Request) -> web.StreamResponse:
@@ -715,7 +729,6 @@ def register(web_app: web.Application) -> None:
     r.add_patch("/users/{user_id}", update_user)
     r.add_get("/users/{user_id}", get_user)
     r.add_post("/users/{user_id}/_create", create_user_at_owner)
-    r.add_get("/_local/placed/{order_id}", local_placed)
     r.add_get("/analytics/summary", analytics_summary)
     r.add_get("/dlq", list_dead_letters)
     r.add_post("/dlq/redrive", redrive)

