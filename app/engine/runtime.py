@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import IllegalStateError, KafkaError, ProducerFenced
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord as Record  # topic, partition, offset, key, value, headers
 
@@ -127,6 +127,8 @@ class Task:
     fetched: dict[TopicPartition, int] = field(default_factory=dict)
     #: Where the last reset sent each input partition back to (``None``: its beginning).
     rewind: dict[TopicPartition, int | None] = field(default_factory=dict)
+    #: Per input partition, the offset below which every handled record's writes are in RocksDB.
+    landed: dict[TopicPartition, int] = field(default_factory=dict)
 
 
 class Waiters:
@@ -232,6 +234,11 @@ class Engine:
         self._bg: set[asyncio.Task[None]] = set()
         self._known_topics: dict[int, set[str]] = {}
         self._partitions_by_key: dict[bytes, int] = {}
+        #: A read_uncommitted client for high watermarks (:meth:`settled`), started when first needed.
+        self._watermarks: AIOKafkaConsumer | None = None
+        self._watermarks_lock = asyncio.Lock()
+        #: The loop's fetch in flight, or one that ended and is not yet taken in.
+        self._fetch: asyncio.Task[dict[TopicPartition, list[Any]]] | None = None
 
     # --- declaration ------------------------------------------------------------
 
@@ -338,6 +345,9 @@ class Engine:
         if self.producer is not None:
             with contextlib.suppress(Exception):
                 await self.producer.stop()
+        if self._watermarks is not None:
+            with contextlib.suppress(Exception):
+                await self._watermarks.stop()
         for db in self.dbs.values():
             db.close()
         self.dbs.clear()
@@ -361,6 +371,47 @@ class Engine:
     def partition_for(self, key: str) -> int:
         """The partition ``key`` hashes to (the Java client's default partitioner)."""
         return (murmur2(key.encode()) & 0x7FFFFFFF) % self.partitions
+
+    async def settled(self, logical: str, key: str, timeout: float) -> bool:
+        """Wait until the committed state here holds every record of ``key``'s partition of ``logical`` sent so far.
+
+        Read-your-writes for the HTTP edge: a record the broker acknowledged before this call
+        is handled and its writes are in RocksDB when this returns True (False: not within
+        ``timeout``, or the partition is not this worker's). The end is the high watermark
+        (records of transactions still open included: the consumer passes them only once they
+        end), asked of the broker now.
+        """
+        task = self.tasks.get(self.partition_for(key))
+        if task is None or not task.ready or self.consumer is None:
+            return False
+        tp = TopicPartition(f"{self.app_id}.{logical}", task.partition)
+        deadline = time.monotonic() + timeout
+        try:
+            async with self._watermarks_lock:
+                if self._watermarks is None:
+                    client = AIOKafkaConsumer(
+                        bootstrap_servers=self.bootstrap, group_id=None, isolation_level="read_uncommitted"
+                    )
+                    await client.start()
+                    self._watermarks = client
+            end = (await asyncio.wait_for(self._watermarks.end_offsets([tp]), timeout))[tp]
+            while True:
+                position = await asyncio.wait_for(self.consumer.position(tp), max(deadline - time.monotonic(), 0.01))
+                # The consumer has read past ``end`` (transaction markers included), the loop has
+                # taken in what it read (a fetch that ended is not yet in ``fetched``), and every
+                # record taken in is landed.
+                if (
+                    position >= end
+                    and (self._fetch is None or not self._fetch.done())
+                    and task.landed.get(tp, 0) >= task.fetched.get(tp, 0)
+                    and not task.closed
+                ):
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(0.01)
+        except (TimeoutError, KafkaError, AssertionError, IllegalStateError):
+            return False
 
     # --- producing outside the steps (HTTP edge) ----------------------------------
 
@@ -410,6 +461,7 @@ class Engine:
             if fetch is None:
                 fetch = asyncio.ensure_future(self.consumer.getmany(timeout_ms=200, max_records=2000))
                 fetch_started = time.monotonic()
+                self._fetch = fetch
             if wake is None:
                 wake = asyncio.ensure_future(self._wakeup.wait())
             await asyncio.wait({fetch, wake}, timeout=self._until_timer(), return_when=asyncio.FIRST_COMPLETED)
@@ -428,6 +480,8 @@ class Engine:
                 cycle_started = time.monotonic()
                 async with self._lock:
                     await self._cycle(batch, fetch_started)
+                if fetch is None:
+                    self._fetch = None  # taken in
                 spent = time.monotonic() - cycle_started
                 self.stats["cycles"] += 1
                 self.stats["cycle_ms"] += int(spent * 1000)
@@ -765,6 +819,7 @@ class Engine:
         # Outputs deferred while the last commit ran belong to inputs in these offsets: they go
         # in this transaction too (sent below, before anything later can be).
         writes, handled = step.freeze()
+        upto = dict(task.position)  # every input below these is handled: its writes are in this commit
         offsets = self._offsets(task)
         sends, task.sends = task.sends, []
         deferred, task.deferred = task.deferred, []
@@ -827,6 +882,7 @@ class Engine:
             }
             step.db.apply(writes, checkpoints)
             step.landed()
+            task.landed.update(upto)
             self._wake_waiters(writes, handled)
             task.last_commit = time.monotonic()
             self.stats["commits"] += 1

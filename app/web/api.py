@@ -18,6 +18,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.streams import EofStream
+from aiohttp.web_protocol import RequestPayloadError
 from aiokafka.errors import KafkaError
 
 from app import codec, metrics, tracing
@@ -84,7 +87,14 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     started = time.perf_counter()
     try:
+        await _read_body(request)
         response = await _capped(request, handler)
+    except ClientGone:
+        # No one to answer: the client closed the connection while sending its body. Not a
+        # server error: recorded as 499 (as nginx does), logged only at debug.
+        log.debug("%s %s: the client left while sending its body", request.method, request.rel_url.path)
+        metrics.observe_http(route, request.method, CLIENT_GONE, time.perf_counter() - started)
+        return error_response(400, "client_gone", "the connection closed before the body arrived")
     except guard.Refused as exc:
         response = error_response(exc.status, exc.code, exc.message)
     except ApiError as exc:
@@ -95,6 +105,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(503, "unavailable", f"{exc}; retry shortly")
     except web.HTTPRequestEntityTooLarge:
         response = error_response(413, "too_large", f"the body is larger than {settings.max_body_bytes} bytes")
+    except web.HTTPMethodNotAllowed as exc:
+        response = error_response(exc.status, "method_not_allowed", f"{exc.method} is not allowed here")
+        response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
     except web.HTTPException as exc:
         response = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
     except Exception:
@@ -102,6 +115,37 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(500, "internal", "internal error")
     metrics.observe_http(route, request.method, response.status, time.perf_counter() - started)
     return response
+
+
+#: Seconds a client has to send a request's whole body once its headers arrived.
+BODY_TIMEOUT = 10.0
+#: The status recorded (never sent) for a request whose client left while sending its body.
+CLIENT_GONE = 499
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its body arrived."""
+
+
+async def _read_body(request: web.Request) -> None:
+    """Read the body before a request takes a slot (aiohttp keeps it for the handler).
+
+    A client that sends its body slowly, or never, holds no slot of the in-flight cap: it
+    gets a 408 after :data:`BODY_TIMEOUT`. A body that cannot be decoded per its
+    ``Content-Encoding`` is a 400; a larger one than allowed a 413.
+    """
+    if not request.body_exists:
+        return
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            await request.read()
+    except TimeoutError:
+        raise ApiError(408, "timeout", f"the body did not arrive within {BODY_TIMEOUT:.0f} s") from None
+    except (BadHttpMessage, RequestPayloadError) as exc:
+        # A body that does not decode per its Content-Encoding (aiohttp wraps the decoder's error).
+        raise ApiError(400, "bad_encoding", "the body cannot be decoded per its Content-Encoding") from exc
+    except (ConnectionError, EofStream) as exc:
+        raise ClientGone from exc
 
 
 async def _capped(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -138,10 +182,10 @@ async def read_json(request: web.Request, *, empty: Any = ...) -> Any:
         raise ApiError(400, "bad_json", "the body is not valid JSON") from None
 
 
-def _no_body(request: web.Request) -> None:
-    """A command without a body: any body it has must still be declared JSON (415), else CSRF gets in."""
-    if request.body_exists and request.content_type != "application/json":
-        raise ApiError(415, "unsupported_media_type", "the body must be JSON with Content-Type: application/json")
+async def _no_body(request: web.Request) -> None:
+    """A command without a body: a body it has must still be JSON (415 if undeclared, else CSRF gets in; 400 if not)."""
+    if request.body_exists:
+        await read_json(request, empty=None)
 
 
 def _scrub(value: Any) -> Any:
@@ -360,8 +404,29 @@ async def _get_order(request: web.Request, order_id: str) -> web.Response:
         # Woken by the commit of this order's next entry (a waiter costs nothing until then).
         await engine.waiters.wait(order_id, remaining)
     if state is None:
-        raise ApiError(404, "not_found", f"order {order_id} not found")
+        state = await _settled_order(order_id)
     return json_response(orders_domain.to_view(state))
+
+
+#: How long a read of an order that is not there waits for its partition to take in
+#: everything sent to it so far (an order placed a moment ago is not yet handled).
+SETTLE_WAIT = 2.0
+
+
+async def _settled_order(order_id: str) -> dict[str, Any]:
+    """The state of an order the committed state does not hold yet, once its partition has caught up.
+
+    Read-your-writes after a 202: the order's ``order.placed`` was acknowledged by the broker
+    before the 202, so once everything sent to the partition so far is handled and
+    committed, an order still missing is unknown (404); a partition that cannot catch up
+    within :data:`SETTLE_WAIT` is a 503 with ``Retry-After``, not a 404.
+    """
+    if not await engine.settled(ORDERS, order_id, SETTLE_WAIT):
+        raise Unavailable("the order's partition has records not handled yet; retry shortly")
+    state = order_state(_db(order_id), order_id)
+    if state is None:
+        raise ApiError(404, "not_found", f"order {order_id} not found")
+    return state
 
 
 def _order_as_of(order_id: str, as_of: str) -> dict[str, Any]:
@@ -382,7 +447,8 @@ async def order_events(request: web.Request, order_id: str) -> web.Response:
     """``GET /orders/{id}/events``: the order's events in causal order."""
     history = order_history(_db(order_id), order_id)
     if not history:
-        raise ApiError(404, "not_found", f"order {order_id} not found")
+        await _settled_order(order_id)
+        history = order_history(_db(order_id), order_id)
     events = history if is_admin(request) else [_customer_view(e) for e in history]
     return json_response({"order_id": order_id, "events": events})
 
@@ -404,12 +470,10 @@ def _order_command(kind: str) -> Handler:
         if kind == "ship":
             payload.update(validation.ship_request(await read_json(request)))
         else:
-            _no_body(request)
+            await _no_body(request)
         if kind == "cancel":
             payload["reason"] = "customer_cancelled"
-        state = order_state(_db(order_id), order_id)
-        if state is None:
-            raise ApiError(404, "not_found", f"order {order_id} not found")
+        state = order_state(_db(order_id), order_id) or await _settled_order(order_id)
         if not check(state):
             raise ApiError(
                 409, "conflict", f"cannot {kind} an order that is {state['status']}", [{"status": state["status"]}]

@@ -220,6 +220,36 @@ def test_one_idempotency_key_sent_at_once_with_different_bodies_places_one_of_th
     assert (first.status, again.status) == (202, 422), (first, again)
 
 
+def test_an_order_is_there_straight_after_its_202_on_either_worker(cluster: Cluster) -> None:
+    product, user = uid("p"), uid("u")
+    cluster.put(f"/inventory/{product}", {"on_hand": 100}, headers=ADMIN)
+    for n in range(8):
+        placed = cluster.post("/orders", order_body([(product, 1, "2.00")], user_id=user), n % 2)
+        assert placed.status == 202, placed
+        location, other = placed.headers["Location"], (n + 1) % 2
+        read = cluster.get(location, other)
+        assert read.status == 200 and read.body["order_id"] == placed.body["order_id"], read
+        events = cluster.get(location + "/events", n % 2)
+        assert events.status == 200 and events.body["events"][0]["type"] == "order.placed", events
+    placed = cluster.post("/orders", order_body([(product, 1, "2.00")], user_id=user), 0)
+    cancelled = cluster.post(placed.headers["Location"] + "/cancel", None, 1)
+    assert cancelled.status == 202, cancelled
+    assert cluster.final(placed.body["order_id"])["status"] == "cancelled"
+    # An order that does not exist is still a 404, at once once its partition is caught up.
+    started = time.monotonic()
+    assert cluster.get(f"/orders/{uid('o')}", 1).status == 404
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_command_with_a_malformed_json_body_is_400(cluster: Cluster) -> None:
+    product = uid("p")
+    cluster.put(f"/inventory/{product}", {"on_hand": 5}, headers=ADMIN)
+    order_id = cluster.place(order_body([(product, 1, "2.00")], user_id=uid("u")))
+    for kind in ("cancel", "deliver"):
+        resp = http("POST", f"{cluster.urls[0]}/orders/{order_id}/{kind}", raw=b"{{{", headers=ADMIN)
+        assert resp.status == 400 and resp.body["error"] == "bad_json", (kind, resp)
+
+
 def test_forwarding_keeps_the_encoded_path(cluster: Cluster) -> None:
     for url in cluster.urls:
         started = time.monotonic()

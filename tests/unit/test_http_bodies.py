@@ -1,0 +1,131 @@
+"""The HTTP edge's handling of request bodies, over real sockets.
+
+aiohttp's server runs as faust's web driver runs it, with the edge's middleware.
+
+Slow bodies hold no slot of the in-flight cap and get a 408; a body that does not decode
+per its ``Content-Encoding`` is a 400; a client that leaves mid-body is recorded as 499,
+not as a server error; a 405 names the allowed methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from app import metrics
+from app.web import api, guard
+
+Check = Callable[[str, int], Awaitable[None]]
+
+
+def _serve(monkeypatch: pytest.MonkeyPatch, check: Check) -> None:
+    """Run ``check(host, port)`` against an app with the edge's middleware, a cap of 2 and a 0.5 s body timeout."""
+    monkeypatch.setattr(api, "BODY_TIMEOUT", 0.5)
+    monkeypatch.setattr(guard, "IN_FLIGHT", guard.Gauge("requests in flight", 2))
+
+    async def echo(request: web.Request) -> web.Response:
+        body = await api.read_json(request)
+        return api.json_response({"keys": sorted(body)})
+
+    async def main() -> None:
+        app = web.Application(middlewares=[api.errors_middleware], client_max_size=64 * 1024)
+        app.router.add_post("/echo", echo)
+        app.router.add_get("/only-get", echo)
+        runner = web.AppRunner(app, access_log=None)  # as faust's web driver runs it
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            port = runner.addresses[0][1]
+            await check("127.0.0.1", port)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+async def _request(host: str, port: int, head: str, body: bytes = b"", *, close: bool = False) -> tuple[int, str]:
+    """Send raw bytes; return the status and the whole answer (``(0, "")`` when ``close``)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(head.encode() + b"\r\n" + body)
+    await writer.drain()
+    if close:
+        writer.close()
+        return 0, ""
+    answer = (await asyncio.wait_for(reader.read(65536), 5)).decode(errors="replace")
+    writer.close()
+    return int(answer.split(" ", 2)[1]), answer
+
+
+def _post(path: str, length: int, extra: str = "") -> str:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\nConnection: close\r\n{extra}"
+    )
+
+
+def test_slow_bodies_hold_no_slot_and_get_a_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def check(host: str, port: int) -> None:
+        # Five clients send one byte of a 100-byte body and stall (the cap is 2).
+        slow = [asyncio.create_task(_request(host, port, _post("/echo", 100), b"{")) for _ in range(5)]
+        await asyncio.sleep(0.1)  # let them connect; they stall for the whole BODY_TIMEOUT (0.5 s)
+        status, answer = await _request(host, port, _post("/echo", 8), b'{"a": 1}')
+        assert status == 200, answer
+        assert not any(t.done() for t in slow)  # still stalled while a normal request is served
+        for status, answer in await asyncio.gather(*slow):
+            assert status == 408, answer
+            assert '"error":"timeout"' in answer
+
+    _serve(monkeypatch, check)
+
+
+def test_a_body_that_does_not_decode_per_its_encoding_is_a_400(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def check(host: str, port: int) -> None:
+        for encoding in ("gzip", "deflate"):
+            status, answer = await _request(
+                host, port, _post("/echo", 13, f"Content-Encoding: {encoding}\r\n"), b"notcompressed"
+            )
+            assert status == 400, answer
+            assert '"error":"bad_encoding"' in answer
+
+    _serve(monkeypatch, check)
+
+
+def test_a_client_that_leaves_mid_body_is_no_server_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def count(status: str) -> float:
+        value: Any = metrics.REGISTRY.get_sample_value(
+            "orderstream_http_requests_total", {"route": "/echo", "status": status}
+        )
+        return float(value or 0.0)
+
+    before = {s: count(s) for s in ("499", "500")}
+
+    async def check(host: str, port: int) -> None:
+        for _ in range(3):
+            await _request(host, port, _post("/echo", 100), b'{"a"', close=True)
+        for _ in range(100):  # the server sees the close on its next read
+            if count("499") - before["499"] >= 3:
+                break
+            await asyncio.sleep(0.02)
+
+    with caplog.at_level(logging.INFO):
+        _serve(monkeypatch, check)
+    assert count("499") - before["499"] == 3
+    assert count("500") == before["500"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_405_names_the_allowed_methods(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def check(host: str, port: int) -> None:
+        status, answer = await _request(host, port, _post("/only-get", 2), b"{}")
+        assert status == 405, answer
+        assert "Allow: GET" in answer and '"error":"method_not_allowed"' in answer
+
+    _serve(monkeypatch, check)
