@@ -106,6 +106,10 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        """The line before any traceback, with control and bidi characters escaped (one record, one line)."""
+        return super().formatMessage(record).translate(_UNSAFE)
+
     def format(self, record: logging.LogRecord) -> str:
         """Format the line, then append the event fields that are present."""
         line = super().format(record)
@@ -115,7 +119,14 @@ class TextFormatter(logging.Formatter):
         if not extra:
             return line
         head, sep, rest = line.partition("\n")  # keep a traceback below the fields
-        return f"{head} [{' '.join(extra)}]{sep}{rest}"
+        return f"{head} [{' '.join(extra).translate(_UNSAFE)}]{sep}{rest}"
+
+
+#: Characters a text log line shows escaped: C0 controls but tab (a newline would forge a
+#: record), DEL, and the bidi controls that reorder what a terminal shows.
+_UNSAFE = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F) if c != 0x09} | {
+    c: f"\\u{c:04x}" for c in (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+}
 
 
 def json_formatter() -> logging.Formatter:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -66,8 +67,19 @@ def _money(value: str) -> str:
     return value
 
 
+def _visible(value: str) -> str:
+    """No control, format (bidi overrides, zero-width), surrogate, private or unassigned characters.
+
+    They would reach log lines, e-mail headers and terminals as they are.
+    """
+    if any(unicodedata.category(c).startswith("C") for c in value):
+        raise ValueError("must not contain control or formatting characters")
+    return value
+
+
 Ident = Annotated[str, Field(pattern=IDENT_PATTERN, description="1-128 ASCII letters, digits or ._:-")]
-Email = Annotated[str, Field(pattern=EMAIL_PATTERN, max_length=254)]
+Email = Annotated[str, AfterValidator(_visible), Field(pattern=EMAIL_PATTERN, max_length=254)]
+Name = Annotated[str, AfterValidator(_visible), Field(max_length=200)]
 Money = Annotated[
     str,
     Field(
@@ -170,7 +182,7 @@ def _stripped(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
 
-ShortText = Annotated[str, BeforeValidator(_stripped), Field(min_length=1, max_length=100)]
+ShortText = Annotated[str, BeforeValidator(_stripped), AfterValidator(_visible), Field(min_length=1, max_length=100)]
 
 
 class ShipOrder(Model):
@@ -197,21 +209,21 @@ class CreateUser(Model):
 
     email: Email
     user_id: Ident | None = None
-    name: str | None = Field(default=None, max_length=200)
+    name: Name | None = None
 
 
 class CreateUserAtOwner(Model):
     """The owner's half of ``POST /users`` (internal)."""
 
     email: Email
-    name: str | None = Field(default=None, max_length=200)
+    name: Name | None = None
 
 
 class UpdateUser(Model):
     """``PATCH /users/{id}``: email and/or name."""
 
     email: Email | None = None
-    name: str | None = Field(default=None, max_length=200)
+    name: Name | None = None
 
     @model_validator(mode="after")
     def _something(self) -> UpdateUser:

@@ -138,3 +138,14 @@ def test_json_lines_carry_the_trace_when_tracing_is_on(captured: io.StringIO) ->
     assert record["span_id"] == f"{span.context.span_id:016x}"
     assert record["order_id"] == "order-9"
     assert record["time"].endswith("+00:00")
+
+
+def test_text_lines_escape_control_and_bidi_characters(captured: io.StringIO) -> None:
+    logs.configure(Settings(log_format="text"), stream=captured)
+    env = {**ENV, "correlation_id": "o\u202e9"}
+    with logs.event_context(stage="notifications", partition=0, offset=1, env=env):
+        logging.getLogger("orderstream.test").info("to=%s", "a\x00b@x.co\n2026-01-01 INFO forged: line")
+
+    (line,) = lines(captured)  # a newline in a value does not forge a second record
+    assert "to=a\\x00b@x.co\\x0a2026-01-01 INFO forged: line" in line
+    assert "order_id=o\\u202e9" in line and "\u202e" not in line

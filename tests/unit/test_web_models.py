@@ -126,3 +126,18 @@ def test_the_openapi_document_covers_every_public_endpoint_with_errors() -> None
     assert doc["paths"]["/inventory/{product_id}"]["put"]["security"] == [{"admin": []}]
     error = doc["components"]["schemas"]["Error"]
     assert set(error["required"]) == {"error", "message", "details"}
+
+
+@pytest.mark.parametrize("text", ["a\x00b@x.co", "a\x07@x.co", "\u202e@x.co", "a\u200b@x.co", "a\ud800@x.co"])
+def test_emails_and_names_with_control_or_format_characters_are_refused(text: str) -> None:
+    body = {**copy.deepcopy(GOOD), "user_email": text}
+    assert fields(body) == ["user_email"]
+    with pytest.raises(Invalid) as info:
+        parse(models.CreateUser, {"user_id": "u1", "email": "a@b.co", "name": text.split("@")[0] + "x"})
+    assert [d["field"] for d in info.value.details] == ["name"]
+
+
+def test_names_and_emails_in_any_script_are_accepted() -> None:
+    body = {**copy.deepcopy(GOOD), "user_email": "zoë.ñandú@例え.jp"}
+    assert order_request(body).user_email == "zoë.ñandú@例え.jp"
+    assert parse(models.CreateUser, {"user_id": "u1", "email": "a@b.co", "name": "Zoë Ñandú 山田"}).name
