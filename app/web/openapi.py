@@ -18,6 +18,8 @@ ERRORS = {
     401: "the admin bearer token is missing or wrong",
     404: "not found",
     409: "the current state does not allow it",
+    405: "the method is not allowed on this path (see Allow)",
+    408: "the body did not arrive within 10 s",
     413: "the body is larger than 64 KiB",
     415: "the body is not Content-Type: application/json",
     422: "invalid fields (details name them)",
@@ -39,10 +41,18 @@ class Op:
     admin: bool = False
     errors: tuple[int, ...] = (422, 503)
     headers: dict[str, Any] = field(default_factory=dict)
+    #: The OK answer's content when it is not one of the models (a page, Prometheus text, a document).
+    content: dict[str, Any] | None = None
 
 
-_BODY_ERRORS = (400, 413, 415, 422, 503)
-_ADMIN_BODY_ERRORS = (400, 401, 413, 415, 422, 503)
+_BODY_ERRORS = (400, 408, 413, 415, 422, 503)
+_ADMIN_BODY_ERRORS = (400, 401, 408, 413, 415, 422, 503)
+
+
+def _json_object(description: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"type": "object", "description": description}}}
+
+
 OPERATIONS = [
     Op(
         "post",
@@ -89,6 +99,16 @@ OPERATIONS = [
        body=m.Redrive, admin=True, errors=_ADMIN_BODY_ERRORS),
     Op("get", "/health", "200 while the process runs", 200, m.Health, errors=()),
     Op("get", "/ready", "200 once partitions are assigned and tables recovered", 200, m.Health, errors=(503,)),
+    Op("get", "/cluster", "The workers and the partitions each owns", 200, None, errors=(),
+       content=_json_object("{me, ready, workers: [{url, partitions}], time}")),
+    Op("get", "/metrics", "Prometheus metrics of this worker", 200, None, errors=(),
+       content={"text/plain; version=0.0.4": {"schema": {"type": "string"}}}),
+    Op("get", "/", "The live dashboard (HTML)", 200, None, errors=(),
+       content={"text/html": {"schema": {"type": "string"}}}),
+    Op("get", "/dashboard/data", "What the dashboard shows, across the cluster", 200, None, errors=(503,),
+       content=_json_object("orders by status, revenue per minute, stock, dead letters, workers, lag, throughput")),
+    Op("get", "/openapi.json", "This document", 200, None, errors=(),
+       content={"application/json": {"schema": {"type": "object", "description": "OpenAPI 3.1"}}}),
 ]  # fmt: skip
 
 
@@ -128,8 +148,11 @@ def build() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for op in OPERATIONS:
         responses: dict[str, Any] = {}
-        if op.response:
-            ok: dict[str, Any] = {"description": "OK", "content": content(op.response, "serialization")}
+        if op.response or op.content:
+            ok: dict[str, Any] = {
+                "description": "OK",
+                "content": op.content if op.response is None else content(op.response, "serialization"),
+            }
             if op.headers:
                 ok["headers"] = op.headers
             responses[str(op.ok)] = ok
@@ -161,7 +184,8 @@ def build() -> dict[str, Any]:
             "title": "orderstream",
             "version": "1",
             "description": "Event-driven order processing. Admin operations need the bearer token "
-            "when ORDERSTREAM_ADMIN_TOKEN is set; /metrics (Prometheus text) and / (dashboard) are not JSON.",
+            "when ORDERSTREAM_ADMIN_TOKEN is set; /metrics (Prometheus text) and / (dashboard) are not JSON. "
+            "A method a path does not have is a 405 naming the allowed ones in Allow.",
         },
         "paths": paths,
         "components": {

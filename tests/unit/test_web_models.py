@@ -141,3 +141,24 @@ def test_names_and_emails_in_any_script_are_accepted() -> None:
     body = {**copy.deepcopy(GOOD), "user_email": "zoë.ñandú@例え.jp"}
     assert order_request(body).user_email == "zoë.ñandú@例え.jp"
     assert parse(models.CreateUser, {"user_id": "u1", "email": "a@b.co", "name": "Zoë Ñandú 山田"}).name
+
+
+def test_every_public_route_is_in_the_openapi_document() -> None:
+    from aiohttp import web
+
+    from app.web import api, dashboard
+
+    app = web.Application()
+    api.register(app)
+    dashboard.register(app)
+    routes = {
+        (route.method, resource.canonical)
+        for resource in app.router.resources()
+        for route in resource
+        if route.method != "HEAD" and not resource.canonical.startswith("/_local")
+        if "_create" not in resource.canonical  # internal: the owner's half of POST /users
+    }
+    routes.add(("GET", "/"))  # the dashboard's page, served by a middleware at the root
+    doc = openapi.build()
+    documented = {(method.upper(), path) for path, item in doc["paths"].items() for method in item}
+    assert routes == documented
