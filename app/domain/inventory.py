@@ -15,6 +15,10 @@ from typing import Any
 from app.domain.common import INVENTORY, ORDERS, Emit
 from schemas.envelope import Envelope
 
+#: The most units a product may have on hand (``PUT /inventory`` sets at most this; a restock
+#: past it is refused).
+MAX_ON_HAND = 1_000_000_000
+
 Stock = dict[str, int]
 Reservation = dict[str, Any]
 
@@ -129,6 +133,8 @@ def restock(stock: Stock, env: Envelope) -> Decision:
         if target < stock["reserved"]:
             raise StockError(f"cannot set on_hand to {target}: {stock['reserved']} units are reserved")
         delta = target - stock["on_hand"]
+    if stock["on_hand"] + delta > MAX_ON_HAND:
+        raise StockError(f"on_hand would be {stock['on_hand'] + delta}, past the {MAX_ON_HAND} a product may hold")
     new = {**stock, "on_hand": stock["on_hand"] + delta}
     event = {"product_id": product_id, "delta": delta, "on_hand": new["on_hand"]}
     return Decision(new, None, [Emit(INVENTORY, product_id, "inventory.restocked", "product", product_id, event)])

@@ -547,6 +547,11 @@ async def restock(request: web.Request, product_id: str) -> web.Response:
     require_admin(request)
     validation.product_id_ok(product_id)
     quantity = parse(models.Restock, await read_json(request)).quantity
+    stock = _db(product_id).get(STOCK, f"stock/{product_id}") or inventory_domain.empty_stock()
+    if stock["on_hand"] + quantity > models.MAX_STOCK:
+        raise ApiError(
+            409, "conflict", f"on_hand would be {stock['on_hand'] + quantity}, past the {models.MAX_STOCK} allowed"
+        )
     env = make(
         "inventory.restock",
         "product",

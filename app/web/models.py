@@ -30,13 +30,14 @@ from pydantic_core import PydanticCustomError
 
 from app.domain.cards import expiry_valid, luhn_valid, normalize_number
 from app.domain.common import MoneyError, parse_money
+from app.domain.inventory import MAX_ON_HAND
 from schemas.envelope import parse_ts
 
 MAX_ITEMS = 100
 MAX_QUANTITY = 10_000
 MAX_PRICE_CENTS = 100_000_000  # 1,000,000.00
 MAX_TOTAL_CENTS = 10**11  # 1,000,000,000.00
-MAX_STOCK = 1_000_000_000
+MAX_STOCK = MAX_ON_HAND
 MAX_LIMIT = 500
 MAX_WAIT = 30.0
 MAX_KEY = 200  # characters of an id in a path

@@ -250,6 +250,14 @@ def test_a_command_with_a_malformed_json_body_is_400(cluster: Cluster) -> None:
         assert resp.status == 400 and resp.body["error"] == "bad_json", (kind, resp)
 
 
+def test_a_restock_past_the_bound_on_hand_is_409(cluster: Cluster) -> None:
+    product = uid("p")
+    cluster.put(f"/inventory/{product}", {"on_hand": 10}, headers=ADMIN)
+    assert cluster.post(f"/inventory/{product}/restock", {"quantity": 1_000_000_000}, 1, headers=ADMIN).status == 409
+    assert cluster.post(f"/inventory/{product}/restock", {"quantity": 999_999_990}, 0, headers=ADMIN).status == 202
+    assert cluster.get(f"/inventory/{product}").body["on_hand"] == 1_000_000_000
+
+
 def test_forwarding_keeps_the_encoded_path(cluster: Cluster) -> None:
     for url in cluster.urls:
         started = time.monotonic()

@@ -236,6 +236,13 @@ def test_restock_refuses_a_non_positive_quantity(quantity: int) -> None:
         inventory.restock(stock(10), restock_cmd(quantity))
 
 
+def test_restock_refuses_to_take_on_hand_past_its_bound() -> None:
+    full = stock(inventory.MAX_ON_HAND - 5)
+    assert inventory.restock(full, restock_cmd(5)).stock == stock(inventory.MAX_ON_HAND)
+    with pytest.raises(inventory.StockError):
+        inventory.restock(full, restock_cmd(6))
+
+
 @pytest.mark.parametrize(("target", "delta"), [(25, 15), (4, -6), (10, 0)])
 def test_set_stock_sets_units_on_hand(target: int, delta: int) -> None:
     decision = inventory.restock(stock(10, reserved=4), set_stock_cmd(target))
