@@ -396,10 +396,16 @@ class Engine:
                     self._watermarks = client
             end = (await asyncio.wait_for(self._watermarks.end_offsets([tp]), timeout))[tp]
             while True:
+                if task.closed:
+                    return False
+                landed = task.landed.get(tp, 0)
+                if landed >= end:
+                    return True  # every record before ``end`` is handled and in RocksDB (under load)
+                # The last records before ``end`` may be transaction markers, which are never
+                # handled: when the consumer has read past ``end``, the loop has taken in what it
+                # read (a fetch that ended is not yet in ``fetched``) and every record taken in
+                # is landed, nothing before ``end`` is left either (idle).
                 position = await asyncio.wait_for(self.consumer.position(tp), max(deadline - time.monotonic(), 0.01))
-                # The consumer has read past ``end`` (transaction markers included), the loop has
-                # taken in what it read (a fetch that ended is not yet in ``fetched``), and every
-                # record taken in is landed.
                 if (
                     position >= end
                     and (self._fetch is None or not self._fetch.done())

@@ -241,6 +241,36 @@ def test_an_order_is_there_straight_after_its_202_on_either_worker(cluster: Clus
     assert time.monotonic() - started < 2.0
 
 
+def test_reads_of_new_and_unknown_orders_answer_at_once_under_load(cluster: Cluster) -> None:
+    import threading
+
+    product, user = uid("p"), uid("u")
+    cluster.put(f"/inventory/{product}", {"on_hand": 1_000_000}, headers=ADMIN)
+    stop = threading.Event()
+    placed_by_load: list[int] = []
+
+    def load(i: int) -> None:  # orders flowing all the time: a partition is never idle
+        while not stop.is_set():
+            cluster.post("/orders", order_body([(product, 1, "2.00")], user_id=user), i)
+            placed_by_load.append(1)
+
+    loaders = [threading.Thread(target=load, args=(i % 2,)) for i in range(4)]
+    for t in loaders:
+        t.start()
+    try:
+        eventually(lambda: len(placed_by_load) >= 40, 30, what="the load running")
+        for n in range(6):
+            started = time.monotonic()
+            assert cluster.get(f"/orders/{uid('o')}", n % 2).status == 404
+            placed = cluster.post("/orders", order_body([(product, 1, "2.00")], user_id=user), n % 2)
+            assert cluster.get(placed.headers["Location"], (n + 1) % 2).status == 200
+            assert time.monotonic() - started < 2.0
+    finally:
+        stop.set()
+        for t in loaders:
+            t.join()
+
+
 def test_a_command_with_a_malformed_json_body_is_400(cluster: Cluster) -> None:
     product = uid("p")
     cluster.put(f"/inventory/{product}", {"on_hand": 5}, headers=ADMIN)
