@@ -48,7 +48,7 @@ from aiokafka.structs import ConsumerRecord as Record  # topic, partition, offse
 from app import logs, metrics, tracing
 from app.engine.assignor import TaskAssignor
 from app.engine.step import Output, Step
-from app.engine.store import Indexer, PartitionDB, checkpoint, decode_record
+from app.engine.store import Indexer, PartitionDB, checkpoint, decode_record, open_or_discard
 
 log = logging.getLogger("orderstream.engine")
 
@@ -1033,7 +1033,7 @@ class Engine:
     async def _open_task(self, partition: int) -> Task:
         db = self.dbs.get(partition)
         if db is None:
-            db = PartitionDB(self.datadir / f"p{partition}.rocksdb", partition, self.indexer)
+            db = open_or_discard(self.datadir / f"p{partition}.rocksdb", partition, self.indexer)
             self.dbs[partition] = db
         producer = await self._transactional_producer(partition)
         return Task(partition, Step(partition, db), producer)

@@ -17,6 +17,7 @@ transaction succeeded. So the database is always exactly at a committed point.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import zlib
@@ -27,6 +28,8 @@ from typing import Any, Protocol
 import orjson
 import zstandard
 from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
+
+log = logging.getLogger("orderstream.store")
 
 SEP = "/"
 CHECKPOINT = "~cp/"
@@ -271,6 +274,28 @@ class PartitionDB:
     def close(self) -> None:
         """Close the database."""
         self.db.close()
+
+
+def open_or_discard(path: Path, partition: int, indexer: Indexer | None = None) -> PartitionDB:
+    """Open a partition's database; one RocksDB cannot open (corrupt, unreadable) is set aside and started anew.
+
+    Everything in it is in the changelogs: recovery finds no checkpoint in the new one and
+    restores the partition from them, as for a wiped data directory. The old directory is
+    kept beside it (``<name>.corrupt-<unix time>``) for a post-mortem.
+    """
+    try:
+        return PartitionDB(path, partition, indexer)
+    except Exception as exc:  # noqa: BLE001 - rocksdict raises a bare Exception for an IO or corruption error
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        log.error(
+            "partition %s: its database cannot be opened (%s); set aside as %s, restoring it from the changelogs",
+            partition,
+            exc,
+            aside.name,
+        )
+        if path.exists():
+            path.rename(aside)
+        return PartitionDB(path, partition, indexer)
 
 
 class _Pending:

@@ -136,6 +136,32 @@ def test_a_valid_message_whose_records_would_be_too_large_is_dead_lettered(
         worker.stop()
 
 
+def test_a_database_that_cannot_be_opened_is_set_aside_and_restored(
+    broker_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    app_id = uid("cor")
+    worker = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "w").start().wait_ready()
+    cluster = Cluster([worker])
+    try:
+        product = uid("p")
+        cluster.set_stock(product, 100)
+        placed = [cluster.place(order_body([(product, 1, "3.00")])) for _ in range(8)]
+        assert {cluster.final(o)["status"] for o in placed} == {"confirmed"}
+        worker.kill()
+        databases = sorted((tmp_path / "w" / "engine").glob("p*.rocksdb"))
+        assert databases
+        for db in databases:  # every partition's RocksDB now names a manifest that does not exist
+            (db / "CURRENT").write_text("MANIFEST-999999\n")
+        worker.start().wait_ready()
+        assert "cannot be opened" in worker.log_text()
+        assert {cluster.get(f"/orders/{o}").body["status"] for o in placed} == {"confirmed"}
+        assert all(cluster.get(f"/orders/{o}/events").body["events"] for o in placed)
+        assert cluster.get(f"/inventory/{product}").body["sold"] == 8
+        assert cluster.final(cluster.place(order_body([(product, 1, "3.00")])))["status"] == "confirmed"
+    finally:
+        worker.stop()
+
+
 def test_an_order_the_broker_refused_leaves_the_edge_working(
     broker_url: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:
