@@ -60,3 +60,24 @@ def order_id_of(env: Envelope) -> str:
     payload: Any = env.get("payload") or {}
     value = payload.get("order_id")
     return str(value) if value else str(env.get("correlation_id") or env["entity_id"])
+
+
+class WrongPartition(ValueError):
+    """A message on a partition its entity's key does not hash to."""
+
+
+def on_partition(step: Step, key: str) -> str:
+    """``key``, when this step's partition is the one it hashes to; else the message is dead-lettered.
+
+    The entity's state lives on the partition its key hashes to (Kafka's default
+    partitioner), and every answer about it goes there: handled on another partition (a
+    producer with no key, another key or another partitioner), it would make state there
+    that nothing ever answers, e.g. a reservation never released.
+    """
+    expected = engine.partition_for(key)
+    if expected != step.partition:
+        raise WrongPartition(
+            f"{key!r} belongs to partition {expected}, not {step.partition}: "
+            "produce it keyed by it, with Kafka's default partitioner"
+        )
+    return key

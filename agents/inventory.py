@@ -11,7 +11,7 @@ inventory topic. Table: ``stock_records`` (``stock/<product>``,
 
 from __future__ import annotations
 
-from agents._wiring import envelopes, send
+from agents._wiring import envelopes, on_partition, send
 from app.domain import inventory as domain
 from app.domain.common import INVENTORY
 from app.engine.step import Step
@@ -29,7 +29,7 @@ LINE_COMMANDS = {
 
 def handle_line(step: Step, env: Envelope) -> None:
     """Apply one order line's command to the product's stock."""
-    product_id = str(env["payload"]["product_id"])
+    product_id = on_partition(step, str(env["payload"]["product_id"]))
     rkey = reservation_key(product_id, str(env["payload"]["order_id"]))
     stock = step.get(STOCK, f"stock/{product_id}") or domain.empty_stock()
     decision = LINE_COMMANDS[env["type"]](stock, step.get(STOCK, rkey), env)
@@ -45,7 +45,7 @@ def handle_restock(step: Step, env: Envelope) -> None:
     marker = f"restock/{env['id']}"
     if step.get(STOCK, marker) is not None:
         return  # this command was applied already (a redelivery, a redriven copy)
-    product_id = env["entity_id"]
+    product_id = on_partition(step, env["entity_id"])
     stock = step.get(STOCK, f"stock/{product_id}") or domain.empty_stock()
     decision = domain.restock(stock, env)  # a StockError dead-letters the command
     step.put(STOCK, marker, 1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from agents._wiring import envelopes, order_id_of, send
+from agents._wiring import envelopes, on_partition, order_id_of, send
 from app import metrics
 from app.domain import orders as domain
 from app.domain.common import FINAL_STATUSES, ORDERS
@@ -43,7 +43,7 @@ INPUTS = frozenset(
 
 def handle(step: Step, env: Envelope) -> None:
     """Apply one input to its order: decide, append the history entry, send what it caused."""
-    order_id = order_id_of(env)
+    order_id = on_partition(step, order_id_of(env))
     latest = latest_order(step, order_id)
     state = latest[1] if latest else None
     decision = domain.decide(state, env, settings.payment_timeout, settings.pending_timeout, time.time())

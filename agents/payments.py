@@ -16,7 +16,7 @@ import asyncio
 import logging
 from typing import Any
 
-from agents._wiring import send
+from agents._wiring import on_partition, send
 from app import metrics
 from app.domain import payments as domain
 from app.domain.common import ORDERS, PAYMENTS
@@ -78,7 +78,7 @@ async def charge(command: Envelope) -> Envelope:
 
 def handle_charge(step: Step, env: Envelope) -> None:
     """Start the gateway call once per order; a repeat re-sends the recorded result."""
-    order_id = str(env["payload"]["order_id"])
+    order_id = on_partition(step, str(env["payload"]["order_id"]))
     record = payment_record(step, order_id)
     decision = domain.charge_requested(record, env)
     if decision.emits and record is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from agents._wiring import on_partition
 from app.domain import users as domain
 from app.domain.common import USERS
 from app.engine.step import Step
@@ -24,7 +25,7 @@ _emails: dict[str, str] = {}
 
 def handle(step: Step, env: Envelope) -> None:
     """Apply a directory change (a ``UserError`` dead-letters it)."""
-    user_id = env["entity_id"]
+    user_id = on_partition(step, env["entity_id"])
     profile = domain.apply(step.get(STORE, f"user/{user_id}"), env)
     if profile is not None:
         step.put(STORE, f"user/{user_id}", profile)

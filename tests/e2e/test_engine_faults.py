@@ -162,6 +162,54 @@ def test_a_database_that_cannot_be_opened_is_set_aside_and_restored(
         worker.stop()
 
 
+def test_a_message_on_a_partition_its_key_does_not_hash_to_is_dead_lettered(
+    broker_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    import uuid
+
+    import orjson
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.partitioner import murmur2
+
+    from schemas.registry import order_placed
+
+    app_id = uid("wp")
+    worker = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "w").start().wait_ready()
+    cluster = Cluster([worker])
+    try:
+        product = uid("p")
+        cluster.set_stock(product, 10)
+        partitions = sum(len(w["partitions"]) for w in cluster.get("/cluster").body["workers"])
+        order_id = str(uuid.uuid4())
+        right = (murmur2(order_id.encode()) & 0x7FFFFFFF) % partitions
+        payload = {
+            "order_id": order_id,
+            "user_id": "u1",
+            "items": [{"product_id": product, "quantity": 2, "price_cents": 300}],
+            "total_cents": 600,
+            "currency": "USD",
+            "payment": {"method": "card", "token": f"tok_ok_{uuid.uuid4().hex}", "last4": "4242"},
+        }
+
+        async def produce() -> None:  # as a producer with another partitioner would
+            producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+            await producer.start()
+            try:
+                value = orjson.dumps(order_placed(order_id, payload))
+                await producer.send_and_wait(f"{app_id}.orders", value, partition=(right + 1) % partitions)
+            finally:
+                await producer.stop()
+
+        asyncio.run(produce())
+        letters = eventually(lambda: cluster.get("/dlq?limit=50").body["messages"], 60, what="a dead letter")
+        assert "belongs to partition" in str(letters[0].get("error")), letters
+        # Nothing of it was made: no order, nothing reserved.
+        assert cluster.get(f"/orders/{order_id}").status == 404
+        assert cluster.get(f"/inventory/{product}").body["reserved"] == 0
+    finally:
+        worker.stop()
+
+
 def test_an_order_the_broker_refused_leaves_the_edge_working(
     broker_url: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:

@@ -19,6 +19,14 @@ from schemas.envelope import make
 from tests.unit.saga_harness import run as _run
 
 
+@pytest.fixture(autouse=True)
+def _one_partition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every key on partition 0: the stages check that a message is on its key's partition."""
+    from app.main import engine
+
+    monkeypatch.setattr(engine, "partitions", 1)
+
+
 def _commit(step: Step, changelog: list[tuple[str, str, Any]]) -> None:
     writes, _ = step.freeze()
     for store, records in writes.items():
@@ -54,7 +62,7 @@ def test_entries_hold_changes_and_folding_them_gives_the_state(tmp_path: Path, r
 
     db = PartitionDB(tmp_path / "orders", 0, index_order)
     saga = Step(0, db)
-    stock = Step(1, PartitionDB(tmp_path / "stock", 1))
+    stock = Step(0, PartitionDB(tmp_path / "stock", 0))
     restock = make("inventory.set_stock", "product", "a", {"product_id": "a", "on_hand": 5}, correlation_id="a")
     _run(stock, inventory.handle_restock, dict(restock))
     order_id = "o-layout"

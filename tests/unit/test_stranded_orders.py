@@ -8,10 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from app.engine.step import Step
 from app.engine.store import PartitionDB
 from schemas.envelope import derived_id, make
 from tests.unit.saga_harness import run as _run
+
+
+@pytest.fixture(autouse=True)
+def _one_partition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every key on partition 0: the stages check that a message is on its key's partition."""
+    from app.main import engine
+
+    monkeypatch.setattr(engine, "partitions", 1)
 
 
 def test_an_order_whose_reservation_was_dead_lettered_is_rejected_and_every_line_released(tmp_path: Path) -> None:
@@ -19,7 +29,7 @@ def test_an_order_whose_reservation_was_dead_lettered_is_rejected_and_every_line
     from tables import latest_order
 
     saga = Step(0, PartitionDB(tmp_path / "orders", 0))
-    stock = Step(1, PartitionDB(tmp_path / "stock", 1))
+    stock = Step(0, PartitionDB(tmp_path / "stock", 0))
     for product in ("a", "b"):
         _run(
             stock,
@@ -92,7 +102,7 @@ def test_a_line_reserved_whose_answer_was_lost_is_released_at_the_deadline(tmp_p
     from tables import latest_order
 
     saga = Step(0, PartitionDB(tmp_path / "orders", 0))
-    stock = Step(1, PartitionDB(tmp_path / "stock", 1))
+    stock = Step(0, PartitionDB(tmp_path / "stock", 0))
     set_stock = make("inventory.set_stock", "product", "a", {"product_id": "a", "on_hand": 5}, correlation_id="a")
     _run(stock, inventory.handle_restock, dict(set_stock))
     order_id = "o-lost-answer"
