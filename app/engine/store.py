@@ -177,6 +177,7 @@ class PartitionDB:
                 it.prev()
             else:
                 it.next()
+        _ended_well(it, self.partition)
 
     def last(self, store: str, prefix: str) -> tuple[str, Any] | None:
         """The last ``(key, value)`` of ``store`` under ``prefix``, or ``None``."""
@@ -204,6 +205,7 @@ class PartitionDB:
                 return
             yield k[cut:].decode(), orjson.loads(it.value())
             it.next()
+        _ended_well(it, self.partition)
 
     # --- checkpoints ----------------------------------------------------------------
 
@@ -274,6 +276,22 @@ class PartitionDB:
     def close(self) -> None:
         """Close the database."""
         self.db.close()
+
+
+class StoreError(RuntimeError):
+    """RocksDB could not read a partition's database (a damaged file): no answer, rather than a short one."""
+
+
+def _ended_well(it: Any, partition: int) -> None:
+    """Raise :class:`StoreError` if an iterator stopped on an error (corruption) instead of at the end.
+
+    RocksDB's iterator becomes invalid either way; only its status tells them apart, and a
+    scan that stopped on a damaged block would otherwise look like the end of the data.
+    """
+    try:
+        it.status()
+    except Exception as exc:  # rocksdict raises a bare Exception with RocksDB's status
+        raise StoreError(f"partition {partition}: RocksDB could not read on: {exc}") from exc
 
 
 def open_or_discard(path: Path, partition: int, indexer: Indexer | None = None) -> PartitionDB:

@@ -30,7 +30,7 @@ from app.domain import orders as orders_domain
 from app.domain.common import INVENTORY, ORDERS
 from app.domain.common import USERS as USERS_TOPIC
 from app.engine.assignor import TaskAssignor
-from app.engine.store import PartitionDB
+from app.engine.store import PartitionDB, StoreError
 from app.main import engine, settings
 from app.topics import BY_NAME, LOGICAL, kafka_name
 from app.web import guard, models, openapi, routing, validation
@@ -103,6 +103,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(422, "invalid", "the request has invalid fields", exc.details)
     except Unavailable as exc:
         response = error_response(503, "unavailable", f"{exc}; retry shortly")
+    except StoreError as exc:
+        log.error("%s %s: %s", request.method, request.rel_url.path, exc)
+        response = error_response(503, "unavailable", "this worker cannot read its copy of the data; retry shortly")
     except web.HTTPRequestEntityTooLarge:
         response = error_response(413, "too_large", f"the body is larger than {settings.max_body_bytes} bytes")
     except web.HTTPMethodNotAllowed as exc:

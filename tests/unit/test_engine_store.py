@@ -150,6 +150,30 @@ def test_a_record_too_large_for_kafka_fails_its_handler_not_the_commit(tmp_path:
     assert step.outputs == [] and step.freeze()[0] in ({}, {"s": {}})
 
 
+def test_a_scan_that_meets_a_damaged_file_raises_instead_of_ending_early(tmp_path: Path) -> None:
+    import os
+
+    import pytest
+
+    from app.engine.store import StoreError
+
+    db = PartitionDB(tmp_path / "p0", 0)
+    db.apply({"s": enc({f"k/{i:06d}": {"v": i, "pad": os.urandom(50).hex()} for i in range(10_000)})}, {})
+    db.db.flush()
+    db.close()
+    (sst,) = (tmp_path / "p0").glob("*.sst")
+    data = bytearray(sst.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 4096] = os.urandom(4096)  # a damaged block mid-file
+    sst.write_bytes(bytes(data))
+    db = PartitionDB(tmp_path / "p0", 0)
+    seen = 0
+    with pytest.raises(StoreError, match="Corruption"):
+        for _ in db.scan("s", "k/"):
+            seen += 1
+    assert 0 < seen < 10_000
+    db.close()
+
+
 def test_records_are_json_and_large_ones_compressed() -> None:
     import zlib
 
