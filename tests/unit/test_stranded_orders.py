@@ -93,4 +93,3 @@ def test_an_order_whose_reservation_was_dead_lettered_is_rejected_and_every_line
     _run(stock, inventory.handle_line, back[0])
     assert stock.get("stock_records", "stock/b") == {"on_hand": 5, "reserved": 0, "sold": 0}
     assert latest_order(saga, order_id)[1]["status"] == "rejected"
-
