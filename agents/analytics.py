@@ -6,8 +6,8 @@ aggregates in ``analytics_records``: ``total``, ``window/<minute>`` (windows old
 :data:`~app.domain.analytics.KEEP_MINUTES` are pruned; ``pruned`` is where the last pruning
 stopped) and ``product/<product>``. It marks the order counted (:func:`tables.put_counted`,
 in the order's record of what its confirmation caused, shared with the notifications
-stage) so an order is counted once even
-if its confirmation arrives twice (a replay under at-least-once); the mark holds the
+stage) so an order is counted once even if its confirmation arrives twice (a replay under
+at-least-once); the mark holds the
 ``analytics.order_recorded`` event it also sends to the orders topic. The summary adds
 every partition's aggregates across the cluster.
 """

@@ -107,6 +107,24 @@ def partition_of(key: str, partitions: int) -> int:
     return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
+def offline_engine(datadir: Path, partitions: int) -> Any:
+    """An :class:`~app.engine.runtime.Engine` never started (no broker): for unit tests of its parts."""
+    from app.engine.runtime import Engine
+
+    return Engine(
+        app_id="t",
+        bootstrap="127.0.0.1:1",
+        partitions=partitions,
+        exactly_once=True,
+        commit_interval=0.0,
+        datadir=datadir,
+        linger_ms=2,
+        session_timeout_ms=10_000,
+        decode=lambda value, topic: value,
+        dead_letter=lambda *args, **kw: None,
+    )
+
+
 def uid(prefix: str = "t") -> str:
     """Return a short unique id for products, users and apps."""
     return f"{prefix}{uuid.uuid4().hex[:10]}"

@@ -10,8 +10,10 @@ dead-lettered.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from app.engine.store import PartitionDB, encode_record
@@ -138,21 +140,9 @@ class Step:
         if not pending:
             yield from self.db.scan(store, prefix, start)
             return
-        ours = sorted(pending.items())
-        i = 0
-        for key, value in self.db.scan(store, prefix, start):
-            while i < len(ours) and ours[i][0] < key:
-                if ours[i][1] is not None:
-                    yield ours[i]
-                i += 1
-            if i < len(ours) and ours[i][0] == key:
-                if ours[i][1] is not None:
-                    yield ours[i]
-                i += 1
-                continue
-            yield key, value
-        for key, value in ours[i:]:
-            if value is not None:
+        committed = ((k, v) for k, v in self.db.scan(store, prefix, start) if k not in pending)
+        for key, value in heapq.merge(committed, sorted(pending.items()), key=itemgetter(0)):
+            if value is not None:  # deleted by this step
                 yield key, value
 
     # --- outputs --------------------------------------------------------------------

@@ -261,18 +261,24 @@ def _routed(
             key = request.match_info[key_param]
             if len(key) > models.MAX_KEY:
                 raise validation.Invalid([{"field": key_param, "message": f"at most {models.MAX_KEY} characters"}])
-            owner = routing.owner_of(topic, key)
-            if owner != routing.my_url():
-                if request.headers.get(FORWARDED):
-                    raise Unavailable("the key's owner changed while the request was forwarded")
-                return await routing.forward(request, owner)
-            routing.check_local(topic, key)
-            return await local(request, key)
+            forwarded = await _to_owner(request, topic, key)
+            return forwarded if forwarded is not None else await local(request, key)
 
         handler.__name__ = local.__name__
         return handler
 
     return deco
+
+
+async def _to_owner(request: web.Request, topic: str, key: str) -> web.Response | None:
+    """The owner's answer when ``key`` is another worker's (the request forwarded), else ``None``: serve it here."""
+    owner = routing.owner_of(topic, key)
+    if owner != routing.my_url():
+        if request.headers.get(FORWARDED):
+            raise Unavailable("the key's owner changed while the request was forwarded")
+        return await routing.forward(request, owner)
+    routing.check_local(topic, key)
+    return None
 
 
 # --- orders -----------------------------------------------------------------------
@@ -301,12 +307,9 @@ async def place_order(request: web.Request) -> web.Response:
     accepted = json_response({"order_id": order_id, "status": "pending"}, 202, {"Location": f"/orders/{order_id}"})
     if idem:
         # Placed by the order's owner only, so requests with one key are decided one at a time.
-        owner = routing.owner_of(ORDERS, order_id)
-        if owner != routing.my_url():
-            if request.headers.get(FORWARDED):
-                raise Unavailable("the key's owner changed while the request was forwarded")
-            return await routing.forward(request, owner)
-        routing.check_local(ORDERS, order_id)
+        forwarded = await _to_owner(request, ORDERS, order_id)
+        if forwarded is not None:
+            return forwarded
         if _already_placed(order_id, digest):
             return accepted
     from agents.payments import gateway
@@ -527,7 +530,7 @@ async def local_orders(request: web.Request) -> web.Response:
 @_routed(INVENTORY, "product_id")
 async def get_stock(request: web.Request, product_id: str) -> web.Response:
     """``GET /inventory/{id}``."""
-    return json_response(inventory_domain.to_view(product_id, _db(product_id).get(STOCK, f"stock/{product_id}")))
+    return json_response(inventory_domain.to_view(product_id, _stock(product_id)))
 
 
 @_routed(INVENTORY, "product_id")
@@ -536,7 +539,7 @@ async def set_stock(request: web.Request, product_id: str) -> web.Response:
     require_admin(request)
     validation.product_id_ok(product_id)
     on_hand = parse(models.SetStock, await read_json(request)).on_hand
-    stock = _db(product_id).get(STOCK, f"stock/{product_id}") or inventory_domain.empty_stock()
+    stock = _stock(product_id)
     if on_hand < stock["reserved"]:
         raise ApiError(409, "conflict", f"{stock['reserved']} units are reserved; on_hand cannot go below that")
     env = set_stock_command(product_id, on_hand)
@@ -550,7 +553,7 @@ async def restock(request: web.Request, product_id: str) -> web.Response:
     require_admin(request)
     validation.product_id_ok(product_id)
     quantity = parse(models.Restock, await read_json(request)).quantity
-    stock = _db(product_id).get(STOCK, f"stock/{product_id}") or inventory_domain.empty_stock()
+    stock = _stock(product_id)
     if stock["on_hand"] + quantity > models.MAX_STOCK:
         raise ApiError(
             409, "conflict", f"on_hand would be {stock['on_hand'] + quantity}, past the {models.MAX_STOCK} allowed"
@@ -564,6 +567,11 @@ async def restock(request: web.Request, product_id: str) -> web.Response:
     )
     await produce_and_wait(INVENTORY, product_id, env)
     return json_response({"product_id": product_id, "quantity": quantity, "status": "accepted"}, 202)
+
+
+def _stock(product_id: str) -> dict[str, Any]:
+    """The product's committed stock here (zeros when unknown)."""
+    return _db(product_id).get(STOCK, f"stock/{product_id}") or inventory_domain.empty_stock()  # type: ignore[no-any-return]
 
 
 async def list_stock(request: web.Request) -> web.Response:

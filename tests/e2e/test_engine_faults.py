@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.crash import run
-from tests.support import Cluster, Worker, eventually, http, order_body, uid
+from tests.support import Cluster, Worker, eventually, http, order_body, partition_of, uid
 
 pytestmark = [pytest.mark.e2e]
 
@@ -116,7 +116,6 @@ def test_a_message_on_a_partition_its_key_does_not_hash_to_is_dead_lettered(
 
     import orjson
     from aiokafka import AIOKafkaProducer
-    from aiokafka.partitioner import murmur2
 
     from schemas.registry import order_placed
 
@@ -128,7 +127,7 @@ def test_a_message_on_a_partition_its_key_does_not_hash_to_is_dead_lettered(
         cluster.set_stock(product, 10)
         partitions = sum(len(w["partitions"]) for w in cluster.get("/cluster").body["workers"])
         order_id = str(uuid.uuid4())
-        right = (murmur2(order_id.encode()) & 0x7FFFFFFF) % partitions
+        right = partition_of(order_id, partitions)
         payload = {
             "order_id": order_id,
             "user_id": "u1",

@@ -17,6 +17,7 @@ from typing import Any
 from app.engine.runtime import Engine, Task
 from app.engine.step import Step
 from app.engine.store import PartitionDB
+from tests.support import offline_engine
 
 
 class _Producer:
@@ -31,18 +32,7 @@ class _Producer:
 
 
 def _engine(tmp_path: Path) -> Engine:
-    return Engine(
-        app_id="t",
-        bootstrap="127.0.0.1:1",
-        partitions=4,
-        exactly_once=True,
-        commit_interval=0.0,
-        datadir=tmp_path,
-        linger_ms=2,
-        session_timeout_ms=10_000,
-        decode=lambda value, topic: value,  # type: ignore[arg-type,return-value]
-        dead_letter=lambda *args, **kw: None,  # type: ignore[arg-type,return-value]
-    )
+    return offline_engine(tmp_path, partitions=4)  # type: ignore[no-any-return]
 
 
 def _task(tmp_path: Path, log: list[str]) -> Task:

@@ -14,6 +14,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from app.engine.runtime import Engine, Task
+from tests.support import offline_engine
 
 
 class _Offsets:
@@ -33,18 +34,7 @@ class _Consumer:
 
 
 def _engine(tmp_path: Path, *, end: int, position: int, fetched: int, landed: int) -> tuple[Engine, Task]:
-    engine = Engine(
-        app_id="t",
-        bootstrap="127.0.0.1:1",
-        partitions=1,
-        exactly_once=True,
-        commit_interval=0.1,
-        datadir=tmp_path,
-        linger_ms=0,
-        session_timeout_ms=10_000,
-        decode=lambda value, topic: value,
-        dead_letter=lambda *a: None,  # type: ignore[arg-type,return-value]
-    )
+    engine: Engine = offline_engine(tmp_path, partitions=1)
     tp = TopicPartition("t.orders", 0)
     task = Task(0, None, None, ready=True)  # type: ignore[arg-type]
     task.fetched[tp], task.landed[tp] = fetched, landed
