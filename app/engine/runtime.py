@@ -370,7 +370,15 @@ class Engine:
 
     def partition_for(self, key: str) -> int:
         """The partition ``key`` hashes to (the Java client's default partitioner)."""
-        return (murmur2(key.encode()) & 0x7FFFFFFF) % self.partitions
+        return self._hash_partition(key.encode())
+
+    def _hash_partition(self, key: bytes) -> int:
+        partition = self._partitions_by_key.get(key)
+        if partition is None:  # murmur2 is pure Python here: keys (orders, products) repeat, so remember them
+            if len(self._partitions_by_key) > 100_000:
+                self._partitions_by_key.clear()
+            partition = self._partitions_by_key[key] = (murmur2(key) & 0x7FFFFFFF) % self.partitions
+        return partition
 
     async def settled(self, logical: str, key: str, timeout: float) -> bool:
         """Wait until the committed state here holds every record of ``key``'s partition of ``logical`` sent so far.
@@ -794,14 +802,7 @@ class Engine:
                 waited[tp] = batches[tp][-1]  # the record's own future stands for its batch
 
     def _partition_of(self, out: Output) -> int:
-        if out.key is None:
-            return 0
-        partition = self._partitions_by_key.get(out.key)
-        if partition is None:  # murmur2 is pure Python here: keys (orders, products) repeat, so remember them
-            if len(self._partitions_by_key) > 100_000:
-                self._partitions_by_key.clear()
-            partition = self._partitions_by_key[out.key] = (murmur2(out.key) & 0x7FFFFFFF) % self.partitions
-        return partition
+        return 0 if out.key is None else self._hash_partition(out.key)
 
     # --- commits ----------------------------------------------------------------
 

@@ -22,6 +22,7 @@ def _one_partition(monkeypatch: pytest.MonkeyPatch) -> None:
     from app.main import engine
 
     monkeypatch.setattr(engine, "partitions", 1)
+    monkeypatch.setattr(engine, "_partitions_by_key", {})  # its remembered partitions are for another count
 
 
 def test_an_order_whose_reservation_was_dead_lettered_is_rejected_and_every_line_released(tmp_path: Path) -> None:
