@@ -412,10 +412,13 @@ class Engine:
                 # The last records before ``end`` may be transaction markers, which are never
                 # handled: when the consumer has read past ``end``, the loop has taken in what it
                 # read (a fetch that ended is not yet in ``fetched``) and every record taken in
-                # is landed, nothing before ``end`` is left either (idle).
+                # is landed, nothing before ``end`` is left either (idle). Not while the task
+                # resets after a failed commit: it has dropped what it took in, and the consumer
+                # stands past records that never landed until it is sent back.
                 position = await asyncio.wait_for(self.consumer.position(tp), max(deadline - time.monotonic(), 0.01))
                 if (
                     position >= end
+                    and task.ready
                     and (self._fetch is None or not self._fetch.done())
                     and task.landed.get(tp, 0) >= task.fetched.get(tp, 0)
                     and not task.closed

@@ -81,3 +81,18 @@ def test_a_fetch_that_ended_but_is_not_taken_in_is_not_settled(tmp_path: Path) -
         return await engine.settled("orders", "any-key", 0.2)
 
     assert asyncio.run(check()) is False
+
+
+def test_a_task_resetting_after_a_failed_commit_is_not_settled(tmp_path: Path) -> None:
+    # The reset dropped what the task took in (nothing fetched) while the consumer still
+    # stands past records that never landed.
+    engine, task = _engine(tmp_path, end=100, position=100, fetched=0, landed=90)
+    task.fetched.clear()
+
+    class _Resetting(_Consumer):
+        async def position(self, tp: TopicPartition) -> int:
+            task.ready = False  # a failed commit's reset began while the read waited
+            return self.at
+
+    engine.consumer = _Resetting(100)  # type: ignore[assignment]
+    assert _settled(engine)[0] is False
