@@ -12,16 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from app.engine.step import MAX_RECORD_BYTES
 from schemas.envelope import derived_id, make
 
 if TYPE_CHECKING:
     from app.engine.runtime import Record
 
-#: Largest dead letter sent whole. The producer refuses records over 1,000,000 bytes and a
-#: dead letter is its original plus error and stack, so an input close to the broker's
-#: 1 MiB limit keeps only its first ``OVERSIZED_PREFIX_BYTES`` (``original_kind:
+#: Largest dead letter sent whole: a step sends no record over ``MAX_RECORD_BYTES`` and a
+#: dead letter is its original plus error and stack (and its key), so an input close to the
+#: broker's 1 MiB limit keeps only its first ``OVERSIZED_PREFIX_BYTES`` (``original_kind:
 #: "truncated"``, never redriven); the whole message stays readable at its source offset.
-MAX_DEAD_LETTER_BYTES = 960_000
+MAX_DEAD_LETTER_BYTES = MAX_RECORD_BYTES - 4096
 OVERSIZED_PREFIX_BYTES = 64 * 1024
 
 

@@ -26,6 +26,18 @@ _MISSING: Any = object()
 #: 2,000 orders/s many times over (50,000 would let a worker of 8 tasks grow past 1 GB).
 HOT_ENTRIES = 10_000
 
+#: The largest record (key, value and headers) a step may write or send. The broker refuses
+#: a batch over its ``message.max.bytes`` (1,048,588 by default) and the producer a request
+#: over 1 MiB: a larger record would fail every commit of its partition, and its input would
+#: be read again for ever. Refused when it is written instead, it fails its event, which is
+#: dead-lettered.
+MAX_RECORD_BYTES = 960_000
+
+
+class RecordTooLarge(ValueError):
+    """A record a handler wrote or sent is larger than Kafka takes."""
+
+
 #: A background job started by a handler; its result comes back to the partition as a local input.
 Effect = Callable[[], Awaitable[Any]]
 
@@ -104,8 +116,10 @@ class Step:
         return self.db.get(store, key)
 
     def put(self, store: str, key: str, value: Any) -> None:
-        """Write ``key`` (``None`` deletes it)."""
+        """Write ``key`` (``None`` deletes it); a record too large for its changelog fails the event."""
         data = None if value is None else encode_record(value)
+        if data is not None and len(data) + len(key) > MAX_RECORD_BYTES:
+            raise RecordTooLarge(f"the {store} record {key[:80]!r} would take {len(data) + len(key)} bytes")
         pending = self.overlay.setdefault(store, {})
         self._undo.append((pending, key, pending.get(key, _MISSING)))
         pending[key] = (value, data)
@@ -148,7 +162,10 @@ class Step:
     # --- outputs --------------------------------------------------------------------
 
     def send(self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
-        """Queue one record (rolled back with the event)."""
+        """Queue one record (rolled back with the event); one too large for Kafka fails the event."""
+        size = len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers)
+        if size > MAX_RECORD_BYTES:
+            raise RecordTooLarge(f"a record to {topic} would take {size} bytes")
         self.outputs.append(Output(topic, key, value, headers))
 
     def start(self, name: str, effect: Effect) -> None:

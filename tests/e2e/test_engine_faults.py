@@ -156,6 +156,59 @@ def test_a_message_on_a_partition_its_key_does_not_hash_to_is_dead_lettered(
         worker.stop()
 
 
+def test_a_valid_message_whose_records_would_be_too_large_is_dead_lettered(
+    broker_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    import base64
+    import os
+    import uuid
+
+    import orjson
+    from aiokafka import AIOKafkaProducer
+
+    from schemas.registry import order_placed
+
+    app_id = uid("big")
+    worker = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "w").start().wait_ready()
+    cluster = Cluster([worker])
+    try:
+        product = uid("p")
+        cluster.set_stock(product, 100)
+        # A well-formed order.placed of ~900 KB (under the broker's 1 MB): its history entry
+        # holds the email twice, past what a changelog record may carry (it failed every commit
+        # of its partition with MessageSizeTooLarge, and the input was read again for ever).
+        order_id = str(uuid.uuid4())
+        payload = {
+            "order_id": order_id,
+            "user_id": "u1",
+            "user_email": base64.b64encode(os.urandom(660_000)).decode() + "@example.com",  # 880 KB, incompressible
+            "items": [{"product_id": product, "quantity": 1, "price_cents": 300}],
+            "total_cents": 300,
+            "currency": "USD",
+            "payment": {"method": "card", "token": f"tok_ok_{uuid.uuid4().hex}", "last4": "4242"},
+        }
+
+        async def produce() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+            await producer.start()
+            try:
+                await producer.send_and_wait(
+                    f"{app_id}.orders", orjson.dumps(order_placed(order_id, payload)), order_id.encode()
+                )
+            finally:
+                await producer.stop()
+
+        asyncio.run(produce())
+        letters = eventually(lambda: cluster.get("/dlq?limit=50").body["messages"], 60, what="a dead letter")
+        assert any("bytes" in str(m.get("error")) for m in letters), letters
+        # Its partition goes on: orders placed afterwards (some on the same partition) confirm.
+        placed = [cluster.place(order_body([(product, 1, "3.00")])) for _ in range(12)]
+        assert {cluster.final(o, timeout=60)["status"] for o in placed} == {"confirmed"}
+        assert "MessageSizeTooLarge" not in worker.log_text()
+    finally:
+        worker.stop()
+
+
 def test_an_order_the_broker_refused_leaves_the_edge_working(
     broker_url: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:

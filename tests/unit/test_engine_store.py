@@ -155,6 +155,25 @@ def test_a_scan_that_meets_a_damaged_file_raises_instead_of_ending_early(tmp_pat
     db.close()
 
 
+def test_a_record_too_large_for_kafka_fails_its_handler_not_the_commit(tmp_path: Path) -> None:
+    import os
+
+    import pytest
+
+    from app.engine.step import MAX_RECORD_BYTES, RecordTooLarge
+
+    step = Step(0, PartitionDB(tmp_path / "p0", 0))
+    step.begin("stage", "t", 0, {})
+    step.put("s", "fits", os.urandom(MAX_RECORD_BYTES // 3).hex()[: MAX_RECORD_BYTES // 2])
+    with pytest.raises(RecordTooLarge):
+        step.put("s", "huge", os.urandom(MAX_RECORD_BYTES).hex())  # incompressible: twice the limit
+    with pytest.raises(RecordTooLarge):
+        step.send("t.orders", b"k", os.urandom(MAX_RECORD_BYTES), [])
+    step.send("t.orders", b"k", b"{}", [])
+    step.rollback()
+    assert step.outputs == [] and step.freeze()[0] in ({}, {"s": {}})
+
+
 def test_records_are_json_and_large_ones_compressed() -> None:
     import zlib
 
