@@ -357,6 +357,12 @@ def expire(state: OrderState, env: Envelope) -> Decision:
     order["deadline"] = None
     order["payment"]["status"] = "not_charged"
     emits = _release(order, _reserved_lines(order))
+    # A line still pending past the deadline may be reserved with its answer lost (or its
+    # command dead-lettered): release it too. It stays pending, so an answer arriving later
+    # still gives the line straight back; releasing a line never reserved does nothing.
+    qty = _quantities(order)
+    pending = [pid for pid, st in order["lines"].items() if st == "pending"]
+    emits += [_line_command(order, "inventory.release", pid, qty[pid]) for pid in pending]
     emits.append(_event(order, "order.rejected", reason="reservation_timeout", details=[]))
     return Decision(order, emits)
 

@@ -733,7 +733,7 @@ def test_place_keeps_the_request_hash_of_the_placed_envelope() -> None:
     assert "request_hash" not in orders.to_view(state)
 
 
-def test_pending_timeout_rejects_and_releases_the_reserved_lines() -> None:
+def test_pending_timeout_rejects_and_releases_every_line_reserved_or_unanswered() -> None:
     state = run(placed(), reserved("p1", 2))
 
     decision = orders.decide(state, cancel("pending_timeout", second=21), TIMEOUT, PENDING_TIMEOUT)
@@ -754,6 +754,15 @@ def test_pending_timeout_rejects_and_releases_the_reserved_lines() -> None:
             "p1",
             {"order_id": ORDER_ID, "product_id": "p1", "quantity": 2},
         ),
+        # p2 has no answer: its reservation may have been made and the answer lost.
+        Emit(
+            INVENTORY,
+            "p2",
+            "inventory.release",
+            "product",
+            "p2",
+            {"order_id": ORDER_ID, "product_id": "p2", "quantity": 1},
+        ),
         Emit(
             ORDERS,
             ORDER_ID,
@@ -767,12 +776,21 @@ def test_pending_timeout_rejects_and_releases_the_reserved_lines() -> None:
     assert orders.to_view(decision.state)["reason"] == "reservation_timeout"
 
 
-def test_pending_timeout_with_nothing_reserved_only_rejects() -> None:
+def test_pending_timeout_with_nothing_answered_releases_every_line_and_rejects() -> None:
     decision = orders.decide(state_in("pending"), cancel("pending_timeout", second=21), TIMEOUT)
 
     assert decision.state is not None
     assert decision.state["status"] == "rejected"
-    assert summary(decision.emits) == [(ORDERS, ORDER_ID, "order.rejected")]
+    assert releases(decision.emits) == [("p1", 2), ("p2", 1)]
+    assert summary(decision.emits)[-1] == (ORDERS, ORDER_ID, "order.rejected")
+
+
+def test_a_release_answered_for_an_unanswered_line_settles_it() -> None:
+    state = run(placed(), cancel("pending_timeout", second=21))
+
+    decision = orders.decide(state, released("p1", 2, second=22), TIMEOUT)
+
+    assert decision.state is not None and decision.state["lines"]["p1"] == "released"
 
 
 def test_a_line_reserved_after_the_pending_timeout_is_released_at_once() -> None:

@@ -81,11 +81,13 @@ def test_an_order_whose_reservation_was_dead_lettered_is_rejected_and_every_line
     state = latest_order(saga, order_id)[1]
     assert (state["status"], state["reason"]) == ("rejected", "reservation_timeout")
     releases = [e for e in out if e["type"] == "inventory.release"]
-    assert [r["payload"]["product_id"] for r in releases] == ["a"]
+    # Line b has no answer: it is released too (a release of a line never reserved does nothing).
+    assert [r["payload"]["product_id"] for r in releases] == ["a", "b"]
     assert any(e["type"] == "order.rejected" for e in out)
     for release in releases:
         _run(stock, inventory.handle_line, release)
     assert stock.get("stock_records", "stock/a") == {"on_hand": 5, "reserved": 0, "sold": 0}
+    assert stock.get("stock_records", "stock/b") == {"on_hand": 5, "reserved": 0, "sold": 0}
 
     # If line b's reservation turns up after all (a redrive), it is given straight back.
     late = _run(stock, inventory.handle_line, next(e for e in reserves if e["payload"]["product_id"] == "b"))
@@ -94,3 +96,40 @@ def test_an_order_whose_reservation_was_dead_lettered_is_rejected_and_every_line
     _run(stock, inventory.handle_line, back[0])
     assert stock.get("stock_records", "stock/b") == {"on_hand": 5, "reserved": 0, "sold": 0}
     assert latest_order(saga, order_id)[1]["status"] == "rejected"
+
+
+def test_a_line_reserved_whose_answer_was_lost_is_released_at_the_deadline(tmp_path: Path) -> None:
+    from agents import inventory, orders
+    from tables import latest_order
+
+    saga = Step(0, PartitionDB(tmp_path / "orders", 0))
+    stock = Step(0, PartitionDB(tmp_path / "stock", 0))
+    set_stock = make("inventory.set_stock", "product", "a", {"product_id": "a", "on_hand": 5}, correlation_id="a")
+    _run(stock, inventory.handle_restock, dict(set_stock))
+    order_id = "o-lost-answer"
+    payload = {
+        "order_id": order_id,
+        "user_id": "u1",
+        "items": [{"product_id": "a", "quantity": 2, "price_cents": 100}],
+        "total_cents": 200,
+        "currency": "USD",
+        "payment": {"method": "card", "token": "tok_visa", "last4": "4242"},
+    }
+    placed = make("order.placed", "order", order_id, payload, correlation_id=order_id, version=2)
+    (reserve,) = _run(saga, orders.handle, dict(placed))
+    _run(stock, inventory.handle_line, reserve)  # reserved; its answer never reaches the saga
+    assert stock.get("stock_records", "stock/a")["reserved"] == 2
+    expire = make(
+        "order.cancel",
+        "order",
+        order_id,
+        {"order_id": order_id, "reason": "pending_timeout"},
+        correlation_id=order_id,
+        event_id=derived_id(f"pending_timeout/{order_id}", 0),
+    )
+    out = _run(saga, orders.handle, dict(expire))
+    for release in (e for e in out if e["type"] == "inventory.release"):
+        answer = _run(stock, inventory.handle_line, release)
+        _run(saga, orders.handle, answer[0])
+    assert stock.get("stock_records", "stock/a") == {"on_hand": 5, "reserved": 0, "sold": 0}
+    assert latest_order(saga, order_id)[1]["lines"] == {"a": "released"}
