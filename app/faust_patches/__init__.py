@@ -2,8 +2,8 @@
 
 The stages no longer run on faust's stream, table or transaction machinery (see
 :mod:`app.engine`), so what is left is small: two additions to faust's ``worker`` command
-line. The engine relies on aiokafka's transactional producer and its assignor interface.
-Both were written and tested against the versions in :data:`TESTED`; on any other version
+line and one wrapper around aiohttp's answer to a request its parser refuses. The engine
+relies on aiokafka's transactional producer and its assignor interface. All were written and tested against the versions in :data:`TESTED`; on any other version
 :func:`install` refuses to start with one sentence, rather than run patches that may no
 longer do what they say.
 
@@ -11,6 +11,8 @@ longer do what they say.
   ``--orderstream-<setting>`` (faust's click command gets the options appended).
 * :func:`app.startup.quiet_banner_for_json` — with ``log_format=json`` faust's start-up
   banner (a text table on stdout) becomes one log record.
+* :func:`app.faust_patches.parser_errors.install` — a request aiohttp's HTTP parser refuses (before
+  any route or middleware) is answered in the JSON error shape, not plain text.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 #: The versions every patch here was tested with.
-TESTED = {"faust-streaming": ("0.15",), "aiokafka": ("0.14",)}
+TESTED = {"faust-streaming": ("0.15",), "aiokafka": ("0.14",), "aiohttp": ("3.14",)}
 
 #: Which patches ran (a test checks each one did).
 installed: list[str] = []
@@ -51,8 +53,11 @@ def install(settings: Any) -> None:
         return
     from app import startup
     from app.cli import flags
+    from app.faust_patches import parser_errors
 
     flags.install()
     installed.append("worker flags")
+    parser_errors.install()
+    installed.append("json parser errors")
     if startup.quiet_banner_for_json(settings):
         installed.append("json banner")

@@ -351,3 +351,24 @@ def test_forwarded_long_polls_do_not_starve_worker_to_worker_calls(cluster: Clus
     assert listed == 200
     assert took < 2.0, f"a list took {took:.1f} s behind 400 long-polls"
     assert set(statuses) == {404}
+
+
+def test_requests_the_http_parser_refuses_get_a_json_400_and_the_worker_goes_on(cluster: Cluster) -> None:
+    parts = urlsplit(cluster.urls[1])
+    heads = [
+        b"GET /orders\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+    ]
+    for head in heads:
+        with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+            sock.sendall(head)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        status_line, _, rest = answer.partition(b"\r\n")
+        headers, _, body = rest.partition(b"\r\n\r\n")
+        assert status_line.split()[1] == b"400", answer[:200]
+        assert b"content-type: application/json" in headers.lower(), headers
+        assert set(json.loads(body)) == {"error", "message", "details"}, body
+    assert http("GET", cluster.urls[1] + "/health", timeout=5).status == 200

@@ -1,0 +1,58 @@
+"""Requests aiohttp's HTTP parser refuses get the SPEC's JSON error shape, not plain text.
+
+A malformed request line, ``Content-Length`` together with ``Transfer-Encoding``, a header
+past 8 KB: aiohttp answers these from :meth:`aiohttp.web_protocol.RequestHandler.handle_error`
+before any route or middleware runs, with a ``text/plain`` body. :func:`install` wraps that
+method so the answer is ``{"error", "message", "details"}`` as everywhere else (same
+status, connection still closed), and logs the refusal at debug level without a traceback:
+anyone can send these, and the log is not theirs to fill.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from aiohttp import web, web_protocol
+
+log = logging.getLogger(__name__)
+
+#: Error codes for the statuses the parser answers with; others use the status phrase.
+CODES = {400: "bad_request", 413: "too_large", 414: "uri_too_long", 431: "headers_too_large", 500: "internal"}
+
+
+def error_body(status: int) -> bytes:
+    """The JSON error a refused request gets: a fixed message, nothing echoed from the request."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    code = CODES.get(status) or phrase.lower().replace(" ", "_").replace("-", "_")
+    message = "internal error" if status >= 500 else f"{phrase}: the HTTP request could not be parsed"
+    return orjson.dumps({"error": code, "message": message, "details": []})
+
+
+def install() -> bool:
+    """Wrap ``RequestHandler.handle_error`` (once); return whether this call installed it."""
+    handler_class: Any = web_protocol.RequestHandler
+    if getattr(handler_class.handle_error, "_orderstream", False):
+        return False
+
+    def handle_error(
+        self: Any, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        if status >= 500:
+            self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+        else:
+            log.debug("refused a request from %s the HTTP parser could not read: %s", request.remote, exc)
+        if request.writer.output_size > 0:  # as aiohttp: part of an answer is out already
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        response = web.Response(status=status, body=error_body(status), content_type="application/json")
+        response.force_close()
+        return response
+
+    handle_error._orderstream = True  # type: ignore[attr-defined]
+    handler_class.handle_error = handle_error
+    return True
