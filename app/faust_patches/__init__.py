@@ -1,11 +1,12 @@
-"""Every change this project makes to faust-streaming's and aiokafka's internals, in one place.
+"""Every change this project makes to faust-streaming's, aiokafka's and aiohttp's internals, in one place.
 
 The stages no longer run on faust's stream, table or transaction machinery (see
 :mod:`app.engine`), so what is left is small: two additions to faust's ``worker`` command
 line and one wrapper around aiohttp's answer to a request its parser refuses. The engine
-relies on aiokafka's transactional producer and its assignor interface. All were written and tested against the versions in :data:`TESTED`; on any other version
-:func:`install` refuses to start with one sentence, rather than run patches that may no
-longer do what they say.
+relies on aiokafka's transactional producer and its assignor interface. All were written
+and tested against the versions in :data:`TESTED`; on any other version :func:`install`
+refuses to start with one sentence, rather than run patches that may no longer do what
+they say.
 
 * :func:`app.cli.flags.install` — ``faust -A app worker`` accepts ``--broker`` and
   ``--orderstream-<setting>`` (faust's click command gets the options appended).
