@@ -2,18 +2,21 @@
 
 ``OrderstreamWorker`` is the app's ``Worker`` class (``faust -A app worker`` runs it):
 it refuses to start where it must not (a web server beyond loopback without an admin
-token, a broker that does not answer), each time with one sentence on stderr and a
-non-zero exit instead of a traceback; it routes mode's logging set-up through
-``app.logs`` and logs the settings in effect once.
+token, a broker that does not answer, a data directory another worker holds), each time
+with one sentence on stderr and a non-zero exit instead of a traceback; it routes mode's
+logging set-up through ``app.logs`` and logs the settings in effect once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import socket
 import sys
 import time
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import IO, Any, NoReturn
 
 import faust
 
@@ -60,6 +63,37 @@ def broker_problem(broker_url: str, wait: float = BROKER_WAIT) -> str | None:
     )
 
 
+#: The data-directory locks this process holds (open for as long as it runs).
+_claimed: dict[Path, IO[str]] = {}
+
+
+def datadir_problem(path: Path) -> str | None:
+    """Claim ``path`` for this process; one sentence when another process holds it, else None.
+
+    Two workers sharing a data directory would open the same partitions' RocksDB files (and
+    set aside as unopenable what the other holds locked), so the first takes an exclusive
+    ``flock`` on ``orderstream.lock`` in it, held until the process exits (the kernel drops it
+    on a SIGKILL too, so a crash never leaves the directory claimed).
+    """
+    path = path.resolve()
+    if path in _claimed:
+        return None
+    path.mkdir(parents=True, exist_ok=True)
+    handle = open(path / "orderstream.lock", "a+")  # noqa: SIM115 - held open while the process runs
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip()[:100] or "another process"
+        handle.close()
+        return f"the data directory {path} is in use by another worker ({holder}): give each worker its own --datadir."
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    _claimed[path] = handle
+    return None
+
+
 def refuse(sentence: str) -> NoReturn:
     """Stop the process with one sentence on stderr and exit status 1."""
     print(f"orderstream: {sentence}", file=sys.stderr, flush=True)
@@ -82,7 +116,9 @@ class OrderstreamWorker(faust.Worker):
     def execute_from_commandline(self) -> NoReturn:
         """Check that this worker may and can start, then run it."""
         settings = _settings()
-        problem = startup_problem(settings) or broker_problem(settings.broker)
+        problem = (
+            startup_problem(settings) or datadir_problem(Path(self.app.conf.datadir)) or broker_problem(settings.broker)
+        )
         if problem:
             refuse(problem)
         super().execute_from_commandline()

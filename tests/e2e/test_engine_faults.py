@@ -83,6 +83,31 @@ def test_a_refused_send_commits_no_offset(
         worker.stop()
 
 
+def test_a_second_worker_on_the_same_data_directory_refuses_to_start(
+    broker_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    app_id = uid("dd")
+    first = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "w").start().wait_ready()
+    second = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "w", starts=100)
+    try:
+        cluster = Cluster([first])
+        product = uid("p")
+        cluster.set_stock(product, 5)
+        second.start()
+        assert second.proc is not None
+        assert second.proc.wait(timeout=60) == 1
+        assert "is in use by another worker" in second.log_text() and "Traceback" not in second.log_tail()
+        # The first goes on with its databases untouched (none set aside as unopenable).
+        assert not list((tmp_path / "w").rglob("*.corrupt-*"))
+        assert cluster.final(cluster.place(order_body([(product, 1, "2.00")])))["status"] == "confirmed"
+        first.kill()  # a SIGKILL drops the lock: the directory is free again
+        second.start().wait_ready()
+        assert Cluster([second]).get(f"/inventory/{product}").body["sold"] == 1
+    finally:
+        second.stop()
+        first.stop()
+
+
 def test_a_database_that_cannot_be_opened_is_set_aside_and_restored(
     broker_url: str, kafka_bootstrap: str, tmp_path: Path
 ) -> None:

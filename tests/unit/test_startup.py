@@ -1,0 +1,33 @@
+"""The start-up checks of a worker (``app.startup``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def test_a_data_directory_is_claimed_by_one_process_at_a_time(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from app.startup import datadir_problem
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from app.startup import datadir_problem as d; from pathlib import Path; "
+            f"print(d(Path({str(tmp_path)!r})), flush=True); input()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "None"
+        problem = datadir_problem(tmp_path)
+        assert problem is not None and f"pid {holder.pid}" in problem and "--datadir" in problem
+    finally:
+        holder.kill()
+        holder.wait()
+    assert datadir_problem(tmp_path) is None  # its exit (even a kill) freed it
+    assert datadir_problem(tmp_path) is None  # and this process may ask again
