@@ -78,8 +78,11 @@ def datadir_problem(path: Path) -> str | None:
     path = path.resolve()
     if path in _claimed:
         return None
-    path.mkdir(parents=True, exist_ok=True)
-    handle = open(path / "orderstream.lock", "a+")  # noqa: SIM115 - held open while the process runs
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        handle = open(path / "orderstream.lock", "a+")  # noqa: SIM115 - held open while the process runs
+    except OSError as exc:
+        return f"cannot use the data directory {path} ({exc.strerror or exc}): point --datadir at a writable directory."
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -31,3 +31,11 @@ def test_a_data_directory_is_claimed_by_one_process_at_a_time(tmp_path: Path) ->
         holder.wait()
     assert datadir_problem(tmp_path) is None  # its exit (even a kill) freed it
     assert datadir_problem(tmp_path) is None  # and this process may ask again
+
+
+def test_a_data_directory_that_is_a_file_is_one_sentence(tmp_path: Path) -> None:
+    from app.startup import datadir_problem
+
+    (tmp_path / "f").write_text("")
+    problem = datadir_problem(tmp_path / "f" / "w")
+    assert problem is not None and "cannot use the data directory" in problem
