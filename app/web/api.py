@@ -647,10 +647,12 @@ async def update_user(request: web.Request, user_id: str) -> web.Response:
 
 @_routed(USERS_TOPIC, "user_id")
 async def get_user(request: web.Request, user_id: str) -> web.Response:
-    """``GET /users/{id}``."""
+    """``GET /users/{id}``: the email only to the admin (anyone, on a worker with no admin token)."""
     profile = _profile(user_id)
     if profile is None:
         raise ApiError(404, "not_found", f"user {user_id} not found")
+    if guard.admin_configured() and not is_admin(request):
+        profile = {k: v for k, v in profile.items() if k != "email"}
     return json_response(profile)
 
 

@@ -168,6 +168,20 @@ def test_customer_reads_carry_no_payment_token_and_no_email(cluster: Cluster) ->
     assert "tok_" in admin and "secret@example.com" in admin
 
 
+def test_the_directory_shows_a_user_s_email_only_to_the_admin(cluster: Cluster) -> None:
+    user = uid("u")
+    assert (
+        cluster.post("/users", {"user_id": user, "email": "hidden@example.com", "name": "A"}, headers=ADMIN).status
+        == 202
+    )
+    for i in (0, 1):  # one worker owns the user, the other forwards
+        body = eventually(
+            lambda i=i: (lambda r: r.body if r.status == 200 else None)(cluster.get(f"/users/{user}", i)), 20
+        )
+        assert body["user_id"] == user and "hidden@example.com" not in json.dumps(body), body
+        assert cluster.get(f"/users/{user}", i, headers=ADMIN).body["email"] == "hidden@example.com"
+
+
 def test_an_idempotency_key_reused_with_another_body_is_422(cluster: Cluster) -> None:
     product, user, key = uid("p"), uid("u"), uid("k")
     cluster.put(f"/inventory/{product}", {"on_hand": 5}, headers=ADMIN)
