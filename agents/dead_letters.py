@@ -17,6 +17,7 @@ import orjson
 
 from agents._wiring import send_raw
 from app import metrics
+from app.engine.dead_letters import redrivable
 from app.engine.step import Step
 from app.main import engine
 from schemas.catalogue import TOPICS
@@ -33,11 +34,6 @@ def original_bytes(letter: dict[str, Any]) -> bytes:
     if letter.get("original_kind") == "text":
         return str(letter["original"]).encode("utf-8")
     return orjson.dumps(letter["original"])
-
-
-def redrivable(letter: dict[str, Any]) -> bool:
-    """Whether the letter kept its whole original (an oversized one keeps a prefix only)."""
-    return letter.get("original_kind") != "truncated"
 
 
 def handle(step: Step, env: Envelope) -> None:
@@ -63,9 +59,11 @@ def handle(step: Step, env: Envelope) -> None:
         return
     if not redrivable(letter):
         log.warning(
-            "dead letter %s kept only a prefix of its %s-byte original: not redriven (it is at %s[%s]@%s)",
+            "dead letter %s cannot be redriven (%s; the message is at %s[%s]@%s)",
             dlq_id,
-            letter.get("original_bytes"),
+            "an unreadable message on a dead-letter topic"
+            if letter.get("original_kind") != "truncated"
+            else f"it kept only a prefix of its {letter.get('original_bytes')}-byte original",
             letter["source_topic"],
             letter["partition"],
             letter["offset"],

@@ -66,6 +66,16 @@ def dead_letter(stage: str, record: Record, error: BaseException) -> tuple[str, 
     return f"{record.topic}.dlq", dl_id.encode(), value
 
 
+def redrivable(letter: dict[str, Any]) -> bool:
+    """Whether a stored letter can be re-sent: it kept its whole original, and came from a stage topic.
+
+    An oversized original keeps a prefix only; a message that could not be read on a
+    dead-letter topic itself is kept listable, but sending it back there would only
+    dead-letter it again.
+    """
+    return letter.get("original_kind") != "truncated" and not str(letter.get("source_topic", "")).endswith(".dlq")
+
+
 def _text_field(value: Any, name: str) -> str | None:
     """``value[name]`` when ``value`` is an object and that field a non-empty string."""
     field = value.get(name) if isinstance(value, dict) else None

@@ -636,8 +636,12 @@ class Engine:
             value = orjson.loads(record.value) if record.value is not None else None
             env = self.decode(value, logical)  # every message is checked whole, even one no stage here handles
         except Exception as exc:  # noqa: BLE001 - whatever cannot be read is dead-lettered, never crashes the task
-            self._dead_letter(task, logical, record, exc)
-            return
+            if not logical.endswith(".dlq"):
+                self._dead_letter(task, logical, record, exc)
+                return
+            env = self._unreadable_letter(logical, record, exc)
+            if env is None:
+                return
         type_ = env["type"]
         waited = env["id"] in self.waiters if len(self.waiters) else False
         for route in routes:
@@ -731,16 +735,28 @@ class Engine:
         """Make the loop look at local inputs now."""
         self._wakeup.set()
 
+    def _unreadable_letter(self, logical: str, record: Record, error: BaseException) -> dict[str, Any] | None:
+        """The letter an unreadable message on a dead-letter topic becomes, handled in its place.
+
+        There is no dead-letter topic for a dead-letter topic: the message is kept where it is
+        as a letter about itself (listable, never redriven), so nothing is dropped unseen.
+        """
+        log.warning(
+            "keeping unreadable message %s[%s]@%s on a dead-letter topic as a letter: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            f"{type(error).__name__}: {error}"[:500],
+        )
+        self.counters[(logical, "_unreadable", "dead_lettered")] += 1
+        _, _, value = self.dead_letter(logical, record, error)
+        try:
+            return self.decode(orjson.loads(value), logical)  # type: ignore[no-any-return]
+        except Exception:
+            log.exception("dropping unreadable message %s[%s]@%s", record.topic, record.partition, record.offset)
+            return None
+
     def _dead_letter(self, task: Task, logical: str, record: Record, error: BaseException, stage: str = "") -> None:
-        if logical.endswith(".dlq"):
-            log.error(
-                "dropping unreadable message %s[%s]@%s on a dead-letter topic: %s",
-                record.topic,
-                record.partition,
-                record.offset,
-                error,
-            )
-            return
         log.warning(
             "dead-lettering %s[%s]@%s (stage %s): %s",
             record.topic,

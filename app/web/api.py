@@ -30,6 +30,7 @@ from app.domain import orders as orders_domain
 from app.domain.common import INVENTORY, ORDERS
 from app.domain.common import USERS as USERS_TOPIC
 from app.engine.assignor import TaskAssignor
+from app.engine.dead_letters import redrivable
 from app.engine.store import PartitionDB, StoreError
 from app.main import engine, settings
 from app.topics import BY_NAME, LOGICAL, kafka_name
@@ -729,11 +730,7 @@ async def redrive(request: web.Request) -> web.Response:
     ids, source = body.ids, body.source_topic
     wanted = None if ids is None else set(ids)
     letters = await _all_dead_letters(source)
-    chosen = [
-        m
-        for m in letters
-        if m["status"] == "dead" and m.get("original_kind") != "truncated" and (wanted is None or m["id"] in wanted)
-    ]
+    chosen = [m for m in letters if m["status"] == "dead" and redrivable(m) and (wanted is None or m["id"] in wanted)]
     for letter in chosen:
         env = make(
             "dead_letter.redrive", "dead_letter", letter["id"], {"dlq_id": letter["id"]}, correlation_id=letter["id"]

@@ -765,3 +765,40 @@ def test_redrive_delivers_each_dead_lettered_confirmation_exactly_once(make_clus
     finally:
         controller.stop()
     assert_serving(cluster)
+
+
+def test_an_unreadable_message_on_a_dead_letter_topic_is_kept_listable_and_never_redriven(
+    make_cluster: Any, kafka_bootstrap: str
+) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    cluster: Cluster = make_cluster(1)
+    dlq_topic = topic(cluster, "orders.dlq")
+    marker = uid("garbage")
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(dlq_topic, f"not json {marker}".encode(), b"k1")
+            await producer.send_and_wait(dlq_topic, orjson.dumps({"type": "event.processing.failed", "x": marker}))
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+
+    def kept() -> list[dict[str, Any]] | None:
+        found = [m for m in all_dead_letters(cluster) if marker in json.dumps(m["original"])]
+        return found if len(found) == 2 else None
+
+    letters = eventually(kept, 60, what="both unreadable messages listed")
+    for letter in letters:
+        assert letter["source_topic"] == dlq_topic and letter["status"] == "dead", letter
+        assert letter["error"]
+    assert {m["original_kind"] for m in letters} == {"text", "json"}
+    resp = cluster.post("/dlq/redrive", {"ids": [m["id"] for m in letters]})
+    assert resp.status == 202 and resp.body["redriven"] == 0, resp
+    # The worker goes on: an order still confirms.
+    product = uid("p")
+    cluster.set_stock(product, 1)
+    assert cluster.final(cluster.place(order_body([(product, 1, "1.00")])))["status"] == "confirmed"
