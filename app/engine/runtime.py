@@ -48,7 +48,7 @@ from aiokafka.structs import ConsumerRecord as Record  # topic, partition, offse
 from app import logs, metrics, tracing
 from app.engine.assignor import TaskAssignor
 from app.engine.step import Output, Step
-from app.engine.store import Indexer, PartitionDB, checkpoint, decode_record, open_or_discard
+from app.engine.store import Indexer, PartitionDB, StoreError, checkpoint, decode_record, open_or_discard, set_aside
 
 log = logging.getLogger("orderstream.engine")
 
@@ -239,6 +239,8 @@ class Engine:
         self._watermarks_lock = asyncio.Lock()
         #: The loop's fetch in flight, or one that ended and is not yet taken in.
         self._fetch: asyncio.Task[dict[TopicPartition, list[Any]]] | None = None
+        #: Partitions whose database failed a read (a damaged file): rebuilt from the changelogs.
+        self._damaged: dict[int, str] = {}
 
     # --- declaration ------------------------------------------------------------
 
@@ -533,7 +535,10 @@ class Engine:
         working = not self.rebalancing
         for task in list(self.tasks.values()):
             if working and task.ready and (task.backlog or task.local) and task.retry_at <= now:
-                await self._step(task)
+                try:
+                    await self._step(task)
+                except StoreError as exc:
+                    self.report_damage(task.partition, exc)
         if now >= self._next_timer:
             self._next_timer = now + 1.0
             for db in self.dbs.values():
@@ -541,9 +546,17 @@ class Engine:
             self._log_stats(now)
             await self._publish_metrics()
             for _interval, fn in self._timers:
-                result = fn(self)
-                if result is not None:
-                    await result
+                try:
+                    result = fn(self)
+                    if result is not None:
+                        await result
+                except StoreError as exc:
+                    self.report_damage(exc.partition, exc)
+        while working and self._damaged:
+            partition, why = self._damaged.popitem()
+            task = self.tasks.get(partition)
+            if task is not None:
+                await self._rebuild(task, why)
         # Under exactly-once the outputs wait for the commit: an idle task commits at once. At
         # least once they are sent already; committing every event of a slow trickle would
         # only multiply transactions (each a handful of broker requests and markers).
@@ -661,6 +674,9 @@ class Engine:
                     if step.effects:  # started inside the span: their results continue the trace
                         self._launch(task, record, step.effects)
                         step.effects = []
+            except StoreError:
+                step.rollback()
+                raise  # the database, not the message: the partition is rebuilt and reads it again
             except Exception as exc:  # noqa: BLE001 - a handler failure dead-letters its input, never stops the task
                 step.rollback()
                 self.counters[(route.stage, type_, "dead_lettered")] += 1
@@ -688,6 +704,9 @@ class Engine:
                     result = route.handler(step, env)
                     if result is not None:
                         await result
+            except StoreError:
+                step.rollback()
+                raise  # rebuilt, then the input that started the effect is read again
             except Exception:
                 step.rollback()
                 log.exception("local input %s failed in stage %s", type_, route.stage)
@@ -920,6 +939,11 @@ class Engine:
                 "partition %s moved to another worker while committing: dropping its uncommitted work", task.partition
             )
             await self._reset(task, fenced=True)
+        except StoreError as exc:
+            # RocksDB refused the commit's batch (its derived indexes read a damaged file): the
+            # transaction is in the changelogs, so the partition is rebuilt from them.
+            task.ready = False  # steps nothing until then
+            self.report_damage(task.partition, exc)
         except Exception:
             metrics.produce_failed("transaction")
             log.exception(
@@ -996,6 +1020,37 @@ class Engine:
             task.rewind[tp] = await self.consumer.committed(tp)
             await self._rewind(task, tp)
         log.info("partition %s: reading its inputs again from %s", task.partition, task.rewind)
+
+    def report_damage(self, partition: int, error: BaseException | str) -> None:
+        """A read of ``partition``'s database failed (a damaged file): rebuild it from its changelogs soon.
+
+        Called by the engine itself and by the HTTP reads; the loop sets the database aside
+        and restores the partition (:meth:`_rebuild`), so one damaged block costs a restore,
+        never a dead-lettered event or a read that fails for ever.
+        """
+        if partition in self.tasks and partition not in self._damaged:
+            self._damaged[partition] = str(error)
+            self._wakeup.set()
+
+    async def _rebuild(self, task: Task, why: str) -> None:
+        """Set the task's damaged database aside, restore it from the changelogs, read its inputs again."""
+        if task.committing is not None:
+            with contextlib.suppress(Exception):
+                await task.committing
+        if task.closed or self.tasks.get(task.partition) is not task:
+            return
+        self._fresh_db(task, why)
+        await self._reset(task)
+
+    def _fresh_db(self, task: Task, why: str) -> None:
+        old = task.step.db
+        with contextlib.suppress(Exception):
+            old.close()
+        gc.collect()  # an iterator left in a cycle would keep the closed database's lock
+        set_aside(old.path, task.partition, f"cannot be read ({why})")
+        db = PartitionDB(old.path, task.partition, self.indexer)
+        self.dbs[task.partition] = db
+        task.step.db = db
 
     async def _rewind(self, task: Task, tp: TopicPartition) -> None:
         """Point the consumer at ``tp``'s last committed offset (the beginning when none)."""
@@ -1104,7 +1159,15 @@ class Engine:
         todo = [t for t in tasks if not t.ready]
         if not todo:
             return
-        await restore(self, todo)
+        for attempt in itertools.count(1):
+            try:
+                await restore(self, todo)
+                break
+            except StoreError as exc:  # a damaged database: start it anew, every record is in its changelogs
+                task = next((t for t in todo if t.partition == exc.partition), None)
+                if task is None or attempt > len(todo):
+                    raise
+                self._fresh_db(task, str(exc))
         for task in todo:
             task.ready = True
 

@@ -153,8 +153,14 @@ class PartitionDB:
 
     def get(self, store: str, key: str) -> Any:
         """The committed value of ``key`` in ``store``, or ``None``."""
-        raw = self.db.get(f"{store}{SEP}{key}".encode())
+        raw = self._read(f"{store}{SEP}{key}".encode())
         return None if raw is None else decode_record(raw)
+
+    def _read(self, key: bytes) -> bytes | None:
+        try:
+            return self.db.get(key)  # type: ignore[no-any-return]
+        except Exception as exc:  # rocksdict raises a bare Exception with RocksDB's status (Corruption, IO error)
+            raise StoreError(self.partition, f"RocksDB could not read {key[:80]!r}: {exc}") from exc
 
     def scan(self, store: str, prefix: str, start: str = "", *, reverse: bool = False) -> Iterator[tuple[str, Any]]:
         """``(key, value)`` of ``store`` whose key starts with ``prefix``, from ``prefix + start`` on, in key order.
@@ -177,7 +183,9 @@ class PartitionDB:
                 it.prev()
             else:
                 it.next()
-        _ended_well(it, self.partition)
+        if (error := _stopped_on(it)) is not None:
+            del it  # a live iterator keeps RocksDB open (and locked) after close: none in the traceback
+            raise StoreError(self.partition, error)
 
     def last(self, store: str, prefix: str) -> tuple[str, Any] | None:
         """The last ``(key, value)`` of ``store`` under ``prefix``, or ``None``."""
@@ -187,7 +195,7 @@ class PartitionDB:
 
     def index_get(self, store: str, key: str) -> Any:
         """A derived index entry of ``store`` (committed)."""
-        raw = self.db.get(f"{INDEX}{store}{SEP}{key}".encode())
+        raw = self._read(f"{INDEX}{store}{SEP}{key}".encode())
         return None if raw is None else orjson.loads(raw)
 
     def index_scan(
@@ -205,13 +213,15 @@ class PartitionDB:
                 return
             yield k[cut:].decode(), orjson.loads(it.value())
             it.next()
-        _ended_well(it, self.partition)
+        if (error := _stopped_on(it)) is not None:
+            del it  # a live iterator keeps RocksDB open (and locked) after close: none in the traceback
+            raise StoreError(self.partition, error)
 
     # --- checkpoints ----------------------------------------------------------------
 
     def checkpoint(self, store: str) -> dict[str, Any] | None:
         """What this database last applied of ``store``'s changelog partition."""
-        raw = self.db.get(f"{CHECKPOINT}{store}".encode())
+        raw = self._read(f"{CHECKPOINT}{store}".encode())
         return None if raw is None else orjson.loads(raw)
 
     def has_records(self, store: str) -> bool:
@@ -219,7 +229,12 @@ class PartitionDB:
         base = f"{store}{SEP}".encode()
         it = self.db.iter()
         it.seek(base)
-        return bool(it.valid() and it.key().startswith(base))
+        if it.valid():
+            return bool(it.key().startswith(base))
+        if (error := _stopped_on(it)) is not None:
+            del it  # a live iterator keeps RocksDB open (and locked) after close: none in the traceback
+            raise StoreError(self.partition, error)
+        return False
 
     # --- writes ---------------------------------------------------------------------
 
@@ -279,19 +294,29 @@ class PartitionDB:
 
 
 class StoreError(RuntimeError):
-    """RocksDB could not read a partition's database (a damaged file): no answer, rather than a short one."""
+    """RocksDB could not read a partition's database (a damaged file): no answer, rather than a short one.
+
+    The engine sets such a database aside and restores the partition from its changelogs
+    (:meth:`app.engine.runtime.Engine.report_damage`).
+    """
+
+    def __init__(self, partition: int, message: str) -> None:
+        super().__init__(f"partition {partition}: {message}")
+        self.partition = partition
 
 
-def _ended_well(it: Any, partition: int) -> None:
-    """Raise :class:`StoreError` if an iterator stopped on an error (corruption) instead of at the end.
+def _stopped_on(it: Any) -> str | None:
+    """Why an iterator stopped, if on an error (corruption) rather than at the end; else ``None``.
 
     RocksDB's iterator becomes invalid either way; only its status tells them apart, and a
     scan that stopped on a damaged block would otherwise look like the end of the data.
+    Returns the text only, so the error holds no reference to the iterator.
     """
     try:
         it.status()
-    except Exception as exc:  # rocksdict raises a bare Exception with RocksDB's status
-        raise StoreError(f"partition {partition}: RocksDB could not read on: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - rocksdict raises a bare Exception with RocksDB's status
+        return f"RocksDB could not read on: {exc}"
+    return None
 
 
 def open_or_discard(path: Path, partition: int, indexer: Indexer | None = None) -> PartitionDB:
@@ -304,16 +329,18 @@ def open_or_discard(path: Path, partition: int, indexer: Indexer | None = None) 
     try:
         return PartitionDB(path, partition, indexer)
     except Exception as exc:  # noqa: BLE001 - rocksdict raises a bare Exception for an IO or corruption error
-        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
-        log.error(
-            "partition %s: its database cannot be opened (%s); set aside as %s, restoring it from the changelogs",
-            partition,
-            exc,
-            aside.name,
-        )
-        if path.exists():
-            path.rename(aside)
+        set_aside(path, partition, f"cannot be opened ({exc})")
         return PartitionDB(path, partition, indexer)
+
+
+def set_aside(path: Path, partition: int, why: str) -> None:
+    """Move a closed, damaged database out of the way (``<name>.corrupt-<time>``), with one log line."""
+    aside = path.with_name(f"{path.name}.corrupt-{time.time():.3f}")
+    log.error(
+        "partition %s: its database %s; set aside as %s, restoring it from the changelogs", partition, why, aside.name
+    )
+    if path.exists():
+        path.rename(aside)
 
 
 class _Pending:

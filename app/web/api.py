@@ -106,6 +106,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(503, "unavailable", f"{exc}; retry shortly")
     except StoreError as exc:
         log.error("%s %s: %s", request.method, request.rel_url.path, exc)
+        engine.report_damage(exc.partition, exc)
         response = error_response(503, "unavailable", "this worker cannot read its copy of the data; retry shortly")
     except web.HTTPRequestEntityTooLarge:
         response = error_response(413, "too_large", f"the body is larger than {settings.max_body_bytes} bytes")

@@ -148,10 +148,18 @@ def test_a_scan_that_meets_a_damaged_file_raises_instead_of_ending_early(tmp_pat
     sst.write_bytes(bytes(data))
     db = PartitionDB(tmp_path / "p0", 0)
     seen = 0
-    with pytest.raises(StoreError, match="Corruption"):
+    with pytest.raises(StoreError, match="Corruption") as caught:
         for _ in db.scan("s", "k/"):
             seen += 1
     assert 0 < seen < 10_000
+    assert caught.value.partition == 0
+    failed = 0
+    for i in range(10_000):  # point reads of the damaged block fail the same way, never a short answer
+        try:
+            assert db.get("s", f"k/{i:06d}")["v"] == i
+        except StoreError:
+            failed += 1
+    assert 0 < failed < 10_000
     db.close()
 
 
