@@ -552,18 +552,19 @@ class Engine:
                         await result
                 except StoreError as exc:
                     self.report_damage(exc.partition, exc)
-        while working and self._damaged:
-            partition, why = self._damaged.popitem()
+        for partition in list(self._damaged) if working else ():
             task = self.tasks.get(partition)
-            if task is not None:
-                await self._rebuild(task, why)
+            if task is None or task.retry_at <= now:
+                why = self._damaged.pop(partition)
+                if task is not None:
+                    await self._rebuild(task, why)
         # Under exactly-once the outputs wait for the commit: an idle task commits at once. At
         # least once they are sent already; committing every event of a slow trickle would
         # only multiply transactions (each a handful of broker requests and markers).
         idle = not batch and self.exactly_once
         for task in list(self.tasks.values()):
             due = idle or now - task.last_commit >= self.commit_interval
-            if working and task.dirty and task.committing is None and due:
+            if working and task.ready and task.dirty and task.committing is None and due:
                 task.committing = asyncio.create_task(self._commit(task))
 
     async def _publish_metrics(self) -> None:
@@ -1039,7 +1040,16 @@ class Engine:
                 await task.committing
         if task.closed or self.tasks.get(task.partition) is not task:
             return
-        self._fresh_db(task, why)
+        task.ready = False  # steps nothing and answers no read until it is restored
+        try:
+            self._fresh_db(task, why)
+        except Exception:  # e.g. a full disk: try again later, never step on a closed database
+            log.exception(
+                "partition %s: cannot start a fresh database; trying again in %s s", task.partition, RETRY_AFTER
+            )
+            task.retry_at = time.monotonic() + RETRY_AFTER
+            self._damaged[task.partition] = why
+            return
         await self._reset(task)
 
     def _fresh_db(self, task: Task, why: str) -> None:
@@ -1071,7 +1081,9 @@ class Engine:
         for task in list(self.tasks.values()):
             if task.ready and (task.backlog or task.local):
                 await self._step(task)
-            if task.dirty or task.sends or task.deferred:
+            if task.ready and (
+                task.dirty or task.sends or task.deferred
+            ):  # a task being restored has nothing to commit
                 await self._commit(task)
 
     # --- rebalances and recovery --------------------------------------------------
