@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -139,6 +140,7 @@ class Worker:
     datadir: Path
     port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=dict)
+    nofile: int | None = None  # the process's limit on open files (soft and hard), when set
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     starts: int = 0
@@ -163,8 +165,14 @@ class Worker:
         }
         cmd = worker_command(self.port, self.datadir)
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self._limits
+            )
         return self
+
+    def _limits(self) -> None:
+        if self.nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def ready(self) -> bool:
         """Whether ``/ready`` answers 200."""

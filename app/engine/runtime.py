@@ -48,7 +48,16 @@ from aiokafka.structs import ConsumerRecord as Record  # topic, partition, offse
 from app import logs, metrics, tracing
 from app.engine.assignor import TaskAssignor
 from app.engine.step import Output, Step
-from app.engine.store import Indexer, PartitionDB, StoreError, checkpoint, decode_record, open_or_discard, set_aside
+from app.engine.store import (
+    Indexer,
+    PartitionDB,
+    StoreError,
+    checkpoint,
+    decode_record,
+    open_or_discard,
+    out_of_resources,
+    set_aside,
+)
 
 log = logging.getLogger("orderstream.engine")
 
@@ -73,6 +82,8 @@ STATS_EVERY = 5.0
 
 #: Seconds a task waits after a failed commit before it handles its inputs again.
 RETRY_AFTER = 1.0
+#: How many refusals of awaited commands the engine remembers for the HTTP edge.
+REFUSALS_KEPT = 1000
 #: How long closing a revoked task waits for its commit in flight to end before aborting it.
 CLOSE_COMMIT_WAIT = 10.0
 
@@ -212,6 +223,9 @@ class Engine:
         self.tasks: dict[int, Task] = {}
         self.dbs: dict[int, PartitionDB] = {}
         self.waiters = Waiters()
+        #: Why a handler refused an event someone waits for (the HTTP edge answers its command 409):
+        #: ``{event id: error}``, the last :data:`REFUSALS_KEPT`.
+        self.refusals: dict[str, BaseException] = {}
         self.cluster_id = ""
         self.rebalancing = True
         self.assigned = False
@@ -541,8 +555,11 @@ class Engine:
                     self.report_damage(task.partition, exc)
         if now >= self._next_timer:
             self._next_timer = now + 1.0
-            for db in self.dbs.values():
-                db.flush_if_due(now)
+            for p, db in list(self.dbs.items()):
+                try:
+                    db.flush_if_due(now)
+                except StoreError as exc:
+                    self.report_damage(p, exc)
             self._log_stats(now)
             await self._publish_metrics()
             for _interval, fn in self._timers:
@@ -682,6 +699,8 @@ class Engine:
                 step.rollback()
                 self.counters[(route.stage, type_, "dead_lettered")] += 1
                 self._dead_letter(task, logical, record, exc, stage=route.stage)
+                if waited:
+                    self._refused(env["id"], exc)
                 continue
             self.counters[(route.stage, type_, "handled")] += 1
         if waited:
@@ -775,6 +794,11 @@ class Engine:
         except Exception:
             log.exception("dropping unreadable message %s[%s]@%s", record.topic, record.partition, record.offset)
             return None
+
+    def _refused(self, event_id: str, error: BaseException) -> None:
+        self.refusals[event_id] = error
+        while len(self.refusals) > REFUSALS_KEPT:
+            del self.refusals[next(iter(self.refusals))]
 
     def _dead_letter(self, task: Task, logical: str, record: Record, error: BaseException, stage: str = "") -> None:
         log.warning(
@@ -1008,13 +1032,20 @@ class Engine:
         # the database to the changelogs' end before reading the inputs again, or the task
         # would go on from a state older than its committed offsets.
         for attempt in itertools.count(1):
+            if self._stopping or task.closed or self.tasks.get(task.partition) is not task:
+                return  # stopping, or the partition moved: nothing to read again here
             try:
                 await self._recover([task])
                 break
-            except Exception:  # a broker hiccup: try again; the task waits meanwhile
-                log.exception(
-                    "partition %s: restoring after a failed commit failed (attempt %d)", task.partition, attempt
-                )
+            except Exception as exc:  # a broker hiccup, no descriptor to reopen with: try again; the task waits
+                if attempt & (attempt - 1) == 0:  # attempts 1, 2, 4, 8, …: the log says it goes on, not every time
+                    log.error(
+                        "partition %s: restoring after a failed commit failed (attempt %d, trying again): %s",
+                        task.partition,
+                        attempt,
+                        exc,
+                        exc_info=attempt == 1,
+                    )
                 await asyncio.sleep(RETRY_AFTER)
         assert self.consumer is not None
         for tp in list(task.position):
@@ -1042,22 +1073,36 @@ class Engine:
             return
         task.ready = False  # steps nothing and answers no read until it is restored
         try:
-            self._fresh_db(task, why)
-        except Exception:  # e.g. a full disk: try again later, never step on a closed database
-            log.exception(
-                "partition %s: cannot start a fresh database; trying again in %s s", task.partition, RETRY_AFTER
+            self._replace_db(task, why)
+        except Exception as exc:  # noqa: BLE001 - e.g. still no descriptor or disk: try again later
+            log.error(
+                "partition %s: cannot open its database again (%s); trying again in %s s",
+                task.partition,
+                exc,
+                RETRY_AFTER,
             )
             task.retry_at = time.monotonic() + RETRY_AFTER
             self._damaged[task.partition] = why
             return
         await self._reset(task)
 
-    def _fresh_db(self, task: Task, why: str) -> None:
+    def _replace_db(self, task: Task, why: str) -> None:
+        """Open the task's database anew: the same files when the process ran out of descriptors,
+        disk or memory (nothing is wrong with them), a fresh one when a file is damaged.
+
+        Either way the caller restores the task from its changelogs, from the checkpoint the
+        reopened database holds or from the beginning for a fresh one.
+        """
         old = task.step.db
         with contextlib.suppress(Exception):
             old.close()
         gc.collect()  # an iterator left in a cycle would keep the closed database's lock
-        set_aside(old.path, task.partition, f"cannot be read ({why})")
+        if out_of_resources(why):
+            log.warning(
+                "partition %s: RocksDB failed for want of resources (%s); opening it again", task.partition, why
+            )
+        else:
+            set_aside(old.path, task.partition, f"cannot be read ({why})")
         db = PartitionDB(old.path, task.partition, self.indexer)
         self.dbs[task.partition] = db
         task.step.db = db
@@ -1179,7 +1224,7 @@ class Engine:
                 task = next((t for t in todo if t.partition == exc.partition), None)
                 if task is None or attempt > len(todo):
                     raise
-                self._fresh_db(task, str(exc))
+                self._replace_db(task, str(exc))
         for task in todo:
             task.ready = True
 

@@ -265,7 +265,7 @@ class PartitionDB:
                     batch.put(full, orjson.dumps(ix_value))
         for store, cp in checkpoints.items():
             batch.put(f"{CHECKPOINT}{store}".encode(), orjson.dumps(cp))
-        self.db.write(batch)
+        self._write(batch)
         if self.unflushed_since is None:
             self.unflushed_since = time.monotonic()
 
@@ -273,7 +273,10 @@ class PartitionDB:
         """Flush the memtable in the background if a write has waited :data:`FLUSH_AFTER` seconds."""
         if self.unflushed_since is None or now - self.unflushed_since < FLUSH_AFTER:
             return False
-        self.db.flush(wait=False)  # RocksDB switches memtables between two batches: whole commits
+        try:
+            self.db.flush(wait=False)  # RocksDB switches memtables between two batches: whole commits
+        except Exception as exc:
+            raise StoreError(self.partition, f"RocksDB could not flush: {exc}") from exc
         self.unflushed_since = None
         return True
 
@@ -283,18 +286,37 @@ class PartitionDB:
         for base in (f"{store}{SEP}".encode(), f"{INDEX}{store}{SEP}".encode()):
             batch.delete_range(base, base[:-1] + bytes([base[-1] + 1]))
         batch.delete(f"{CHECKPOINT}{store}".encode())
-        self.db.write(batch)
+        self._write(batch)
         # On disk at once: a wipe lost with the memtable would bring back the checkpoint that
         # condemned the store, which may pass the check later (a recreated changelog grows past it).
-        self.db.flush()
+        try:
+            self.db.flush()
+        except Exception as exc:
+            raise StoreError(self.partition, f"RocksDB could not flush: {exc}") from exc
+
+    def _write(self, batch: WriteBatch) -> None:
+        try:
+            self.db.write(batch)
+        except Exception as exc:
+            raise StoreError(self.partition, f"RocksDB could not write: {exc}") from exc
 
     def close(self) -> None:
         """Close the database."""
         self.db.close()
 
 
+#: What RocksDB says when the machine, not the database, failed it: the files are sound, open them again.
+RESOURCE_ERRORS = ("Too many open files", "No space left on device", "Cannot allocate memory", "Disk quota exceeded")
+
+
+def out_of_resources(error: BaseException | str) -> bool:
+    """Whether a RocksDB error is the process running out of descriptors, disk or memory (not a damaged file)."""
+    text = str(error)
+    return any(reason in text for reason in RESOURCE_ERRORS)
+
+
 class StoreError(RuntimeError):
-    """RocksDB could not read a partition's database (a damaged file): no answer, rather than a short one.
+    """RocksDB could not read or write a partition's database: no answer, rather than a short one.
 
     The engine sets such a database aside and restores the partition from its changelogs
     (:meth:`app.engine.runtime.Engine.report_damage`).

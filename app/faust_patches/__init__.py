@@ -2,7 +2,7 @@
 
 The stages no longer run on faust's stream, table or transaction machinery (see
 :mod:`app.engine`), so what is left is small: two additions to faust's ``worker`` command
-line and one wrapper around aiohttp's answer to a request its parser refuses. The engine
+line and two wrappers around aiohttp's connection handling. The engine
 relies on aiokafka's transactional producer and its assignor interface. All were written
 and tested against the versions in :data:`TESTED`; on any other version :func:`install`
 refuses to start with one sentence, rather than run patches that may no longer do what
@@ -14,6 +14,8 @@ they say.
   banner (a text table on stdout) becomes one log record.
 * :func:`app.faust_patches.parser_errors.install` — a request aiohttp's HTTP parser refuses (before
   any route or middleware) is answered in the JSON error shape, not plain text.
+* :func:`app.faust_patches.connections.install` — the web server closes a connection that sends
+  no request head in 10 s and refuses connections past a quarter of the descriptor limit.
 """
 
 from __future__ import annotations
@@ -54,11 +56,13 @@ def install(settings: Any) -> None:
         return
     from app import startup
     from app.cli import flags
-    from app.faust_patches import parser_errors
+    from app.faust_patches import connections, parser_errors
 
     flags.install()
     installed.append("worker flags")
     parser_errors.install()
     installed.append("json parser errors")
+    connections.install()
+    installed.append("connection limits")
     if startup.quiet_banner_for_json(settings):
         installed.append("json banner")

@@ -232,7 +232,12 @@ def _db(key: str) -> PartitionDB:
 
 
 async def produce_and_wait(topic: str, key: str, env: Envelope) -> bool:
-    """Produce a command, then wait (at most :data:`APPLIED_WAIT`) until this worker committed its effect."""
+    """Produce a command, then wait (at most :data:`APPLIED_WAIT`) until this worker committed its effect.
+
+    A command its stage refused (the state changed since the edge checked it: two restocks
+    at once past the bound, stock reserved meanwhile) is a 409 with the stage's reason, not
+    a 202 for something that will not happen.
+    """
     applied = asyncio.ensure_future(engine.waiters.wait(env["id"], APPLIED_WAIT))
     await asyncio.sleep(0)  # the waiter is registered before the command can be handled
     try:
@@ -240,7 +245,12 @@ async def produce_and_wait(topic: str, key: str, env: Envelope) -> bool:
     except BaseException:
         applied.cancel()
         raise
-    return await applied
+    done = await applied
+    refusal = engine.refusals.pop(env["id"], None)
+    if refusal is not None:
+        reason = str(refusal) if isinstance(refusal, ValueError) else "its stage could not apply it"
+        raise ApiError(409, "conflict", f"{env['type']} refused: {reason}")
+    return done
 
 
 def _query(request: web.Request, model: type[validation.M]) -> validation.M:
@@ -488,7 +498,14 @@ def _order_command(kind: str) -> Handler:
             )
         env = make(f"order.{kind}", "order", order_id, payload, correlation_id=order_id)
         if await produce_and_wait(ORDERS, order_id, env):
-            state = order_state(_db(order_id), order_id) or state
+            db = _db(order_id)
+            state = order_state(db, order_id) or state
+            if not any(e.get("causation_id") == env["id"] for e in order_history(db, order_id)):
+                # The order moved on between the check above and the command (paid and confirmed
+                # under a cancel, shipped by a concurrent ship): nothing happened, say so.
+                raise ApiError(
+                    409, "conflict", f"cannot {kind} an order that is {state['status']}", [{"status": state["status"]}]
+                )
         return json_response({"order_id": order_id, "status": state["status"], "accepted": kind}, 202)
 
     command.__name__ = f"{kind}_order"

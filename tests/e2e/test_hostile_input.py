@@ -7,6 +7,8 @@ import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -386,3 +388,97 @@ def test_requests_the_http_parser_refuses_get_a_json_400_and_the_worker_goes_on(
         assert b"content-type: application/json" in headers.lower(), headers
         assert set(json.loads(body)) == {"error", "message", "details"}, body
     assert http("GET", cluster.urls[1] + "/health", timeout=5).status == 200
+
+
+def test_a_flood_of_silent_connections_is_refused_and_closed_and_the_worker_goes_on(
+    broker_url: str, tmp_path: Path
+) -> None:
+    """Connections that never send a request head cannot take the worker's file descriptors.
+
+    One worker limited to 512 open files (so at most 128 connections) gets 600 connections,
+    each half a header line and then silence: past the limit they are answered 503 at once,
+    the silent ones are closed after the head timeout, and the worker, which needs
+    descriptors for RocksDB and the broker all along, stays ready and completes an order.
+    """
+    worker = Worker(app_id=uid("os"), broker=broker_url, datadir=tmp_path / "w", nofile=512).start()
+    socks: list[socket.socket] = []
+    try:
+        worker.wait_ready()
+        parts = urlsplit(worker.url)
+        refused = 0
+        for _ in range(600):
+            sock = socket.create_connection((parts.hostname, parts.port), timeout=5)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            socks.append(sock)
+        for sock in socks:  # a refused one is answered and closed at once; an accepted one waits
+            sock.settimeout(0.05)
+            try:
+                answer = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if answer.startswith(b"HTTP/1.1 503") and b'"unavailable"' in answer:
+                refused += 1
+        assert refused >= 600 - 128 - 8, refused
+
+        def closed(sock: socket.socket) -> bool:
+            sock.settimeout(0.05)
+            try:
+                while sock.recv(65536):  # a refusal's answer first, then the end
+                    pass
+            except TimeoutError:
+                return False
+            except OSError:
+                pass  # reset: closed as well
+            return True
+
+        eventually(lambda: all(closed(s) for s in socks), 30, 0.5, what="silent connections closed")
+        assert worker.ready()
+        pid = uid("p")
+        cluster = Cluster([worker])
+        cluster.set_stock(pid, 5)
+        order_id = cluster.place(order_body([(pid, 1, "10.00")]))
+        assert cluster.final(order_id)["status"] == "confirmed"
+        assert "Too many open files" not in worker.log_text()
+    finally:
+        for sock in socks:
+            sock.close()
+        worker.stop()
+
+
+def test_restocks_sent_at_once_past_the_bound_are_409_not_202_for_nothing(cluster: Cluster) -> None:
+    """Each restock passes the edge's check alone; together they pass the bound, and the stage
+    refuses the late ones: those are answered 409, so every 202 is a restock that happened."""
+    product = uid("p")
+    assert cluster.put(f"/inventory/{product}", {"on_hand": 999_999_990}, headers=ADMIN).status == 202
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(
+            pool.map(
+                lambda i: cluster.post(f"/inventory/{product}/restock", {"quantity": 4}, i % 2, headers=ADMIN),
+                range(6),
+            )
+        )
+    statuses = sorted(a.status for a in answers)
+    assert set(statuses) <= {202, 409}, answers
+    assert statuses.count(202) == 2, answers  # 999,999,990 + 4 + 4; a third would pass 10^9
+    conflict = next(a for a in answers if a.status == 409)
+    assert conflict.body["error"] == "conflict", conflict
+    assert cluster.get(f"/inventory/{product}").body["on_hand"] == 999_999_998
+
+
+def test_ships_sent_at_once_ship_once_and_the_others_are_409(cluster: Cluster) -> None:
+    product = uid("p")
+    cluster.put(f"/inventory/{product}", {"on_hand": 5}, headers=ADMIN)
+    order_id = cluster.place(order_body([(product, 1, "2.00")], user_id=uid("u")))
+    assert cluster.final(order_id)["status"] == "confirmed"
+
+    def ship(i: int) -> Any:
+        body = {"carrier": f"carrier-{i}", "tracking_number": f"T{i}"}
+        return cluster.post(f"/orders/{order_id}/ship", body, i % 2, headers=ADMIN)
+
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(ship, range(5)))
+    accepted = [i for i, a in enumerate(answers) if a.status == 202]
+    assert len(accepted) == 1 and all(a.status in (202, 409) for a in answers), answers
+    events = cluster.get(f"/orders/{order_id}/events", headers=ADMIN).body["events"]
+    shipped = [e for e in events if e["type"] == "order.shipped"]
+    assert len(shipped) == 1 and shipped[0]["payload"]["carrier"] == f"carrier-{accepted[0]}", shipped

@@ -94,3 +94,66 @@ def test_a_request_the_http_parser_refuses_gets_the_json_error_shape() -> None:
         doc = orjson.loads(body)
         assert set(doc) == {"error", "message", "details"} and doc["error"], doc
         assert b"script" not in body and b"aaaa" not in body
+
+
+def test_the_web_server_closes_silent_connections_and_refuses_past_its_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A real aiohttp server and raw sockets: a connection without a request head is closed after
+    the head timeout, and past the connection limit a new one gets a JSON 503 at once."""
+    import asyncio
+
+    import orjson
+    from aiohttp import web, web_protocol
+
+    from app.faust_patches import connections
+    from app.main import settings
+
+    faust_patches.install(settings)
+    assert "connection limits" in faust_patches.installed
+    monkeypatch.setattr(connections, "HEAD_TIMEOUT", 0.5)
+    monkeypatch.setattr(web_protocol.RequestHandler.connection_made, "limit", 3)
+
+    async def run() -> None:
+        async def root(_: web.Request) -> web.Response:
+            return web.json_response({})
+
+        app = web.Application()
+        app.router.add_get("/", root)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            silent = []
+            for _ in range(3):  # half a head each: the limit is reached
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                silent.append((reader, writer))
+            await asyncio.sleep(0.1)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            raw = await asyncio.wait_for(reader.read(), 5)
+            assert raw.startswith(b"HTTP/1.1 503"), raw
+            doc = orjson.loads(raw.partition(b"\r\n\r\n")[2])
+            assert doc["error"] == "unavailable", doc
+            for reader, _ in silent:  # closed by the head timeout: EOF, no answer
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)  # room again
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            raw = await asyncio.wait_for(reader.read(), 5)
+            assert raw.startswith(b"HTTP/1.1 200"), raw
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(run())
+    assert connections.counts["refused"] >= 1 and connections.counts["head_timeout"] >= 3
+
+
+def test_the_connection_limit_leaves_most_descriptors_to_the_worker() -> None:
+    from app.faust_patches.connections import max_connections
+
+    assert max_connections(1024) == 256
+    assert max_connections(100) == 64
+    assert max_connections(1_000_000) == 10_000

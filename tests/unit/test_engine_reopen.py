@@ -1,0 +1,55 @@
+"""A partition database RocksDB failed: opened again when the process ran out of something, set aside if damaged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.engine.runtime import Engine, Task
+from app.engine.step import Step
+from app.engine.store import PartitionDB, out_of_resources
+from tests.support import offline_engine
+
+
+@pytest.mark.parametrize(
+    ("error", "resources"),
+    [
+        (
+            "RocksDB could not write: IO error: While open a file for appending: 000012.log: Too many open files",
+            True,
+        ),
+        ("RocksDB could not flush: IO error: No space left on device", True),
+        ("RocksDB could not read b'orders/x': Corruption: block checksum mismatch", False),
+        ("IO error: No such file or directory: While open a file for random read: 000009.sst", False),
+    ],
+)
+def test_which_rocksdb_errors_are_the_machine_s_not_the_file_s(error: str, resources: bool) -> None:
+    assert out_of_resources(error) is resources
+
+
+def _task(tmp_path: Path) -> tuple[Engine, Task]:
+    engine: Engine = offline_engine(tmp_path, partitions=1)
+    path = tmp_path / "p0.rocksdb"
+    db = PartitionDB(path, 0)
+    db.apply({"orders": {"o1": ({"a": 1}, b'{"a":1}')}}, {"orders": {"offset": 7}})
+    task = Task(0, Step(0, db), None)  # type: ignore[arg-type]
+    engine.tasks[0], engine.dbs[0] = task, db
+    return engine, task
+
+
+def test_a_database_failed_for_want_of_descriptors_is_opened_again_with_its_records(tmp_path: Path) -> None:
+    engine, task = _task(tmp_path)
+    engine._replace_db(task, "RocksDB could not write: IO error: Too many open files")
+    assert task.step.db is engine.dbs[0] and task.step.db.get("orders", "o1") == {"a": 1}
+    assert task.step.db.checkpoint("orders") == {"offset": 7}  # restored from here, not from the beginning
+    assert not list(tmp_path.glob("p0.rocksdb.corrupt-*"))
+    task.step.db.close()
+
+
+def test_a_damaged_database_is_set_aside_and_started_empty(tmp_path: Path) -> None:
+    engine, task = _task(tmp_path)
+    engine._replace_db(task, "RocksDB could not read: Corruption: block checksum mismatch")
+    assert task.step.db.get("orders", "o1") is None and task.step.db.checkpoint("orders") is None
+    assert len(list(tmp_path.glob("p0.rocksdb.corrupt-*"))) == 1
+    task.step.db.close()
