@@ -61,14 +61,20 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 UNCAPPED = frozenset({"/health", "/ready", "/metrics"})
 #: Payload fields a customer read never shows (the admin view does).
 PRIVATE_FIELDS = frozenset({"token", "user_email", "email", "to"})
+#: Event metadata only the admin sees: the request's keyed digest and its idempotency key.
+PRIVATE_METADATA = frozenset({"request_hash", "idempotency_key"})
 
 
 class ApiError(Exception):
     """An error answer: status, code, message, details."""
 
-    def __init__(self, status: int, code: str, message: str, details: list[Any] | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, details: list[Any] | None = None, *, close: bool = False
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details or []
+        #: Close the connection after the answer (what is left of the body is not read).
+        self.close = close
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -100,6 +106,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(exc.status, exc.code, exc.message)
     except ApiError as exc:
         response = error_response(exc.status, exc.code, exc.message, exc.details)
+        if exc.close:
+            response.force_close()
     except validation.Invalid as exc:
         response = error_response(422, "invalid", "the request has invalid fields", exc.details)
     except Unavailable as exc:
@@ -145,10 +153,14 @@ async def _read_body(request: web.Request) -> None:
         async with asyncio.timeout(BODY_TIMEOUT):
             await request.read()
     except TimeoutError:
-        raise ApiError(408, "timeout", f"the body did not arrive within {BODY_TIMEOUT:.0f} s") from None
+        raise ApiError(408, "timeout", f"the body did not arrive within {BODY_TIMEOUT:.0f} s", close=True) from None
     except (BadHttpMessage, RequestPayloadError) as exc:
         # A body that does not decode per its Content-Encoding (aiohttp wraps the decoder's error).
-        raise ApiError(400, "bad_encoding", "the body cannot be decoded per its Content-Encoding") from exc
+        # The connection closes after the answer, and the body counts as ended: aiohttp would
+        # otherwise read the rest of it to reuse the connection, meet the decoder's error
+        # again, and log that as a server error, once per such request.
+        request.content.feed_eof()
+        raise ApiError(400, "bad_encoding", "the body cannot be decoded per its Content-Encoding", close=True) from exc
     except (ConnectionError, EofStream) as exc:
         raise ClientGone from exc
 
@@ -203,7 +215,10 @@ def _scrub(value: Any) -> Any:
 
 
 def _customer_view(env: dict[str, Any]) -> dict[str, Any]:
-    return {**env, "payload": _scrub(env.get("payload") or {})}
+    view = {**env, "payload": _scrub(env.get("payload") or {})}
+    if isinstance(env.get("metadata"), dict):
+        view["metadata"] = {k: v for k, v in env["metadata"].items() if k not in PRIVATE_METADATA}
+    return view
 
 
 async def produce(topic: str, key: str, env: Envelope) -> None:
@@ -286,7 +301,7 @@ async def _to_owner(request: web.Request, topic: str, key: str) -> web.Response 
     """The owner's answer when ``key`` is another worker's (the request forwarded), else ``None``: serve it here."""
     owner = routing.owner_of(topic, key)
     if owner != routing.my_url():
-        if request.headers.get(FORWARDED):
+        if request.headers.get(FORWARDED) and guard.is_peer(request):  # a client's copy of the header means nothing
             raise Unavailable("the key's owner changed while the request was forwarded")
         return await routing.forward(request, owner)
     routing.check_local(topic, key)
@@ -300,6 +315,8 @@ async def place_order(request: web.Request) -> web.Response:
     """``POST /orders``: validate, tokenize the card, produce ``order.placed``."""
     body = await read_json(request)
     order = validation.order_request(body)
+    if len(request.headers.getall("Idempotency-Key", [])) > 1:
+        raise validation.Invalid([{"field": "Idempotency-Key", "message": "must be sent once"}])
     idem = request.headers.get("Idempotency-Key")
     if idem is not None and not (1 <= len(idem) <= 200 and idem.isascii() and idem.isprintable()):
         raise validation.Invalid([{"field": "Idempotency-Key", "message": "must be 1-200 printable ASCII characters"}])

@@ -482,3 +482,34 @@ def test_ships_sent_at_once_ship_once_and_the_others_are_409(cluster: Cluster) -
     events = cluster.get(f"/orders/{order_id}/events", headers=ADMIN).body["events"]
     shipped = [e for e in events if e["type"] == "order.shipped"]
     assert len(shipped) == 1 and shipped[0]["payload"]["carrier"] == f"carrier-{accepted[0]}", shipped
+
+
+def test_a_client_s_forwarded_header_changes_nothing(cluster: Cluster) -> None:
+    """``X-Orderstream-Forwarded`` means something only from a peer (with the internal token)."""
+    product = uid("p")
+    cluster.put(f"/inventory/{product}", {"on_hand": 5}, headers=ADMIN)
+    order_id = cluster.place(order_body([(product, 1, "2.00")], user_id=uid("u")))
+    for i in range(2):  # one of the two does not own the order: it forwards as usual
+        resp = cluster.get(f"/orders/{order_id}", i, headers={"X-Orderstream-Forwarded": "http://evil:1"})
+        assert resp.status == 200, (i, resp)
+
+
+def test_customer_events_carry_no_idempotency_key_or_request_digest(cluster: Cluster) -> None:
+    product = uid("p")
+    cluster.put(f"/inventory/{product}", {"on_hand": 5}, headers=ADMIN)
+    order_id = cluster.place(order_body([(product, 1, "2.00")], user_id=uid("u")), key=uid("k"))
+    customer = cluster.get(f"/orders/{order_id}/events").body["events"]
+    placed = next(e for e in customer if e["type"] == "order.placed")
+    assert not {"idempotency_key", "request_hash"} & set(placed.get("metadata") or {}), placed
+    admin = cluster.get(f"/orders/{order_id}/events", headers=ADMIN).body["events"]
+    assert "idempotency_key" in next(e for e in admin if e["type"] == "order.placed")["metadata"]
+
+
+def test_two_idempotency_key_headers_are_422(cluster: Cluster) -> None:
+    body = json.dumps(order_body([(uid("p"), 1, "2.00")], user_id=uid("u"))).encode()
+    head = (
+        b"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        b"Idempotency-Key: one\r\nIdempotency-Key: two\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    for url in cluster.urls:
+        assert raw_request(url, head + body) == 422

@@ -96,6 +96,26 @@ def test_a_body_that_does_not_decode_per_its_encoding_is_a_400(monkeypatch: pyte
     _serve(monkeypatch, check)
 
 
+def test_a_bad_encoding_on_a_keep_alive_connection_closes_it_and_logs_no_error(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp drains what is left of a keep-alive request's body, meets the decoder's error again
+    and logs a traceback per request: the 400 closes the connection instead."""
+
+    async def check(host: str, port: int) -> None:
+        head = _post("/echo", 13, "Content-Encoding: gzip\r\n").replace("Connection: close", "Connection: keep-alive")
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(head.encode() + b"\r\n" + b"notcompressed")
+        answer = (await asyncio.wait_for(reader.read(), 5)).decode(errors="replace")  # to the end: closed
+        writer.close()
+        assert answer.startswith("HTTP/1.1 400") and '"error":"bad_encoding"' in answer, answer
+        assert "connection: close" in answer.lower(), answer
+
+    with caplog.at_level(logging.INFO):
+        _serve(monkeypatch, check)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
 def test_a_client_that_leaves_mid_body_is_no_server_error(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
