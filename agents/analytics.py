@@ -41,7 +41,7 @@ def handle(step: Step, env: Envelope) -> None:
         _prune(step, window, p["confirmed_at"])
     for item in p["items"]:
         pid = str(item["product_id"])
-        step.put(STORE, f"product/{pid}", domain.add_line(step.get(STORE, f"product/{pid}"), item))
+        step.put(STORE, f"product/{pid}", domain.add_line(step.get(STORE, f"product/{pid}"), item, p.get("currency")))
     recorded = {"order_id": order_id, "total_cents": int(p["total_cents"]), "currency": p.get("currency")}
     outs = envelopes(
         [Emit(ORDERS, order_id, "analytics.order_recorded", "order", order_id, recorded)], env, stage=STAGE

@@ -44,6 +44,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from app.domain import analytics as analytics_domain
 from app.engine.step import Step
 from app.engine.store import IndexReader, PartitionDB
 from app.main import engine
@@ -396,7 +397,7 @@ def put_counted(step: Step, order_id: str, event: Mapping[str, Any]) -> None:
 
 def analytics_partial(db: PartitionDB) -> dict[str, Any]:
     """This partition's aggregates: totals, windows, products."""
-    total = db.get(ANALYTICS, "total") or {"orders": 0, "revenue_cents": 0, "currency": None}
+    total = db.get(ANALYTICS, "total") or analytics_domain.empty_total()
     # No window is left before the horizon the last pruning reached: seek past the deleted ones.
     horizon = db.get(ANALYTICS, "pruned") or ""
     windows = {k[len("window/") :]: v for k, v in db.scan(ANALYTICS, "window/", horizon)}

@@ -1,6 +1,8 @@
 """Analytics as pure functions over per-partition partial aggregates.
 
-Each partition keeps its own totals, one-minute tumbling windows (only the last
+Revenue is reported in :data:`~app.domain.common.DEFAULT_CURRENCY`; orders in another
+currency count as orders and units, and their revenue is totalled per currency apart
+(``others``), never added to it. Each partition keeps its own totals, one-minute tumbling windows (only the last
 :data:`KEEP_MINUTES`) and per-product totals, each in its own record, so no record grows
 with time; the summary adds the partials of every partition across the cluster, so no
 single partition is a hot spot and every partial moves with its partition on rebalance.
@@ -11,7 +13,7 @@ from __future__ import annotations
 from datetime import UTC, timedelta
 from typing import Any
 
-from app.domain.common import from_cents
+from app.domain.common import DEFAULT_CURRENCY, from_cents
 from schemas.envelope import parse_ts
 
 Partial = dict[str, Any]
@@ -20,18 +22,26 @@ WINDOW_SECONDS = 60
 KEEP_MINUTES = 120
 
 
+def _currency(payload: dict[str, Any]) -> str:
+    return str(payload.get("currency") or DEFAULT_CURRENCY)
+
+
 def empty_total() -> dict[str, Any]:
-    """A partition's totals before any order."""
-    return {"orders": 0, "revenue_cents": 0, "currency": None}
+    """A partition's totals before any order: revenue in :data:`DEFAULT_CURRENCY`, others apart."""
+    return {"orders": 0, "revenue_cents": 0, "currency": DEFAULT_CURRENCY}
 
 
 def add_total(total: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
-    """Add one confirmed order to a partition's totals."""
-    return {
-        "orders": total["orders"] + 1,
-        "revenue_cents": total["revenue_cents"] + int(payload["total_cents"]),
-        "currency": total.get("currency") or payload.get("currency"),
-    }
+    """Add one confirmed order to a partition's totals; revenue in another currency goes to ``others``."""
+    out = {**total, "orders": total["orders"] + 1, "currency": DEFAULT_CURRENCY}
+    currency, cents = _currency(payload), int(payload["total_cents"])
+    if currency == DEFAULT_CURRENCY:
+        out["revenue_cents"] = total["revenue_cents"] + cents
+    else:
+        others = dict(total.get("others") or {})
+        others[currency] = others.get(currency, 0) + cents
+        out["others"] = others
+    return out
 
 
 def empty_window() -> dict[str, int]:
@@ -40,15 +50,17 @@ def empty_window() -> dict[str, int]:
 
 
 def add_window(window: dict[str, int], payload: dict[str, Any]) -> dict[str, int]:
-    """Add one confirmed order to its one-minute window."""
-    return {"orders": window["orders"] + 1, "revenue_cents": window["revenue_cents"] + int(payload["total_cents"])}
+    """Add one confirmed order to its one-minute window (its revenue only in :data:`DEFAULT_CURRENCY`)."""
+    cents = int(payload["total_cents"]) if _currency(payload) == DEFAULT_CURRENCY else 0
+    return {"orders": window["orders"] + 1, "revenue_cents": window["revenue_cents"] + cents}
 
 
-def add_line(product: dict[str, int] | None, item: dict[str, Any]) -> dict[str, int]:
-    """Add one order line to its product's totals."""
+def add_line(product: dict[str, int] | None, item: dict[str, Any], currency: str | None = None) -> dict[str, int]:
+    """Add one order line to its product's totals (revenue only in :data:`DEFAULT_CURRENCY`)."""
     prev = product or {"units": 0, "revenue_cents": 0}
     qty = int(item["quantity"])
-    return {"units": prev["units"] + qty, "revenue_cents": prev["revenue_cents"] + qty * int(item["price_cents"])}
+    cents = qty * int(item["price_cents"]) if (currency or DEFAULT_CURRENCY) == DEFAULT_CURRENCY else 0
+    return {"units": prev["units"] + qty, "revenue_cents": prev["revenue_cents"] + cents}
 
 
 def oldest_kept(timestamp: str) -> str:
@@ -59,7 +71,7 @@ def oldest_kept(timestamp: str) -> str:
 
 def empty_partial() -> Partial:
     """Return an empty per-partition aggregate."""
-    return {"orders": 0, "revenue_cents": 0, "currency": None, "windows": {}, "products": {}}
+    return {**empty_total(), "windows": {}, "products": {}}
 
 
 def window_start(timestamp: str) -> str:
@@ -72,43 +84,33 @@ def window_start(timestamp: str) -> str:
 
 
 def record(partial: Partial, payload: dict[str, Any]) -> Partial:
-    """Add one confirmed order to a partition's aggregate."""
-    out = {
-        **partial,
-        "windows": dict(partial["windows"]),
-        "products": dict(partial["products"]),
-    }
-    total = int(payload["total_cents"])
-    out["orders"] += 1
-    out["revenue_cents"] += total
-    out["currency"] = out["currency"] or payload.get("currency")
+    """Add one confirmed order to a partition's aggregate (as the stage does, key by key)."""
+    out = {**add_total(partial, payload), "windows": dict(partial["windows"]), "products": dict(partial["products"])}
     w = window_start(payload["confirmed_at"])
-    win = out["windows"].get(w, {"orders": 0, "revenue_cents": 0})
-    out["windows"][w] = {"orders": win["orders"] + 1, "revenue_cents": win["revenue_cents"] + total}
+    out["windows"][w] = add_window(out["windows"].get(w) or empty_window(), payload)
     for item in payload["items"]:
         pid = str(item["product_id"])
-        prev = out["products"].get(pid, {"units": 0, "revenue_cents": 0})
-        qty = int(item["quantity"])
-        out["products"][pid] = {
-            "units": prev["units"] + qty,
-            "revenue_cents": prev["revenue_cents"] + qty * int(item["price_cents"]),
-        }
+        out["products"][pid] = add_line(out["products"].get(pid), item, _currency(payload))
     return out
 
 
 def merge(partials: list[Partial]) -> Partial:
     """Add partials from many partitions into one."""
     out = empty_partial()
+    others: dict[str, int] = {}
     for p in partials:
         out["orders"] += p["orders"]
         out["revenue_cents"] += p["revenue_cents"]
-        out["currency"] = out["currency"] or p.get("currency")
+        for currency, cents in (p.get("others") or {}).items():
+            others[currency] = others.get(currency, 0) + cents
         for w, v in p["windows"].items():
             cur = out["windows"].get(w, {"orders": 0, "revenue_cents": 0})
             out["windows"][w] = {k: cur[k] + v[k] for k in cur}
         for pid, v in p["products"].items():
             cur = out["products"].get(pid, {"units": 0, "revenue_cents": 0})
             out["products"][pid] = {k: cur[k] + v[k] for k in cur}
+    if others:
+        out["others"] = others
     return out
 
 
@@ -127,7 +129,18 @@ def summary(partial: Partial, by_status: dict[str, int], top: int = 10, minutes:
     products = sorted(partial["products"].items(), key=lambda kv: (-kv[1]["revenue_cents"], kv[0]))[:top]
     return {
         "orders_by_status": by_status,
-        "revenue": {"total": from_cents(partial["revenue_cents"]), "currency": partial["currency"] or "USD"},
+        "revenue": {
+            "total": from_cents(partial["revenue_cents"]),
+            "currency": DEFAULT_CURRENCY,
+            # Every currency apart (the one above included when it has revenue): never added together.
+            "by_currency": {
+                c: from_cents(cents)
+                for c, cents in sorted(
+                    {DEFAULT_CURRENCY: partial["revenue_cents"], **partial.get("others", {})}.items()
+                )
+                if cents
+            },
+        },
         "orders_recorded": partial["orders"],
         "revenue_per_minute": [
             {"window_start": w, "orders": v["orders"], "revenue": from_cents(v["revenue_cents"])} for w, v in windows

@@ -17,6 +17,10 @@ from schemas.catalogue import USERS as USERS
 
 FINAL_STATUSES = frozenset({"confirmed", "rejected", "cancelled", "shipped", "delivered"})
 
+#: The currency of an order that names none, and the one analytics reports revenue in
+#: (orders in other currencies are totalled apart, never added to it).
+DEFAULT_CURRENCY = "USD"
+
 
 @dataclass(frozen=True)
 class Emit:

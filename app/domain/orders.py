@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.domain.common import (
+    DEFAULT_CURRENCY,
     FINAL_STATUSES,
     INVENTORY,
     ORDERS,
@@ -140,7 +141,7 @@ def place(env: Envelope, pending_timeout: float = 30.0, now: float | None = None
         "status": "pending",
         "items": items,
         "total_cents": sum(i["price_cents"] * i["quantity"] for i in items),
-        "currency": p.get("currency", "USD"),
+        "currency": p.get("currency", DEFAULT_CURRENCY),
         "created_at": env["timestamp"],
         "updated_at": env["timestamp"],
         "reason": None,

@@ -282,7 +282,7 @@ class PartitionAnalytics:
             self.windows = {w: v for w, v in self.windows.items() if w >= cutoff}
         for item in payload["items"]:
             pid = str(item["product_id"])
-            self.products[pid] = analytics_domain.add_line(self.products.get(pid), item)
+            self.products[pid] = analytics_domain.add_line(self.products.get(pid), item, payload.get("currency"))
 
     def partial(self) -> analytics_domain.Partial:
         """This partition's aggregates in the shape :func:`app.domain.analytics.merge` adds."""

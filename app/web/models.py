@@ -29,7 +29,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from app.domain.cards import expiry_valid, luhn_valid, normalize_number
-from app.domain.common import MoneyError, parse_money
+from app.domain.common import DEFAULT_CURRENCY, MoneyError, parse_money
 from app.domain.inventory import MAX_ON_HAND
 from schemas.envelope import parse_ts
 
@@ -68,6 +68,23 @@ def _money(value: str) -> str:
     return value
 
 
+#: ISO 4217 codes that are not money one pays with: precious metals, fund and accounting units,
+#: the testing and "no currency" codes.
+NOT_PAYABLE = frozenset(
+    {"XAG", "XAU", "XPD", "XPT", "XBA", "XBB", "XBC", "XBD", "XDR", "XSU", "XUA", "XTS", "XXX", "XAD"}
+    | {"BOV", "CHE", "CHW", "CLF", "COU", "MXV", "USN", "UYI", "UYW"}
+)
+
+
+def _currency(value: str) -> str:
+    """An ISO 4217 currency in circulation (pycountry's copy of the standard: it follows its amendments)."""
+    import pycountry
+
+    if value in NOT_PAYABLE or pycountry.currencies.get(alpha_3=value) is None:
+        raise PydanticCustomError("currency", "must be an ISO 4217 currency code, e.g. USD or EUR")
+    return value
+
+
 def _visible(value: str) -> str:
     """No control, format (bidi overrides, zero-width), surrogate, private or unassigned characters.
 
@@ -92,7 +109,9 @@ Money = Annotated[
     AfterValidator(_money),
 ]
 Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
-Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
+Currency = Annotated[
+    str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 currency code", examples=["USD"]), AfterValidator(_currency)
+]
 Status = Literal["pending", "reserved", "paid", "confirmed", "shipped", "delivered", "rejected", "cancelled"]
 
 
@@ -142,7 +161,7 @@ class PlaceOrder(Model):
 
     user_id: Ident
     user_email: Email | None = None
-    currency: Currency = "USD"
+    currency: Currency = DEFAULT_CURRENCY
     items: list[OrderLine] = Field(min_length=1, max_length=MAX_ITEMS)
     payment: CardPayment
 
@@ -414,8 +433,11 @@ class UserView(Open):
 
 
 class Revenue(Open):
-    total: str
+    total: str = Field(description="Revenue of confirmed (and later) orders in `currency`")
     currency: str
+    by_currency: dict[str, str] = Field(
+        default_factory=dict, description="Revenue per currency, each apart (orders in other currencies too)"
+    )
 
 
 class AnalyticsSummary(Open):

@@ -107,7 +107,7 @@ def test_summary_revenue_total_is_the_sum_of_the_orders() -> None:
     out = analytics.summary(record_all(A, B, C), {"confirmed": 3})
 
     assert out["orders_by_status"] == {"confirmed": 3}
-    assert out["revenue"] == {"total": "46.49", "currency": "USD"}
+    assert out["revenue"] == {"total": "46.49", "currency": "USD", "by_currency": {"USD": "46.49"}}
     assert out["orders_recorded"] == 3
 
 
@@ -140,7 +140,7 @@ def test_summary_ranks_top_products_by_revenue_then_id() -> None:
 def test_summary_of_nothing_is_zero_dollars() -> None:
     out = analytics.summary(analytics.empty_partial(), {})
 
-    assert out["revenue"] == {"total": "0.00", "currency": "USD"}
+    assert out["revenue"] == {"total": "0.00", "currency": "USD", "by_currency": {}}
     assert out["revenue_per_minute"] == []
     assert out["top_products"] == []
 
@@ -163,13 +163,13 @@ def test_status_delta_to_the_same_status_changes_nothing() -> None:
 # --- the per-key helpers the analytics stage keeps one record each with ----------------------
 
 
-def test_totals_add_orders_and_keep_the_first_currency() -> None:
+def test_totals_add_orders_and_keep_other_currencies_apart() -> None:
     total = analytics.empty_total()
     for payload in (A, B, {**C, "currency": "EUR"}):
         total = analytics.add_total(total, payload)
 
-    assert total == {"orders": 3, "revenue_cents": 4649, "currency": "USD"}
-    assert analytics.empty_total() == {"orders": 0, "revenue_cents": 0, "currency": None}
+    assert total == {"orders": 3, "revenue_cents": 4249, "currency": "USD", "others": {"EUR": 400}}
+    assert analytics.empty_total() == {"orders": 0, "revenue_cents": 0, "currency": "USD"}
 
 
 def test_window_adds_orders_and_revenue() -> None:
@@ -240,3 +240,17 @@ def test_window_keys_sort_like_time_so_a_prefix_scan_can_stop_at_the_cutoff() ->
     assert keys == sorted(keys)
     assert analytics.oldest_kept("2024-05-01T02:00:00Z") == "2024-05-01T00:00:00Z"
     assert [k for k in keys if k < analytics.oldest_kept("2024-05-01T02:00:00Z")] == ["2024-04-30T23:59:00Z"]
+
+
+def test_orders_in_another_currency_are_never_added_to_the_revenue() -> None:
+    usd = {**A, "currency": "USD"}
+    eur = {**A, "order_id": "o-eur", "currency": "EUR"}
+    partial = analytics.record(analytics.record(analytics.empty_partial(), usd), eur)
+    other = analytics.record(analytics.empty_partial(), {**eur, "order_id": "o-eur2"})
+    out = analytics.summary(analytics.merge([partial, other]), {"confirmed": 3})
+    cents = int(A["total_cents"])
+    assert out["revenue"]["total"] == analytics.from_cents(cents) and out["revenue"]["currency"] == "USD"
+    assert out["revenue"]["by_currency"] == {"EUR": analytics.from_cents(2 * cents), "USD": analytics.from_cents(cents)}
+    assert out["orders_recorded"] == 3
+    assert sum(p["units"] for p in out["top_products"]) == 3 * sum(int(i["quantity"]) for i in A["items"])
+    assert out["revenue_per_minute"][0]["revenue"] == analytics.from_cents(cents)

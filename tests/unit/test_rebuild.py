@@ -153,7 +153,7 @@ def test_confirmed_order_stock_and_analytics() -> None:
     }
     summary = models.analytics
     assert summary["orders_by_status"] == {"confirmed": 1}
-    assert summary["revenue"] == {"total": "29.99", "currency": "USD"}
+    assert summary["revenue"] == {"total": "29.99", "currency": "USD", "by_currency": {"USD": "29.99"}}
     assert summary["orders_recorded"] == 1
     assert summary["revenue_per_minute"] == [{"window_start": "2024-05-01T12:00:00Z", "orders": 1, "revenue": "29.99"}]
     assert summary["top_products"] == [
@@ -371,8 +371,8 @@ def test_compare_lists_every_difference() -> None:
         "order o1: status: rebuilt 'confirmed' != live 'shipped'",
         "order o9: only live (pending)",
         "stock p1: sold: rebuilt 2 != live 3",
-        "analytics: revenue: rebuilt {'total': '29.99', 'currency': 'USD'}"
-        " != live {'total': '1.00', 'currency': 'USD'}",
+        "analytics: revenue: rebuilt {'total': '29.99', 'currency': 'USD', 'by_currency': {'USD': '29.99'}}"
+        " != live {'total': '1.00', 'currency': 'USD', 'by_currency': {'USD': '29.99'}}",
     ]
 
 

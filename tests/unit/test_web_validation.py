@@ -67,6 +67,11 @@ def test_currency_and_email_are_optional() -> None:
     assert request.user_email is None
 
 
+@pytest.mark.parametrize("currency", ["EUR", "JPY", "XOF", "CHF"])
+def test_currencies_in_circulation_are_accepted(currency: str) -> None:
+    assert order_request(changed(lambda b: b.update(currency=currency)), today=TODAY).currency == currency
+
+
 def test_a_card_number_with_spaces_is_normalized() -> None:
     request = order_request(changed(lambda b: b["payment"].update(card_number="4242 4242 4242 4242")), today=TODAY)
 
@@ -150,6 +155,9 @@ INVALID_FIELDS: list[Any] = [
     pytest.param(lambda b: b.update(currency="usd"), "currency", id="currency-lowercase"),
     pytest.param(lambda b: b.update(currency="US"), "currency", id="currency-short"),
     pytest.param(lambda b: b.update(currency=840), "currency", id="currency-number"),
+    pytest.param(lambda b: b.update(currency="ZZZ"), "currency", id="currency-not-iso-4217"),
+    pytest.param(lambda b: b.update(currency="XXX"), "currency", id="currency-no-currency-code"),
+    pytest.param(lambda b: b.update(currency="XAU"), "currency", id="currency-gold"),
     pytest.param(lambda b: b.pop("payment"), "payment", id="payment-missing"),
     pytest.param(set_payment(method="paypal"), "payment.method", id="method"),
     pytest.param(set_payment(card_number="4242424242424241"), "payment.card_number", id="card-luhn"),
