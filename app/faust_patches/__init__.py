@@ -14,6 +14,9 @@ they say.
   banner (a text table on stdout) becomes one log record.
 * :func:`app.faust_patches.parser_errors.install` — a request aiohttp's HTTP parser refuses (before
   any route or middleware) is answered in the JSON error shape, not plain text.
+* :func:`app.faust_patches.parser_errors.install_expect` — ``Expect: 100-continue`` with a declared
+  body past ``max_body_bytes`` is a ``413`` before the body is sent; an unknown expectation a
+  JSON ``417``.
 * :func:`app.faust_patches.connections.install` — the web server closes a connection that sends
   no request head in 10 s and refuses connections past a quarter of the descriptor limit.
 """
@@ -62,6 +65,8 @@ def install(settings: Any) -> None:
     installed.append("worker flags")
     parser_errors.install()
     installed.append("json parser errors")
+    parser_errors.install_expect(settings.max_body_bytes)
+    installed.append("expect header")
     connections.install()
     installed.append("connection limits")
     if startup.quiet_banner_for_json(settings):

@@ -15,12 +15,19 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
-from aiohttp import web, web_protocol
+from aiohttp import HttpVersion11, hdrs, web, web_protocol, web_urldispatcher
 
 log = logging.getLogger(__name__)
 
 #: Error codes for the statuses the parser answers with; others use the status phrase.
-CODES = {400: "bad_request", 413: "too_large", 414: "uri_too_long", 431: "headers_too_large", 500: "internal"}
+CODES = {
+    400: "bad_request",
+    413: "too_large",
+    414: "uri_too_long",
+    417: "expectation_failed",
+    431: "headers_too_large",
+    500: "internal",
+}
 
 
 def error_body(status: int) -> bytes:
@@ -55,4 +62,47 @@ def install() -> bool:
 
     handle_error._orderstream = True  # type: ignore[attr-defined]
     handler_class.handle_error = handle_error
+    return True
+
+
+def _closing(request: web.Request, response: web.Response) -> web.Response:
+    """``response``, then the connection closes at once: the body is never read (not even to drain it)."""
+    request.content.feed_eof()
+    response.force_close()
+    return response
+
+
+def install_expect(max_body_bytes: int) -> bool:
+    """Answer ``Expect`` in the JSON error shape, and a declared body past the limit before it is sent.
+
+    aiohttp's default handler (run before any middleware) says ``100 Continue`` to any
+    ``Expect: 100-continue``, so a client announcing a 10 GB body is invited to send it
+    and refused only after; and any other expectation is a plain-text ``417``. Routes take
+    the default at creation (faust creates them at start, after this runs).
+    """
+    if getattr(web_urldispatcher._default_expect_handler, "_orderstream", False):
+        return False
+
+    async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+        expect = request.headers.get(hdrs.EXPECT, "")
+        if request.version != HttpVersion11:
+            return None
+        if expect.lower() != "100-continue":
+            body = orjson.dumps(
+                {"error": "expectation_failed", "message": "only Expect: 100-continue is understood", "details": []}
+            )
+            response = web.Response(status=417, body=body, content_type="application/json")
+            return _closing(request, response)
+        if request.content_length is not None and request.content_length > max_body_bytes:
+            body = orjson.dumps(
+                {"error": "too_large", "message": f"the body is larger than {max_body_bytes} bytes", "details": []}
+            )
+            response = web.Response(status=413, body=body, content_type="application/json")
+            return _closing(request, response)
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp: the answer has not started yet
+        return None
+
+    expect_handler._orderstream = True  # type: ignore[attr-defined]
+    web_urldispatcher._default_expect_handler = expect_handler  # type: ignore[assignment]
     return True

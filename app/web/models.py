@@ -294,7 +294,11 @@ class OrderQuery(Query):
     """``GET /orders/{id}``."""
 
     wait: Annotated[float | None, BeforeValidator(_finite_seconds)] = Field(
-        default=None, ge=0, le=MAX_WAIT, allow_inf_nan=False, description="seconds to long-poll until final"
+        default=None,
+        ge=0,
+        le=MAX_WAIT,
+        allow_inf_nan=False,
+        description="seconds to long-poll until final (at most 6 decimals)",
     )
     as_of: str | None = Field(
         default=None, max_length=64, description="an ISO-8601 instant", json_schema_extra={"format": "date-time"}

@@ -112,10 +112,20 @@ OPERATIONS = [
 ]  # fmt: skip
 
 
-def _path_params(path: str) -> list[dict[str, Any]]:
-    names = [part[1:-1] for part in path.split("/") if part.startswith("{")]
-    schema = {"type": "string", "minLength": 1, "maxLength": m.MAX_KEY}
-    return [{"name": n, "in": "path", "required": True, "schema": schema} for n in names]
+def _path_params(op: Op) -> list[dict[str, Any]]:
+    names = [part[1:-1] for part in op.path.split("/") if part.startswith("{")]
+    any_key = {"type": "string", "minLength": 1, "maxLength": m.MAX_KEY}
+    # A product's stock is read under any key (zeros when unknown), but only written under an identifier.
+    ident = {"type": "string", "pattern": m.IDENT_PATTERN}
+    return [
+        {
+            "name": n,
+            "in": "path",
+            "required": True,
+            "schema": ident if n == "product_id" and op.method != "get" else any_key,
+        }
+        for n in names
+    ]
 
 
 def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
@@ -165,7 +175,7 @@ def build() -> dict[str, Any]:
         operation: dict[str, Any] = {
             "operationId": f"{op.method}_{op.path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
             "summary": op.summary,
-            "parameters": _path_params(op.path) + (_query_params(op.query) if op.query else []),
+            "parameters": _path_params(op) + (_query_params(op.query) if op.query else []),
             "responses": responses,
         }
         if op.path == "/orders" and op.method == "post":

@@ -157,3 +157,51 @@ def test_the_connection_limit_leaves_most_descriptors_to_the_worker() -> None:
     assert max_connections(1024) == 256
     assert max_connections(100) == 64
     assert max_connections(1_000_000) == 10_000
+
+
+def test_an_expect_header_is_answered_in_json_and_a_declared_oversized_body_is_refused_first() -> None:
+    import asyncio
+
+    import orjson
+    from aiohttp import web
+
+    from app.main import settings
+
+    faust_patches.install(settings)
+    assert "expect header" in faust_patches.installed
+
+    async def run() -> list[bytes]:
+        async def echo(request: web.Request) -> web.Response:
+            return web.json_response({"got": len(await request.read())})
+
+        app = web.Application()
+        app.router.add_post("/echo", echo)  # created after the patch, as faust's routes are
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        answers = []
+        try:
+            for expect, length in (("100-continue", 10**10), ("teapot", 2), ("100-continue", 2)):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(
+                    f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                    f"Expect: {expect}\r\nContent-Length: {length}\r\n\r\n".encode()
+                )
+                first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                if first.startswith(b"HTTP/1.1 100"):
+                    writer.write(b"{}")  # invited: the body follows
+                    first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                answers.append(first + await asyncio.wait_for(reader.read(), 5))
+                writer.close()
+        finally:
+            await runner.cleanup()
+        return answers
+
+    too_large, unknown, invited = asyncio.run(run())
+    assert too_large.startswith(b"HTTP/1.1 413"), too_large
+    assert orjson.loads(too_large.partition(b"\r\n\r\n")[2])["error"] == "too_large"
+    assert unknown.startswith(b"HTTP/1.1 417"), unknown
+    assert orjson.loads(unknown.partition(b"\r\n\r\n")[2])["error"] == "expectation_failed"
+    assert invited.startswith(b"HTTP/1.1 200") and b'"got": 2' in invited, invited
