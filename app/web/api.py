@@ -269,7 +269,10 @@ async def produce_and_wait(topic: str, key: str, env: Envelope) -> bool:
 
 
 def _query(request: web.Request, model: type[validation.M]) -> validation.M:
-    """Validate the query string (the last value of a repeated parameter wins)."""
+    """Validate the query string; a parameter given twice is a 422 (which one would count is a guess)."""
+    repeated = sorted({k for k in request.query if len(request.query.getall(k)) > 1})
+    if repeated:
+        raise validation.Invalid([{"field": k, "message": "given more than once"} for k in repeated])
     return parse(model, dict(request.query))
 
 

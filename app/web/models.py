@@ -143,7 +143,7 @@ class CardPayment(Model):
     @classmethod
     def _luhn(cls, value: str) -> str:
         number = normalize_number(value)
-        if not luhn_valid(number):
+        if not luhn_valid(number) or number.startswith("0"):  # no card network issues numbers starting with 0
             raise PydanticCustomError("card_number", "is not a valid card number")
         return number
 
@@ -256,7 +256,7 @@ class Redrive(Model):
     """``POST /dlq/redrive``: ``{}`` for all, or some ids, or one source topic."""
 
     ids: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=MAX_LIMIT)
-    source_topic: str | None = Field(default=None, max_length=249)
+    source_topic: str | None = Field(default=None, min_length=1, max_length=249)
 
 
 # --- queries (strings on the wire: ASCII digits only, bounded) ---------------------------

@@ -513,3 +513,10 @@ def test_two_idempotency_key_headers_are_422(cluster: Cluster) -> None:
     )
     for url in cluster.urls:
         assert raw_request(url, head + body) == 422
+
+
+def test_a_query_parameter_given_twice_is_422(cluster: Cluster) -> None:
+    for path in ("/orders?limit=1&limit=500", "/inventory?limit=2&limit=3", "/orders/x?wait=1&wait=2"):
+        resp = cluster.get(path)
+        assert resp.status == 422, (path, resp)
+        assert resp.body["details"][0]["message"] == "given more than once", resp

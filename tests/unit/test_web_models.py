@@ -113,6 +113,9 @@ def test_redrive_names_its_bad_fields() -> None:
     with pytest.raises(Invalid) as info:
         parse(models.Redrive, {"ids": "all"})
     assert [d["field"] for d in info.value.details] == ["ids"]
+    with pytest.raises(Invalid) as info:
+        parse(models.Redrive, {"source_topic": ""})  # not "every topic": that is {}
+    assert [d["field"] for d in info.value.details] == ["source_topic"]
 
 
 def test_the_openapi_document_covers_every_public_endpoint_with_errors() -> None:

@@ -161,6 +161,7 @@ INVALID_FIELDS: list[Any] = [
     pytest.param(lambda b: b.pop("payment"), "payment", id="payment-missing"),
     pytest.param(set_payment(method="paypal"), "payment.method", id="method"),
     pytest.param(set_payment(card_number="4242424242424241"), "payment.card_number", id="card-luhn"),
+    pytest.param(set_payment(card_number="0000000000000"), "payment.card_number", id="card-all-zeros"),
     pytest.param(set_payment(card_number=4242424242424242), "payment.card_number", id="card-number-type"),
     pytest.param(set_payment(expiry="05/25"), "payment.expiry", id="expiry-past"),
     pytest.param(set_payment(expiry="13/27"), "payment.expiry", id="expiry-month"),
