@@ -1103,6 +1103,7 @@ class Engine:
             )
         else:
             set_aside(old.path, task.partition, f"cannot be read ({why})")
+        old.path.parent.mkdir(parents=True, exist_ok=True)  # the data directory itself may have been removed
         db = PartitionDB(old.path, task.partition, self.indexer)
         self.dbs[task.partition] = db
         task.step.db = db

@@ -147,7 +147,12 @@ def test_dashboard_shows_flow_under_load(make_cluster: ClusterFactory) -> None:
     cluster = make_cluster(2)
     product = uid("p")
     cluster.set_stock(product, 10_000)
-    orders = [cluster.place(order_body([(product, 1, "3.50")], user_id=uid("u")), i=n % 2) for n in range(50)]
+    # Orders placed for three sampling intervals at least, so every chart has a line between
+    # samples, not a dot (a burst that finishes within one interval draws the p50 as a point).
+    orders: list[str] = []
+    started = time.time()
+    while len(orders) < 50 or time.time() - started < 3 * dashboard.INTERVAL:
+        orders.append(cluster.place(order_body([(product, 1, "3.50")], user_id=uid("u")), i=len(orders) % 2))
     for order_id in orders:
         assert cluster.final(order_id)["status"] in FINAL
     done = time.time()
