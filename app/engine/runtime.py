@@ -364,8 +364,11 @@ class Engine:
         if self._watermarks is not None:
             with contextlib.suppress(Exception):
                 await self._watermarks.stop()
-        for db in self.dbs.values():
-            db.close()
+        for partition, db in self.dbs.items():
+            try:
+                db.close()
+            except Exception as exc:  # noqa: BLE001 - e.g. its files were removed: the changelogs hold it all
+                log.warning("partition %s: its database did not close cleanly: %s", partition, exc)
         self.dbs.clear()
 
     @property
