@@ -119,8 +119,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPRequestEntityTooLarge:
         response = error_response(413, "too_large", f"the body is larger than {settings.max_body_bytes} bytes")
     except web.HTTPMethodNotAllowed as exc:
-        response = error_response(exc.status, "method_not_allowed", f"{exc.method} is not allowed here")
-        response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        if request.path.startswith("/_local/") and not guard.is_peer(request):
+            # As for GET: an internal endpoint does not exist for anyone but a peer, whatever the method.
+            response = error_response(404, "not_found", "no such endpoint")
+        else:
+            response = error_response(exc.status, "method_not_allowed", f"{exc.method} is not allowed here")
+            response.headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
     except web.HTTPException as exc:
         response = error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
     except Exception:
