@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from app import faust_patches
+
+
+async def _serve(app: Any) -> tuple[Any, int]:
+    """Serve ``app`` (a real aiohttp server, as faust's web driver runs one) on a free port."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
 def test_every_patch_runs_on_the_tested_versions() -> None:
@@ -63,11 +76,7 @@ def test_a_request_the_http_parser_refuses_gets_the_json_error_shape() -> None:
 
         app = web.Application()
         app.router.add_get("/", root)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner, port = await _serve(app)
         heads = [
             b"GET /\x00<script> HTTP/1.1\r\nHost: x\r\n\r\n",  # a malformed request line
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
@@ -120,11 +129,7 @@ def test_the_web_server_closes_silent_connections_and_refuses_past_its_limit(
 
         app = web.Application()
         app.router.add_get("/", root)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner, port = await _serve(app)
         try:
             silent = []
             for _ in range(3):  # half a head each: the limit is reached
@@ -176,11 +181,7 @@ def test_an_expect_header_is_answered_in_json_and_a_declared_oversized_body_is_r
 
         app = web.Application()
         app.router.add_post("/echo", echo)  # created after the patch, as faust's routes are
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runner, port = await _serve(app)
         answers = []
         try:
             for expect, length in (("100-continue", 10**10), ("teapot", 2), ("100-continue", 2)):
