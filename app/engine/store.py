@@ -273,10 +273,7 @@ class PartitionDB:
         """Flush the memtable in the background if a write has waited :data:`FLUSH_AFTER` seconds."""
         if self.unflushed_since is None or now - self.unflushed_since < FLUSH_AFTER:
             return False
-        try:
-            self.db.flush(wait=False)  # RocksDB switches memtables between two batches: whole commits
-        except Exception as exc:
-            raise StoreError(self.partition, f"RocksDB could not flush: {exc}") from exc
+        self._flush(wait=False)  # RocksDB switches memtables between two batches: whole commits
         self.unflushed_since = None
         return True
 
@@ -289,8 +286,11 @@ class PartitionDB:
         self._write(batch)
         # On disk at once: a wipe lost with the memtable would bring back the checkpoint that
         # condemned the store, which may pass the check later (a recreated changelog grows past it).
+        self._flush(wait=True)
+
+    def _flush(self, *, wait: bool) -> None:
         try:
-            self.db.flush()
+            self.db.flush(wait=wait)
         except Exception as exc:
             raise StoreError(self.partition, f"RocksDB could not flush: {exc}") from exc
 

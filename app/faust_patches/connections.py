@@ -23,8 +23,9 @@ import resource
 import time
 from typing import Any
 
-import orjson
 from aiohttp import web_protocol
+
+from app.faust_patches.parser_errors import json_error
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
     b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n%s"
 )
-_BUSY_BODY = orjson.dumps({"error": "unavailable", "message": "too many open connections; try again", "details": []})
+_BUSY_BODY = json_error("unavailable", "too many open connections; try again")
 
 #: Connections refused or closed by the limits since start, by reason (for tests and the log).
 counts = {"refused": 0, "head_timeout": 0}

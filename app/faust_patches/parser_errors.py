@@ -30,6 +30,11 @@ CODES = {
 }
 
 
+def json_error(code: str, message: str) -> bytes:
+    """The SPEC's error shape, for answers made before any route or middleware runs."""
+    return orjson.dumps({"error": code, "message": message, "details": []})
+
+
 def error_body(status: int) -> bytes:
     """The JSON error a refused request gets: a fixed message, nothing echoed from the request."""
     try:
@@ -38,7 +43,7 @@ def error_body(status: int) -> bytes:
         phrase = "Error"
     code = CODES.get(status) or phrase.lower().replace(" ", "_").replace("-", "_")
     message = "internal error" if status >= 500 else f"{phrase}: the HTTP request could not be parsed"
-    return orjson.dumps({"error": code, "message": message, "details": []})
+    return json_error(code, message)
 
 
 def install() -> bool:
@@ -88,15 +93,11 @@ def install_expect(max_body_bytes: int) -> bool:
         if request.version != HttpVersion11:
             return None
         if expect.lower() != "100-continue":
-            body = orjson.dumps(
-                {"error": "expectation_failed", "message": "only Expect: 100-continue is understood", "details": []}
-            )
+            body = json_error("expectation_failed", "only Expect: 100-continue is understood")
             response = web.Response(status=417, body=body, content_type="application/json")
             return _closing(request, response)
         if request.content_length is not None and request.content_length > max_body_bytes:
-            body = orjson.dumps(
-                {"error": "too_large", "message": f"the body is larger than {max_body_bytes} bytes", "details": []}
-            )
+            body = json_error("too_large", f"the body is larger than {max_body_bytes} bytes")
             response = web.Response(status=413, body=body, content_type="application/json")
             return _closing(request, response)
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
