@@ -8,6 +8,11 @@ from app.main import app
 
 
 def _on_webserver_init(web: Any) -> None:
+    # `faust worker` initialises the web server twice (after autodiscovery and again when the
+    # server starts); adding the middlewares twice would run and count every request twice.
+    if getattr(web, "_orderstream_registered", False):
+        return
+    web._orderstream_registered = True
     from app.web import api, dashboard
 
     api.register(web.web_app)

@@ -84,6 +84,20 @@ def test_operational_endpoints(cluster2: Cluster) -> None:
     assert sorted(w["url"] for w in view["workers"]) == sorted(cluster2.urls)
 
 
+def _served(url: str, route: str) -> float:
+    text = http("GET", url + "/metrics").raw.decode()
+    prefix = f'orderstream_http_requests_total{{route="{route}",status="200"}} '
+    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def test_one_request_is_handled_and_counted_once(cluster2: Cluster) -> None:
+    """Faust initialises its web server twice; the routes and middlewares are added once."""
+    url = cluster2.urls[0]
+    before = _served(url, "/openapi.json")
+    assert http("GET", url + "/openapi.json").status == 200
+    assert _served(url, "/openapi.json") - before == 1
+
+
 def test_no_card_number_in_any_topic(cluster2: Cluster, kafka_bootstrap: str) -> None:
     product = uid("p")
     cluster2.set_stock(product, 20)
