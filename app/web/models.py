@@ -53,9 +53,13 @@ _ASCII_NUMBER = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
 
 
 class Model(BaseModel):
-    """Strict types (no ``"2"`` for 2, no float for a string); unknown fields are ignored."""
+    """Strict types (no ``"2"`` for 2, no float for a string); an unknown field is a 422.
 
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    A misspelt field must not be dropped silently: ``{"id": [...]}`` for a redrive would re-inject
+    every dead letter, ``"curency"`` would charge in the default currency.
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
 def _money(value: str) -> str:
@@ -244,6 +248,9 @@ class UpdateUser(Model):
 
     email: Email | None = None
     name: Name | None = None
+    user_id: Ident | None = Field(
+        default=None, exclude=True, description="ignored (the path names the user): a read-modify-write may send it back"
+    )
 
     @model_validator(mode="after")
     def _something(self) -> UpdateUser:

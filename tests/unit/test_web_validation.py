@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from pydantic import BaseModel
+
 from app.web import models
 from app.web.validation import Invalid, OrderRequest, order_request, parse, ship_request, user_request
 
@@ -313,3 +315,31 @@ def test_stock_amounts_need_an_object() -> None:
         parse(models.Restock, 5)
 
     assert [d["field"] for d in info.value.details] == ["body"]
+
+
+@pytest.mark.parametrize(
+    ("model", "body"),
+    [
+        (models.Redrive, {"id": ["a"]}),
+        (models.SetStock, {"on_hand": 1, "onhand": 2}),
+        (models.Restock, {"quantity": 1, "qty": 2}),
+        (models.UpdateUser, {"emial": "ada@example.com"}),
+        (models.ShipOrder, {"carrier": "DHL", "tracking_number": "1", "trackingnumber": "2"}),
+    ],
+)
+def test_an_unknown_field_is_refused_not_dropped(model: type[BaseModel], body: dict[str, object]) -> None:
+    with pytest.raises(Invalid) as exc:
+        parse(model, body)
+    assert "Extra inputs are not permitted" in str(exc.value)
+
+
+def test_an_unknown_field_in_an_order_names_its_place() -> None:
+    def misspell(b: dict[str, Any]) -> None:
+        b["curency"] = b.pop("currency")
+        b["items"][0]["discount"] = "1.00"
+
+    assert sorted(fields_of(changed(misspell))) == ["curency", "items[0].discount"]
+
+
+def test_an_update_may_send_its_user_id_back() -> None:
+    assert user_request({"user_id": "u-1", "name": "Ada"}, partial=True) == {"name": "Ada"}
