@@ -249,7 +249,7 @@ class UpdateUser(Model):
     email: Email | None = None
     name: Name | None = None
     user_id: Ident | None = Field(
-        default=None, exclude=True, description="ignored (the path names the user): a read-modify-write may send it back"
+        default=None, exclude=True, description="ignored (the path names the user); a read-modify-write may send it"
     )
 
     @model_validator(mode="after")
