@@ -95,6 +95,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     started = time.perf_counter()
     try:
         await _read_body(request)
+        _no_unknown_query(request, route)
         response = await _capped(request, handler)
     except ClientGone:
         # No one to answer: the client closed the connection while sending its body. Not a
@@ -132,6 +133,21 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(500, "internal", "internal error")
     metrics.observe_http(route, request.method, response.status, time.perf_counter() - started)
     return response
+
+
+def _no_unknown_query(request: web.Request, route: str) -> None:
+    """A query parameter an operation does not take is a 422, not ignored: ``POST /dlq/redrive?source_topic=x``
+    must not redrive everything. Operations with a query model validate it in their handler; an
+    admin operation answers 401 before telling a stranger what it takes."""
+    if not request.query:
+        return
+    op = openapi.BY_ROUTE.get(("GET" if request.method == "HEAD" else request.method, route))
+    if op is None or not openapi.refuses_query(op):
+        return  # internal, unrouted or an ignoring page: the handler answers
+    if op.admin:
+        require_admin(request)
+    names = sorted(set(request.query))
+    raise validation.Invalid([{"field": k, "message": "this endpoint takes no such query parameter"} for k in names])
 
 
 #: Seconds a client has to send a request's whole body once its headers arrived.

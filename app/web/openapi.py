@@ -112,6 +112,18 @@ OPERATIONS = [
 ]  # fmt: skip
 
 
+#: Pages a browser, probe or scraper may call with parameters of its own: they take none and ignore any.
+QUERY_IGNORED = frozenset({"/", "/health", "/ready", "/metrics", "/openapi.json"})
+
+#: ``(METHOD, path)`` → operation, for the edge's checks (``HEAD`` is a ``GET``).
+BY_ROUTE = {(op.method.upper(), op.path): op for op in OPERATIONS}
+
+
+def refuses_query(op: Op) -> bool:
+    """Whether any query parameter is a 422 here: the operation takes none and is not an ignoring page."""
+    return op.query is None and op.path not in QUERY_IGNORED
+
+
 def _path_params(op: Op) -> list[dict[str, Any]]:
     names = [part[1:-1] for part in op.path.split("/") if part.startswith("{")]
     any_key = {"type": "string", "minLength": 1, "maxLength": m.MAX_KEY}
@@ -166,7 +178,7 @@ def build() -> dict[str, Any]:
             if op.headers:
                 ok["headers"] = op.headers
             responses[str(op.ok)] = ok
-        statuses = sorted({*op.errors, *((422,) if "{" in op.path else ())})
+        statuses = sorted({*op.errors, *((422,) if "{" in op.path or refuses_query(op) else ())})
         for status in statuses:
             err: dict[str, Any] = {"description": ERRORS[status], "content": content(m.Error, "serialization")}
             if status == 503:

@@ -521,3 +521,25 @@ def test_a_query_parameter_given_twice_is_422(cluster: Cluster) -> None:
         resp = cluster.get(path)
         assert resp.status == 422, (path, resp)
         assert resp.body["details"][0]["message"] == "given more than once", resp
+
+
+def test_a_query_parameter_an_endpoint_does_not_take_is_422_and_changes_nothing(cluster: Cluster) -> None:
+    product = uid("p")
+    assert http("PUT", f"{cluster.urls[0]}/inventory/{product}", {"on_hand": 3}, headers=ADMIN).status == 202
+    eventually(lambda: cluster.get(f"/inventory/{product}").body["on_hand"] == 3)
+    writes = [
+        ("POST", "/dlq/redrive?source_topic=orders", {}),
+        ("PUT", f"/inventory/{product}?on_hand=9", {"on_hand": 5}),
+        ("POST", f"/inventory/{product}/restock?dry_run=1", {"quantity": 1}),
+    ]
+    for method, path, body in writes:
+        resp = http(method, cluster.urls[1] + path, body, headers=ADMIN)
+        assert resp.status == 422, (path, resp)
+        assert resp.body["details"][0]["message"] == "this endpoint takes no such query parameter", resp
+    reads = (f"/inventory/{product}?x=1", "/orders/x/events?limit=1", "/analytics/summary?window=5", "/cluster?a=b")
+    for path in reads:
+        assert cluster.get(path).status == 422, path
+    for path in ("/health?probe=1", "/ready?probe=1", "/metrics?name=x", "/openapi.json?v=1"):
+        assert cluster.get(path).status in (200, 503), path
+    assert cluster.get(f"/inventory/{product}").body["on_hand"] == 3
+    assert http("POST", cluster.urls[0] + "/dlq/redrive?source_topic=x", {}).status == 401  # the token first
