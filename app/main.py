@@ -110,6 +110,7 @@ def create_engine(s: Settings, datadir: Path) -> Engine:
         session_timeout_ms=int(s.session_timeout * 1000),
         decode=read,
         dead_letter=dead_letter,
+        give_up_after=s.store_give_up,
     )
 
 

@@ -59,6 +59,13 @@ class Settings:
     )
     web_port: int = field(default=6066, metadata=_doc("Port of the web server (`--web-port`)."))
     datadir: str = field(default="", metadata=_doc("Data directory for RocksDB (`--datadir`); empty = Faust default."))
+    store_give_up: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Seconds a partition's RocksDB may fail to open or restore (a full or read-only disk) before the "
+            "worker stops, as on SIGTERM, so that the group hands its partitions to the other workers."
+        ),
+    )
     payment_timeout: float = field(
         default=30.0, metadata=_doc("Seconds a reservation may wait for payment before the order is cancelled.")
     )
@@ -294,6 +301,8 @@ INT_RANGES: dict[str, tuple[int, int]] = {
 FLOAT_RANGES: dict[str, tuple[float, bool, float]] = {
     "payment_timeout": (0, False, 86_400),
     "gateway_timeout": (0, False, 3_600),
+    "pending_timeout": (0, False, 86_400),
+    "store_give_up": (1, True, 86_400),
     "gateway_backoff": (0, True, 60),
     # Kafka's default group.min.session.timeout.ms is 6 s and group.max.session.timeout.ms 30 min.
     "session_timeout": (6, True, 1_800),

@@ -31,6 +31,8 @@ import contextlib
 import gc
 import itertools
 import logging
+import os
+import signal
 import time
 import traceback
 from collections import Counter, deque
@@ -204,6 +206,8 @@ class Engine:
         decode: Decoder,
         dead_letter: DeadLetter,
         indexer: Indexer | None = None,
+        give_up_after: float = 30.0,
+        give_up: Callable[[str], None] | None = None,
     ) -> None:
         self.app_id = app_id
         self.group_id = f"{app_id}.engine"
@@ -217,6 +221,13 @@ class Engine:
         self.decode = decode
         self.dead_letter = dead_letter
         self.indexer = indexer
+        #: Seconds a partition may fail to open or restore its database (a full or read-only
+        #: disk) before this worker stops so that the group hands its partitions to the others.
+        self.give_up_after = give_up_after
+        self._give_up = give_up or _stop_this_process
+        self._gave_up = False
+        #: ``{partition: (monotonic time of its first failure in a row, failures)}``.
+        self._failing: dict[int, tuple[float, int]] = {}
         self.routes: dict[str, list[Route]] = {}
         self.stores: dict[str, StoreDef] = {}
         self.topics: dict[str, str] = {}  # kafka topic -> logical name
@@ -1039,6 +1050,7 @@ class Engine:
                 return  # stopping, or the partition moved: nothing to read again here
             try:
                 await self._recover([task])
+                self._failing.pop(task.partition, None)
                 break
             except Exception as exc:  # a broker hiccup, no descriptor to reopen with: try again; the task waits
                 if attempt & (attempt - 1) == 0:  # attempts 1, 2, 4, 8, …: the log says it goes on, not every time
@@ -1049,6 +1061,8 @@ class Engine:
                         exc,
                         exc_info=attempt == 1,
                     )
+                if isinstance(exc, StoreError) or out_of_resources(exc):
+                    self._still_failing(task.partition, exc)
                 await asyncio.sleep(RETRY_AFTER)
         assert self.consumer is not None
         for tp in list(task.position):
@@ -1078,16 +1092,39 @@ class Engine:
         try:
             self._replace_db(task, why)
         except Exception as exc:  # noqa: BLE001 - e.g. still no descriptor or disk: try again later
-            log.error(
-                "partition %s: cannot open its database again (%s); trying again in %s s",
-                task.partition,
-                exc,
-                RETRY_AFTER,
-            )
+            failures = self._still_failing(task.partition, exc)
+            if failures & (failures - 1) == 0:  # failures 1, 2, 4, 8, …: not a line a second
+                log.error(
+                    "partition %s: cannot open its database again (failure %d, trying again every %g s): %s",
+                    task.partition,
+                    failures,
+                    RETRY_AFTER,
+                    exc,
+                )
             task.retry_at = time.monotonic() + RETRY_AFTER
             self._damaged[task.partition] = why
             return
         await self._reset(task)
+
+    def _still_failing(self, partition: int, error: BaseException) -> int:
+        """Count a failure in a row to open or restore ``partition``'s database; give up past the limit.
+
+        A worker that cannot keep its state (a full or read-only disk) would otherwise hold its
+        partitions, and their orders, for as long as the disk stays so: past
+        :attr:`give_up_after` it stops, as on SIGTERM, and the group moves them to the others.
+        """
+        now = time.monotonic()
+        since, failures = self._failing.get(partition, (now, 0))
+        self._failing[partition] = (since, failures + 1)
+        if now - since >= self.give_up_after and not self._gave_up and not self._stopping:
+            self._gave_up = True
+            reason = (
+                f"partition {partition}: its database has failed for {now - since:.0f} s ({error}); "
+                "this worker stops so that the group hands its partitions to the other workers"
+            )
+            log.critical("%s", reason)
+            self._give_up(reason)
+        return failures + 1
 
     def _replace_db(self, task: Task, why: str) -> None:
         """Open the task's database anew: the same files when the process ran out of descriptors,
@@ -1101,9 +1138,10 @@ class Engine:
             old.close()
         gc.collect()  # an iterator left in a cycle would keep the closed database's lock
         if out_of_resources(why):
-            log.warning(
-                "partition %s: RocksDB failed for want of resources (%s); opening it again", task.partition, why
-            )
+            if task.partition not in self._failing:  # once per run of failures, not once a second
+                log.warning(
+                    "partition %s: RocksDB failed for want of resources (%s); opening it again", task.partition, why
+                )
         else:
             set_aside(old.path, task.partition, f"cannot be read ({why})")
         old.path.parent.mkdir(parents=True, exist_ok=True)  # the data directory itself may have been removed
@@ -1231,6 +1269,11 @@ class Engine:
                 self._replace_db(task, str(exc))
         for task in todo:
             task.ready = True
+
+
+def _stop_this_process(reason: str) -> None:
+    """Stop the worker as SIGTERM does: commit what can be, leave the group, exit."""
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

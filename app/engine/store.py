@@ -306,11 +306,18 @@ class PartitionDB:
 
 
 #: What RocksDB says when the machine, not the database, failed it: the files are sound, open them again.
-RESOURCE_ERRORS = ("Too many open files", "No space left on device", "Cannot allocate memory", "Disk quota exceeded")
+RESOURCE_ERRORS = (
+    "Too many open files",
+    "No space left on device",
+    "Cannot allocate memory",
+    "Disk quota exceeded",
+    "Read-only file system",
+)
 
 
 def out_of_resources(error: BaseException | str) -> bool:
-    """Whether a RocksDB error is the process running out of descriptors, disk or memory (not a damaged file)."""
+    """Whether a RocksDB error is the process running out of descriptors, disk or memory, or a disk
+    remounted read-only (nothing wrong with the files: set aside, they would be lost)."""
     text = str(error)
     return any(reason in text for reason in RESOURCE_ERRORS)
 

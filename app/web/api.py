@@ -31,7 +31,7 @@ from app.domain.common import INVENTORY, ORDERS
 from app.domain.common import USERS as USERS_TOPIC
 from app.engine.assignor import TaskAssignor
 from app.engine.dead_letters import redrivable
-from app.engine.store import PartitionDB, StoreError
+from app.engine.store import PartitionDB, StoreError, out_of_resources
 from app.main import engine, settings
 from app.topics import BY_NAME, LOGICAL, kafka_name
 from app.web import guard, models, openapi, routing, validation
@@ -116,7 +116,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except StoreError as exc:
         log.error("%s %s: %s", request.method, request.rel_url.path, exc)
         engine.report_damage(exc.partition, exc)
-        response = error_response(503, "unavailable", "this worker cannot read its copy of the data; retry shortly")
+        why = (
+            "this worker is short of disk, memory or file descriptors"
+            if out_of_resources(exc)
+            else "this worker cannot read its copy of the data"
+        )
+        response = error_response(503, "unavailable", f"{why}; retry shortly")
     except web.HTTPRequestEntityTooLarge:
         response = error_response(413, "too_large", f"the body is larger than {settings.max_body_bytes} bytes")
     except web.HTTPMethodNotAllowed as exc:

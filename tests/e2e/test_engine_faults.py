@@ -19,6 +19,8 @@ Real broker, real worker processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -348,3 +350,61 @@ async def _ends(bootstrap: str, topic: str) -> dict[int, int]:
         return {tp.partition: offset for tp, offset in ends.items()}
     finally:
         await consumer.stop()
+
+
+def _mount_small_disk(path: Path, size: str) -> bool:
+    """Mount a tmpfs of ``size`` on ``path`` (as root on Linux); ``False`` where that is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    except OSError:
+        return False
+    return done.returncode == 0
+
+
+def _fill(path: Path) -> None:
+    """Write zeros into ``path`` until its disk is full."""
+    with open(path / "filler", "wb") as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * (1 << 20))
+            out.flush()
+
+
+def test_a_worker_whose_disk_fills_gives_its_partitions_up_and_no_order_is_stuck(
+    broker_url: str, tmp_path: Path
+) -> None:
+    """A full disk stalls every write of a worker: past ``store_give_up`` it stops, its partitions
+    move to the other worker, and every order, placed before or after, reaches a final state."""
+    app_id = uid("full")
+    disk = tmp_path / "a"
+    if not _mount_small_disk(disk, "64m"):
+        pytest.skip("needs root to mount a small tmpfs as a worker's disk")
+    env = {"ORDERSTREAM_STORE_GIVE_UP": "5"}
+    full = Worker(app_id=app_id, broker=broker_url, datadir=disk, env=env)
+    other = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "b", env=env)
+    cluster = Cluster([full.start(), other.start()])
+    try:
+        cluster.wait_ready()
+        product = uid("p")
+        cluster.set_stock(product, 1000)
+        before = [cluster.place(order_body([(product, 1, "2.00")]), i=n % 2) for n in range(10)]
+        assert {cluster.final(o, i=1)["status"] for o in before} == {"confirmed"}
+        _fill(disk)
+        after: list[str] = []
+
+        def stopped() -> bool:
+            # A trickle of orders: RocksDB fails once it must write its memtable out (a minute
+            # after the first unflushed write at most), then every write of the worker fails.
+            after.append(cluster.place(order_body([(product, 1, "2.00")]), i=1))
+            return full.proc is not None and full.proc.poll() is not None
+
+        eventually(stopped, 180, 0.5, what="the worker with the full disk stopped")
+        assert "this worker stops so that the group hands its partitions to the other workers" in full.log_text()
+        survivor = Cluster([other])
+        assert {survivor.final(o, timeout=120)["status"] for o in before + after} == {"confirmed"}
+        stock = survivor.get(f"/inventory/{product}").body
+        sold = len(before) + len(after)
+        assert (stock["sold"], stock["reserved"], stock["on_hand"]) == (sold, 0, 1000 - sold)
+    finally:
+        cluster.stop()
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

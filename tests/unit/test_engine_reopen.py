@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
 
 from app.engine.runtime import Engine, Task
 from app.engine.step import Step
-from app.engine.store import PartitionDB, out_of_resources
+from app.engine.store import PartitionDB, StoreError, out_of_resources
 from tests.support import offline_engine
 
 
@@ -20,6 +21,7 @@ from tests.support import offline_engine
             True,
         ),
         ("RocksDB could not flush: IO error: No space left on device", True),
+        ("IO error: While open a file for appending: /data/p0/000012.log: Read-only file system", True),
         ("RocksDB could not read b'orders/x': Corruption: block checksum mismatch", False),
         ("IO error: No such file or directory: While open a file for random read: 000009.sst", False),
     ],
@@ -52,4 +54,43 @@ def test_a_damaged_database_is_set_aside_and_started_empty(tmp_path: Path) -> No
     engine._replace_db(task, "RocksDB could not read: Corruption: block checksum mismatch")
     assert task.step.db.get("orders", "o1") is None and task.step.db.checkpoint("orders") is None
     assert len(list(tmp_path.glob("p0.rocksdb.corrupt-*"))) == 1
+    task.step.db.close()
+
+
+def test_a_partition_that_cannot_open_its_database_for_long_stops_the_worker_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full or read-only disk: the worker gives its partitions up rather than holding them stalled."""
+    engine, task = _task(tmp_path)
+    reasons: list[str] = []
+    engine._give_up = reasons.append
+    engine.give_up_after = 30.0
+    clock = [1000.0]
+    monkeypatch.setattr("app.engine.runtime.time.monotonic", lambda: clock[0])
+
+    def refuse(task: Task, why: str) -> None:
+        raise StoreError(0, "cannot open: IO error: Read-only file system")
+
+    monkeypatch.setattr(engine, "_replace_db", refuse)
+    for _ in range(30):  # one try a second for 29 s: still trying
+        asyncio.run(engine._rebuild(task, "RocksDB could not write: Read-only file system"))
+        clock[0] += 1
+    assert reasons == []
+    for _ in range(5):
+        asyncio.run(engine._rebuild(task, "RocksDB could not write: Read-only file system"))
+        clock[0] += 1
+    assert len(reasons) == 1 and "partition 0" in reasons[0] and "Read-only file system" in reasons[0]
+    task.step.db.close()
+
+
+def test_a_failure_that_clears_starts_the_count_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine, task = _task(tmp_path)
+    engine._give_up = lambda reason: pytest.fail(reason)
+    clock = [0.0]
+    monkeypatch.setattr("app.engine.runtime.time.monotonic", lambda: clock[0])
+    engine._still_failing(0, OSError("No space left on device"))
+    clock[0] += 29
+    engine._failing.pop(0)  # as a restore that succeeds does
+    clock[0] += 29
+    engine._still_failing(0, OSError("No space left on device"))
     task.step.db.close()

@@ -291,3 +291,11 @@ def test_redacted_hides_every_secret() -> None:
     out = Settings(admin_token="a", internal_token="b", smtp_url="smtp://u:p@h").redacted()
 
     assert out["admin_token"] == out["internal_token"] == out["smtp_url"] == "***"
+
+
+def test_every_number_setting_has_a_range() -> None:
+    """A number with no bounds is a typo waiting to be a 0-second timeout or a 10-year one."""
+    from app.settings import FLOAT_RANGES, INT_RANGES
+
+    numbers = {f.name for f in dataclasses.fields(Settings) if f.type in ("float", "int", float, int)}
+    assert numbers - set(FLOAT_RANGES) - set(INT_RANGES) == set()
