@@ -1231,6 +1231,7 @@ class Engine:
 
     async def _close_task(self, task: Task) -> None:
         task.closed = True  # a commit still in flight must not reset it (a new producer would fence the new owner)
+        self._failing.pop(task.partition, None)  # if it comes back, its failures count from then
         if task.committing is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(task.committing), CLOSE_COMMIT_WAIT)
