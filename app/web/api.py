@@ -9,7 +9,9 @@ answer is 202 once the broker has them.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -220,8 +222,37 @@ async def read_json(request: web.Request, *, empty: Any = ...) -> Any:
         return empty
     try:
         return codec.loads(raw)
-    except ValueError:
+    except ValueError as exc:
+        if "number is infinity" not in str(exc):
+            raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+        return _json_beyond_orjson(raw)
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _json_beyond_orjson(raw: bytes) -> Any:
+    """Read a body orjson refused for a number past a double (``9`` × 400, ``1e999``): valid JSON, so a
+    422 on its field, not a 400.
+
+    The standard library reads it, any such number as ±1e300 (never used: no field takes a
+    float), and what it read must be something orjson can write back (no lone surrogate, no
+    NaN): else it is a 400 as orjson would have said.
+    """
+    try:
+        value = json.loads(raw, parse_int=_bounded_number, parse_float=_bounded_number, parse_constant=_not_json)
+        codec.dumps(value)
+    except (ValueError, TypeError, RecursionError):
         raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+    return value
+
+
+def _bounded_number(text: str) -> int | float:
+    number = float(text)
+    if math.isfinite(number):
+        return int(text) if text.lstrip("-").isdigit() and len(text) <= 18 else number  # as orjson reads it
+    return math.copysign(1e300, number)
 
 
 async def _no_body(request: web.Request) -> None:

@@ -57,7 +57,12 @@ def admin_configured() -> bool:
 def is_admin(request: web.Request) -> bool:
     """Whether the request carries the valid admin bearer (never true when no token is set)."""
     token = settings.admin_token
-    return bool(token) and _same(request.headers.get("Authorization"), f"Bearer {token}")
+    given = request.headers.getall("Authorization", [])
+    if not token or len(given) != 1:
+        return False  # two Authorization headers: which one counts is a guess, so neither does
+    scheme, _, credentials = given[0].partition(" ")
+    # The scheme is case-insensitive (RFC 9110 §11.1): "bearer x" is "Bearer x"; the token is not.
+    return scheme.lower() == "bearer" and _same(credentials.strip(" "), token)
 
 
 def require_admin(request: web.Request) -> None:

@@ -543,3 +543,17 @@ def test_a_query_parameter_an_endpoint_does_not_take_is_422_and_changes_nothing(
         assert cluster.get(path).status in (200, 503), path
     assert cluster.get(f"/inventory/{product}").body["on_hand"] == 3
     assert http("POST", cluster.urls[0] + "/dlq/redrive?source_topic=x", {}).status == 401  # the token first
+
+
+def test_an_integer_past_64_bits_is_422_on_its_field_and_not_json_stays_400(cluster: Cluster) -> None:
+    product = uid("p")
+    url = f"{cluster.urls[0]}/inventory/{product}"
+    huge = "9" * 400
+    resp = http("PUT", url, raw=f'{{"on_hand": {huge}}}'.encode(), headers=ADMIN)
+    assert resp.status == 422 and resp.body["details"][0]["field"] == "on_hand", resp
+    body = json.dumps(order_body([(product, 1, "1.00")])).replace('"quantity": 1', f'"quantity": -{huge}')
+    resp = http("POST", cluster.urls[1] + "/orders", raw=body.encode())
+    assert resp.status == 422 and resp.body["details"][0]["field"] == "items[0].quantity", resp
+    for raw in (f'{{"on_hand": {huge}, "x": NaN}}', f'{{"on_hand": {huge}, "x": "\\ud800"}}', f'{{"on_hand": {huge}'):
+        resp = http("PUT", url, raw=raw.encode(), headers=ADMIN)
+        assert resp.status == 400 and resp.body["error"] == "bad_json", (raw[-20:], resp)

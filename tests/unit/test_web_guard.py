@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from app.web import guard
@@ -49,3 +51,26 @@ def test_customer_views_of_events_carry_no_token_and_no_email() -> None:
     assert "tok_" not in repr(view) and "@" not in repr(view)
     assert view["payload"]["payment"] == {"method": "card", "last4": "4242"}
     assert env["payload"]["payment"]["token"] == "tok_ok_1"  # the stored envelope is untouched
+
+
+@pytest.mark.parametrize(
+    ("headers", "admin"),
+    [
+        ([("Authorization", "Bearer s3cret")], True),
+        ([("Authorization", "bearer s3cret")], True),  # the scheme is case-insensitive (RFC 9110)
+        ([("Authorization", "BEARER s3cret")], True),
+        ([("Authorization", "Bearer S3CRET")], False),  # the token is not
+        ([("Authorization", "Bearer s3cret"), ("Authorization", "Bearer wrong")], False),  # which one counts?
+        ([("Authorization", "Bearer wrong"), ("Authorization", "Bearer s3cret")], False),
+        ([("Authorization", "Basic s3cret")], False),
+        ([("Authorization", "Bearers3cret")], False),
+        ([], False),
+    ],
+)
+def test_the_admin_bearer(monkeypatch: pytest.MonkeyPatch, headers: list[tuple[str, str]], admin: bool) -> None:
+    from aiohttp.test_utils import make_mocked_request
+    from multidict import CIMultiDict
+
+    monkeypatch.setattr(guard, "settings", dataclasses.replace(guard.settings, admin_token="s3cret"))
+    request = make_mocked_request("POST", "/dlq/redrive", headers=CIMultiDict(headers))
+    assert guard.is_admin(request) is admin
