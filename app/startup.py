@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -41,17 +42,33 @@ def broker_addresses(broker_url: str) -> list[tuple[str, int]]:
 
 
 def broker_problem(broker_url: str, wait: float = BROKER_WAIT) -> str | None:
-    """Return one sentence when no bootstrap server accepts a TCP connection within ``wait`` s, else None."""
+    """Return one sentence when no bootstrap server answers as Kafka does within ``wait`` s, else None.
+
+    Answering is a TCP connection and a reply to Kafka's ``ApiVersions`` request: a port
+    where something else listens (a web server, SSH) is named as such instead of ending in
+    the client's traceback.
+    """
     addresses = broker_addresses(broker_url)
     deadline = time.monotonic() + wait
     last = ""
     while True:
         for host, port in addresses:
             try:
-                with socket.create_connection((host, port), timeout=min(2.0, max(wait, 0.1))):
-                    return None
+                conn = socket.create_connection((host, port), timeout=min(2.0, max(wait, 0.1)))
             except OSError as exc:
                 last = exc.strerror or str(exc) or type(exc).__name__
+                continue
+            with conn:
+                try:
+                    kafka = speaks_kafka(conn)
+                except OSError:
+                    kafka = False  # accepts connections, answers nothing: not a broker either
+            if kafka:
+                return None
+            return (
+                f"{host}:{port} is not a Kafka broker (it does not answer Kafka's ApiVersions request): "
+                "point ORDERSTREAM_BROKER / --broker at the broker's listener, e.g. kafka://localhost:9092."
+            )
         if time.monotonic() >= deadline:
             break
         time.sleep(0.25)
@@ -61,6 +78,25 @@ def broker_problem(broker_url: str, wait: float = BROKER_WAIT) -> str | None:
         "(`python scripts/kafka_local.py start`, or `docker compose -f docker/compose.yml up -d kafka`) "
         "or point ORDERSTREAM_BROKER / --broker at a running broker."
     )
+
+
+#: ``ApiVersions`` v0 (api key 18), correlation id 0x6f73, client id "orderstream": the first
+#: request every Kafka client sends; every broker since 0.10 answers it.
+_API_VERSIONS = struct.pack(">hhih", 18, 0, 0x6F73, 11) + b"orderstream"
+
+
+def speaks_kafka(conn: socket.socket) -> bool:
+    """Whether the peer on ``conn`` answers an ``ApiVersions`` request as a Kafka broker does
+    (``OSError`` on a timeout)."""
+    conn.sendall(struct.pack(">i", len(_API_VERSIONS)) + _API_VERSIONS)
+    head = b""
+    while len(head) < 8:
+        chunk = conn.recv(8 - len(head))
+        if not chunk:
+            return False  # closed on us: not how a broker answers
+        head += chunk
+    size, correlation = struct.unpack(">ii", head)
+    return 4 <= size <= 1 << 20 and correlation == 0x6F73
 
 
 #: The data-directory locks this process holds (open for as long as it runs).

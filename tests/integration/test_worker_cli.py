@@ -6,12 +6,15 @@ admin token each stop the worker with one sentence and a non-zero exit, no trace
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,6 +214,30 @@ def test_bad_setting_value_exits_with_its_sentence(tmp_path: Path) -> None:
 def test_unreachable_broker_is_one_sentence(tmp_path: Path) -> None:
     line = refused(["--broker", "kafka://127.0.0.1:1"], worker_env("kafka://127.0.0.1:1"), tmp_path)
     assert "cannot reach the Kafka broker at 127.0.0.1:1" in line and "ORDERSTREAM_BROKER" in line
+
+
+@pytest.mark.parametrize("greeting", [b"", b"SSH-2.0-OpenSSH_9.6\r\n", b"HTTP/1.1 400 Bad Request\r\n\r\n"])
+def test_a_port_where_no_kafka_listens_is_one_sentence(tmp_path: Path, greeting: bytes) -> None:
+    """Something else on the broker's port (silent, SSH, a web server): named, not a client traceback."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    port = server.getsockname()[1]
+
+    def answer() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = server.accept()
+                conn.sendall(greeting)
+                threading.Timer(10, conn.close).start()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        url = f"kafka://127.0.0.1:{port}"
+        line = refused(["--broker", url], worker_env(url), tmp_path)
+    finally:
+        server.close()
+    assert f"127.0.0.1:{port} is not a Kafka broker" in line and "ORDERSTREAM_BROKER" in line
 
 
 def test_beyond_loopback_without_admin_token_refuses(tmp_path: Path) -> None:
