@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 from aiohttp import HttpVersion11, hdrs, web, web_protocol, web_urldispatcher
+from aiohttp.http_exceptions import BadHttpMethod
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ CODES = {
     417: "expectation_failed",
     431: "headers_too_large",
     500: "internal",
+    501: "not_implemented",
 }
 
 
@@ -42,7 +44,10 @@ def error_body(status: int) -> bytes:
     except ValueError:
         phrase = "Error"
     code = CODES.get(status) or phrase.lower().replace(" ", "_").replace("-", "_")
-    message = "internal error" if status >= 500 else f"{phrase}: the HTTP request could not be parsed"
+    if status == 501:
+        message = "this server implements no such method (RFC 9110: a method it does not recognise is a 501)"
+    else:
+        message = "internal error" if status >= 500 else f"{phrase}: the HTTP request could not be parsed"
     return json_error(code, message)
 
 
@@ -55,7 +60,9 @@ def install() -> bool:
     def handle_error(
         self: Any, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
-        if status >= 500:
+        if isinstance(exc, BadHttpMethod):
+            status = 501  # an unknown method (``FOO``) is not a malformed request
+        if status >= 500 and status != 501:
             self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
         else:
             log.debug("refused a request from %s the HTTP parser could not read: %s", request.remote, exc)

@@ -81,6 +81,7 @@ def test_a_request_the_http_parser_refuses_gets_the_json_error_shape() -> None:
             b"GET /\x00<script> HTTP/1.1\r\nHost: x\r\n\r\n",  # a malformed request line
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
             b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+            b"FOO / HTTP/1.1\r\nHost: x\r\n\r\n",  # a method no one implements: 501, as RFC 9110 says
         ]
         out = []
         try:
@@ -97,12 +98,15 @@ def test_a_request_the_http_parser_refuses_gets_the_json_error_shape() -> None:
             await runner.cleanup()
         return out
 
-    for status, headers, body in asyncio.run(answers()):
+    *refused, unknown_method = asyncio.run(answers())
+    for status, headers, body in refused:
         assert 400 <= status < 500, (status, body)
         assert b"content-type: application/json" in headers, headers
         doc = orjson.loads(body)
         assert set(doc) == {"error", "message", "details"} and doc["error"], doc
         assert b"script" not in body and b"aaaa" not in body
+    status, headers, body = unknown_method
+    assert status == 501 and orjson.loads(body)["error"] == "not_implemented", (status, body)
 
 
 def test_the_web_server_closes_silent_connections_and_refuses_past_its_limit(
