@@ -130,6 +130,22 @@ def datadir_problem(path: Path) -> str | None:
     handle.write(f"pid {os.getpid()}\n")
     handle.flush()
     _claimed[path] = handle
+    return store_dir_problem(path / "engine")
+
+
+def store_dir_problem(path: Path) -> str | None:
+    """One sentence when the partition databases cannot live in ``path`` (a file in its place, not
+    writable), else None: checked before the worker joins the group and is handed partitions."""
+    probe = path / f".write-check-{os.getpid()}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        return (
+            f"cannot keep the partition databases in {path} ({exc.strerror or exc}): "
+            "make it a writable directory or point --datadir elsewhere."
+        )
     return None
 
 

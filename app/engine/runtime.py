@@ -1116,15 +1116,18 @@ class Engine:
         now = time.monotonic()
         since, failures = self._failing.get(partition, (now, 0))
         self._failing[partition] = (since, failures + 1)
-        if now - since >= self.give_up_after and not self._gave_up and not self._stopping:
-            self._gave_up = True
-            reason = (
-                f"partition {partition}: its database has failed for {now - since:.0f} s ({error}); "
-                "this worker stops so that the group hands its partitions to the other workers"
-            )
-            log.critical("%s", reason)
-            self._give_up(reason)
+        if now - since >= self.give_up_after:
+            self._stop_for(f"partition {partition}: its database has failed for {now - since:.0f} s ({error})")
         return failures + 1
+
+    def _stop_for(self, problem: str) -> None:
+        """Stop this worker (once) for a local problem that keeps it from holding its partitions."""
+        if self._gave_up or self._stopping:
+            return
+        self._gave_up = True
+        reason = f"{problem}; this worker stops so that the group hands its partitions to the other workers"
+        log.critical("%s", reason)
+        self._give_up(reason)
 
     def _replace_db(self, task: Task, why: str) -> None:
         """Open the task's database anew: the same files when the process ran out of descriptors,
@@ -1207,7 +1210,13 @@ class Engine:
     async def _open_task(self, partition: int) -> Task:
         db = self.dbs.get(partition)
         if db is None:
-            db = open_or_discard(self.datadir / f"p{partition}.rocksdb", partition, self.indexer)
+            try:
+                db = open_or_discard(self.datadir / f"p{partition}.rocksdb", partition, self.indexer)
+            except Exception as exc:
+                # Neither the database nor a fresh one opens (the directory is unusable: a file in
+                # its place, no permission, a read-only disk): holding the partition would stall it.
+                self._stop_for(f"partition {partition}: cannot open a database in {self.datadir} ({exc})")
+                raise
             self.dbs[partition] = db
         producer = await self._transactional_producer(partition)
         return Task(partition, Step(partition, db), producer)

@@ -240,6 +240,15 @@ def test_a_port_where_no_kafka_listens_is_one_sentence(tmp_path: Path, greeting:
     assert f"127.0.0.1:{port} is not a Kafka broker" in line and "ORDERSTREAM_BROKER" in line
 
 
+def test_a_data_directory_whose_engine_folder_is_unusable_is_one_sentence(tmp_path: Path) -> None:
+    """Refused before the worker joins the group: it would be handed partitions it cannot hold."""
+    engine = tmp_path / "d" / "engine"
+    engine.parent.mkdir()
+    engine.write_text("x")  # a file where the partition databases go
+    line = refused([], worker_env("kafka://127.0.0.1:1"), tmp_path)
+    assert f"cannot keep the partition databases in {engine}" in line and "--datadir" in line
+
+
 def test_beyond_loopback_without_admin_token_refuses(tmp_path: Path) -> None:
     line = refused(["-b", "0.0.0.0"], worker_env("kafka://127.0.0.1:1"), tmp_path)
     assert "without an admin token" in line and "ORDERSTREAM_ADMIN_TOKEN" in line

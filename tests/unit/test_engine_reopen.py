@@ -94,3 +94,16 @@ def test_a_failure_that_clears_starts_the_count_again(tmp_path: Path, monkeypatc
     clock[0] += 29
     engine._still_failing(0, OSError("No space left on device"))
     task.step.db.close()
+
+
+def test_a_partition_whose_database_cannot_be_opened_at_all_stops_the_worker(tmp_path: Path) -> None:
+    """Not even a fresh database opens (a file where the directory goes): holding the partition
+    would stall it, so the worker gives its partitions up at once."""
+    datadir = tmp_path / "engine"
+    datadir.write_text("x")
+    engine: Engine = offline_engine(datadir, partitions=1)
+    reasons: list[str] = []
+    engine._give_up = reasons.append
+    with pytest.raises(OSError):
+        asyncio.run(engine._open_task(0))
+    assert len(reasons) == 1 and "partition 0: cannot open a database in" in reasons[0]
