@@ -719,12 +719,30 @@ async def create_user_at_owner(request: web.Request) -> web.Response:
     return await _create_user_locally(user_id, fields)
 
 
+#: Users whose ``user.created`` this worker (their owner) has sent and not yet seen applied:
+#: ``{user id: monotonic time sent}``. A second create meanwhile is a 409, as it is once the
+#: profile exists; without this, creates sent at once all passed the check and all got a 202
+#: while the stage kept only the first.
+_CREATING: dict[str, float] = {}
+
+
 async def _create_user_locally(user_id: str, fields: dict[str, Any]) -> web.Response:
     routing.check_local(USERS_TOPIC, user_id)
-    if _profile(user_id) is not None:
+    now = time.monotonic()
+    if _profile(user_id) is not None or now - _CREATING.get(user_id, -APPLIED_WAIT) < APPLIED_WAIT:
         raise ApiError(409, "conflict", f"user {user_id} already exists")
+    if len(_CREATING) > 10_000:
+        for stale in [u for u, at in _CREATING.items() if now - at >= APPLIED_WAIT]:
+            del _CREATING[stale]
+    _CREATING[user_id] = now  # before any await: a create arriving meanwhile sees it
     env = make("user.created", "user", user_id, {"user_id": user_id, **fields}, correlation_id=user_id)
-    await produce_and_wait(USERS_TOPIC, user_id, env)
+    try:
+        applied = await produce_and_wait(USERS_TOPIC, user_id, env)
+    except BaseException:
+        _CREATING.pop(user_id, None)
+        raise
+    if applied:
+        _CREATING.pop(user_id, None)  # the profile answers from now on
     return json_response({"user_id": user_id, **fields}, 202, {"Location": f"/users/{user_id}"})
 
 

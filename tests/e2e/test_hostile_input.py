@@ -557,3 +557,20 @@ def test_an_integer_past_64_bits_is_422_on_its_field_and_not_json_stays_400(clus
     for raw in (f'{{"on_hand": {huge}, "x": NaN}}', f'{{"on_hand": {huge}, "x": "\\ud800"}}', f'{{"on_hand": {huge}'):
         resp = http("PUT", url, raw=raw.encode(), headers=ADMIN)
         assert resp.status == 400 and resp.body["error"] == "bad_json", (raw[-20:], resp)
+
+
+def test_creates_of_one_user_sent_at_once_create_it_once_and_the_others_are_409(cluster: Cluster) -> None:
+    user = uid("u")
+
+    def create(n: int) -> tuple[int, str]:
+        resp = http(
+            "POST", cluster.urls[n % 2] + "/users", {"user_id": user, "email": f"a{n}@example.com"}, headers=ADMIN
+        )
+        return resp.status, f"a{n}@example.com"
+
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(create, range(10)))
+    accepted = [email for status, email in answers if status == 202]
+    assert len(accepted) == 1 and sorted(s for s, _ in answers).count(409) == 9, answers
+    profile = cluster.get(f"/users/{user}", headers=ADMIN).body
+    assert profile["email"] == accepted[0], (profile, accepted)
