@@ -256,9 +256,16 @@ def _bounded_number(text: str) -> int | float:
 
 
 async def _no_body(request: web.Request) -> None:
-    """A command without a body: a body it has must still be JSON (415 if undeclared, else CSRF gets in; 400 if not)."""
-    if request.body_exists:
-        await read_json(request, empty=None)
+    """A command without a body: a body it has must still be JSON (415 if undeclared, else CSRF gets in; 400 if
+    not), and nothing but ``{}``: a field it would drop (``{"reason": "fraud"}``) is a 422, as in every body."""
+    if not request.body_exists:
+        return
+    body = await read_json(request, empty=None)
+    if body is None or body == {}:
+        return
+    if isinstance(body, dict):
+        raise validation.Invalid([{"field": k, "message": "Extra inputs are not permitted"} for k in sorted(body)])
+    raise validation.Invalid([{"field": "body", "message": "this command takes no body, or {}"}])
 
 
 def _scrub(value: Any) -> Any:

@@ -288,13 +288,19 @@ def test_reads_of_new_and_unknown_orders_answer_at_once_under_load(cluster: Clus
             t.join()
 
 
-def test_a_command_with_a_malformed_json_body_is_400(cluster: Cluster) -> None:
+def test_a_command_with_a_malformed_json_body_is_400_and_one_with_fields_422(cluster: Cluster) -> None:
     product = uid("p")
     cluster.put(f"/inventory/{product}", {"on_hand": 5}, headers=ADMIN)
     order_id = cluster.place(order_body([(product, 1, "2.00")], user_id=uid("u")))
     for kind in ("cancel", "deliver"):
         resp = http("POST", f"{cluster.urls[0]}/orders/{order_id}/{kind}", raw=b"{{{", headers=ADMIN)
         assert resp.status == 400 and resp.body["error"] == "bad_json", (kind, resp)
+        # A body with anything in it is a 422, not dropped (the reason is not the client's to give).
+        for body, field in ((b'{"reason": "fraud"}', "reason"), (b'["x"]', "body"), (b'"x"', "body")):
+            resp = http("POST", f"{cluster.urls[1]}/orders/{order_id}/{kind}", raw=body, headers=ADMIN)
+            assert resp.status == 422 and resp.body["details"][0]["field"] == field, (kind, body, resp)
+    assert cluster.get(f"/orders/{order_id}").body["status"] != "cancelled"
+    assert http("POST", f"{cluster.urls[0]}/orders/{order_id}/cancel", raw=b"{}").status in (202, 409)
 
 
 def test_a_restock_past_the_bound_on_hand_is_409(cluster: Cluster) -> None:
