@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 from aiohttp import HttpVersion11, hdrs, web, web_protocol, web_urldispatcher
-from aiohttp.http_exceptions import BadHttpMethod
+from aiohttp.http_exceptions import BadHttpMethod, ContentEncodingError
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ CODES = {
     400: "bad_request",
     413: "too_large",
     414: "uri_too_long",
+    415: "unsupported_encoding",
     417: "expectation_failed",
     431: "headers_too_large",
     500: "internal",
@@ -46,6 +47,8 @@ def error_body(status: int) -> bytes:
     code = CODES.get(status) or phrase.lower().replace(" ", "_").replace("-", "_")
     if status == 501:
         message = "this server implements no such method (RFC 9110: a method it does not recognise is a 501)"
+    elif status == 415:
+        message = "the body's Content-Encoding must be one of gzip, deflate, identity"
     else:
         message = "internal error" if status >= 500 else f"{phrase}: the HTTP request could not be parsed"
     return json_error(code, message)
@@ -62,6 +65,8 @@ def install() -> bool:
     ) -> web.StreamResponse:
         if isinstance(exc, BadHttpMethod):
             status = 501  # an unknown method (``FOO``) is not a malformed request
+        elif isinstance(exc, ContentEncodingError):
+            status = 415  # ``br`` or ``zstd``, which aiohttp decodes only with a library not installed
         if status >= 500 and status != 501:
             self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
         else:

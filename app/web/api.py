@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.streams import EofStream
 from aiohttp.web_protocol import RequestPayloadError
@@ -176,6 +176,7 @@ async def _read_body(request: web.Request) -> None:
     """
     if not request.body_exists:
         return
+    _known_encoding(request)
     try:
         async with asyncio.timeout(BODY_TIMEOUT):
             await request.read()
@@ -190,6 +191,25 @@ async def _read_body(request: web.Request) -> None:
         raise ApiError(400, "bad_encoding", "the body cannot be decoded per its Content-Encoding", close=True) from exc
     except (ConnectionError, EofStream) as exc:
         raise ClientGone from exc
+
+
+#: The ``Content-Encoding`` of a request body the edge decodes (one, as aiohttp decodes one).
+ENCODINGS = frozenset({"gzip", "deflate", "identity"})
+
+
+def _known_encoding(request: web.Request) -> None:
+    """A body in a coding the edge does not decode is a 415, never read as if it were plain JSON.
+
+    aiohttp decodes a single ``gzip`` or ``deflate`` and passes anything else through as it
+    came (``compress``, ``x-custom``, ``gzip, gzip``): such a body would be taken for JSON.
+    """
+    given = request.headers.getall(hdrs.CONTENT_ENCODING, [])
+    if not given or (len(given) == 1 and given[0].strip().lower() in ENCODINGS):
+        return
+    request.content.feed_eof()  # never read: the connection closes after the answer
+    raise ApiError(
+        415, "unsupported_encoding", "the body's Content-Encoding must be one of gzip, deflate, identity", close=True
+    )
 
 
 async def _capped(request: web.Request, handler: Handler) -> web.StreamResponse:

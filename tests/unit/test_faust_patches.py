@@ -81,6 +81,7 @@ def test_a_request_the_http_parser_refuses_gets_the_json_error_shape() -> None:
             b"GET /\x00<script> HTTP/1.1\r\nHost: x\r\n\r\n",  # a malformed request line
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
             b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}",  # no brotli here
             b"FOO / HTTP/1.1\r\nHost: x\r\n\r\n",  # a method no one implements: 501, as RFC 9110 says
         ]
         out = []
@@ -98,7 +99,8 @@ def test_a_request_the_http_parser_refuses_gets_the_json_error_shape() -> None:
             await runner.cleanup()
         return out
 
-    *refused, unknown_method = asyncio.run(answers())
+    *refused, brotli, unknown_method = asyncio.run(answers())
+    assert brotli[0] == 415 and orjson.loads(brotli[2])["error"] == "unsupported_encoding", brotli
     for status, headers, body in refused:
         assert 400 <= status < 500, (status, body)
         assert b"content-type: application/json" in headers, headers

@@ -149,3 +149,18 @@ def test_a_405_names_the_allowed_methods(monkeypatch: pytest.MonkeyPatch) -> Non
         assert "Allow: GET" in answer and '"error":"method_not_allowed"' in answer
 
     _serve(monkeypatch, check)
+
+
+def test_a_body_in_a_coding_the_edge_does_not_decode_is_a_415_not_read_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiohttp passes ``compress`` or ``gzip, gzip`` through undecoded: the plain JSON must not be taken."""
+
+    async def check(host: str, port: int) -> None:
+        for coding in ("compress", "x-custom", "gzip, gzip", "deflate, identity"):
+            status, answer = await _request(
+                host, port, _post("/echo", 8, f"Content-Encoding: {coding}\r\n"), b'{"a": 1}'
+            )
+            assert status == 415 and '"error":"unsupported_encoding"' in answer, (coding, answer)
+        status, answer = await _request(host, port, _post("/echo", 8, "Content-Encoding: Identity\r\n"), b'{"a": 1}')
+        assert status == 200, answer
+
+    _serve(monkeypatch, check)
