@@ -80,6 +80,13 @@ NOT_PAYABLE = frozenset(
 )
 
 
+#: ISO 4217 currencies whose minor unit is 0 (no cents): their prices are whole amounts.
+#: (Three-decimal currencies, BHD or KWD, are priced to two decimals: a subset of their amounts.)
+NO_MINOR_UNIT = frozenset(
+    {"BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"}
+)
+
+
 def _currency(value: str) -> str:
     """An ISO 4217 currency in circulation (pycountry's copy of the standard: it follows its amendments)."""
     import pycountry
@@ -175,6 +182,8 @@ class PlaceOrder(Model):
         total = 0
         for i, line in enumerate(self.items):
             cents = parse_money(line.price)
+            if self.currency in NO_MINOR_UNIT and cents % 100:
+                raise _at(("items", i, "price"), f"{self.currency} has no minor unit: a whole amount")
             total += cents * line.quantity
             if line.product_id in seen:
                 price, qty = seen[line.product_id]

@@ -70,7 +70,12 @@ def test_currency_and_email_are_optional() -> None:
 
 @pytest.mark.parametrize("currency", ["EUR", "JPY", "XOF", "CHF"])
 def test_currencies_in_circulation_are_accepted(currency: str) -> None:
-    assert order_request(changed(lambda b: b.update(currency=currency)), today=TODAY).currency == currency
+    def priced(b: dict[str, Any]) -> None:
+        b["currency"] = currency
+        for line in b["items"]:
+            line["price"] = "12"  # whole: JPY and XOF have no minor unit
+
+    assert order_request(changed(priced), today=TODAY).currency == currency
 
 
 def test_a_card_number_with_spaces_is_normalized() -> None:
@@ -342,3 +347,17 @@ def test_an_unknown_field_in_an_order_names_its_place() -> None:
 
 def test_an_update_may_send_its_user_id_back() -> None:
     assert user_request({"user_id": "u-1", "name": "Ada"}, partial=True) == {"name": "Ada"}
+
+
+@pytest.mark.parametrize(("currency", "price", "ok"), [("JPY", "1.50", False), ("JPY", "150", True), ("JPY", "150.00", True),
+                                                       ("KRW", "0.01", False), ("USD", "1.50", True)])  # fmt: skip
+def test_a_currency_without_minor_unit_takes_whole_prices(currency: str, price: str, ok: bool) -> None:
+    def priced(b: dict[str, Any]) -> None:
+        b["currency"] = currency
+        b["items"][0]["price"] = price
+        b["items"][1]["price"] = "3"
+
+    if ok:
+        parse(models.PlaceOrder, changed(priced))
+    else:
+        assert fields_of(changed(priced)) == ["items[0].price"]
