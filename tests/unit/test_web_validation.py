@@ -351,7 +351,13 @@ def test_an_update_may_send_its_user_id_back() -> None:
 
 @pytest.mark.parametrize(
     ("currency", "price", "ok"),
-    [("JPY", "1.50", False), ("JPY", "150", True), ("JPY", "150.00", True), ("KRW", "0.01", False), ("USD", "1.50", True)],
+    [
+        ("JPY", "1.50", False),
+        ("JPY", "150", True),
+        ("JPY", "150.00", True),
+        ("KRW", "0.01", False),
+        ("USD", "1.50", True),
+    ],
 )
 def test_a_currency_without_minor_unit_takes_whole_prices(currency: str, price: str, ok: bool) -> None:
     def priced(b: dict[str, Any]) -> None:
