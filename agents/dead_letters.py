@@ -61,7 +61,9 @@ def handle(step: Step, env: Envelope) -> None:
         log.warning(
             "dead letter %s cannot be redriven (%s; the message is at %s[%s]@%s)",
             dlq_id,
-            "an unreadable message on a dead-letter topic"
+            "its command was answered 409 to the client that sent it"
+            if letter.get("answered") == 409
+            else "an unreadable message on a dead-letter topic"
             if letter.get("original_kind") != "truncated"
             else f"it kept only a prefix of its {letter.get('original_bytes')}-byte original",
             letter["source_topic"],

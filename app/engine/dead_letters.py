@@ -44,6 +44,7 @@ def dead_letter(stage: str, record: Record, error: BaseException) -> tuple[str, 
         **dead_letter_payload(stage, record, error),
         "key": key,
         "attempts": int(getattr(error, "attempts", 1)),
+        **({"answered": 409} if getattr(error, "answered", None) == 409 else {}),
         "original": original,
         "original_kind": original_kind,
         "original_id": source_id,
@@ -67,13 +68,20 @@ def dead_letter(stage: str, record: Record, error: BaseException) -> tuple[str, 
 
 
 def redrivable(letter: dict[str, Any]) -> bool:
-    """Whether a stored letter can be re-sent: it kept its whole original, and came from a stage topic.
+    """Whether a stored letter can be re-sent: it kept its whole original, came from a stage topic,
+    and its command was not refused to a client waiting for it.
 
     An oversized original keeps a prefix only; a message that could not be read on a
     dead-letter topic itself is kept listable, but sending it back there would only
-    dead-letter it again.
+    dead-letter it again. A command its stage refused while the HTTP edge waited for it
+    (``answered: 409``: a restock past the bound) was answered as refused: redriving it
+    would make it take effect after all.
     """
-    return letter.get("original_kind") != "truncated" and not str(letter.get("source_topic", "")).endswith(".dlq")
+    return (
+        letter.get("original_kind") != "truncated"
+        and not str(letter.get("source_topic", "")).endswith(".dlq")
+        and letter.get("answered") != 409
+    )
 
 
 def _text_field(value: Any, name: str) -> str | None:

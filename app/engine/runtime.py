@@ -712,6 +712,10 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - a handler failure dead-letters its input, never stops the task
                 step.rollback()
                 self.counters[(route.stage, type_, "dead_lettered")] += 1
+                if waited:
+                    # The HTTP edge answers this command 409: its dead letter says so and is never
+                    # redriven (it would take effect after its client was told it did not).
+                    exc.answered = 409  # type: ignore[attr-defined]
                 self._dead_letter(task, logical, record, exc, stage=route.stage)
                 if waited:
                     self._refused(env["id"], exc)

@@ -470,6 +470,21 @@ def test_restocks_sent_at_once_past_the_bound_are_409_not_202_for_nothing(cluste
     conflict = next(a for a in answers if a.status == 409)
     assert conflict.body["error"] == "conflict", conflict
     assert cluster.get(f"/inventory/{product}").body["on_hand"] == 999_999_998
+    # Their dead letters say they were answered 409, and no redrive makes them happen after all.
+    assert cluster.put(f"/inventory/{product}", {"on_hand": 0}, headers=ADMIN).status == 202
+
+    def refused() -> list[dict[str, Any]]:
+        page = cluster.get("/dlq?limit=500", headers=ADMIN).body["messages"]
+        return [m for m in page if (m.get("original") or {}).get("entity_id") == product]
+
+    letters = eventually(lambda: len(refused()) == 4 and refused(), 30, what="4 dead letters")
+    assert all(m["answered"] == 409 for m in letters), letters
+    redriven = cluster.post("/dlq/redrive", {"ids": [m["id"] for m in letters]}, headers=ADMIN)
+    assert redriven.status == 202 and redriven.body["redriven"] == 0, redriven
+    assert cluster.post("/dlq/redrive", {}, headers=ADMIN).status == 202  # "all" leaves them too
+    eventually(lambda: cluster.get(f"/inventory/{product}").body["on_hand"] == 0, 10)
+    assert {m["status"] for m in refused()} == {"dead"}
+    assert cluster.get(f"/inventory/{product}").body["on_hand"] == 0
 
 
 def test_ships_sent_at_once_ship_once_and_the_others_are_409(cluster: Cluster) -> None:
