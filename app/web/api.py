@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -85,9 +86,17 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error_response(status: int, code: str, message: str, details: list[Any] | None = None) -> web.Response:
-    """Answer with the SPEC's error shape."""
+    """Answer with the SPEC's error shape (invisible characters of an echoed id shown as escapes)."""
     headers = {"Retry-After": routing.RETRY_AFTER} if status == 503 else None
-    return json_response({"error": code, "message": message, "details": details or []}, status, headers)
+    return json_response({"error": code, "message": shown(message), "details": details or []}, status, headers)
+
+
+def shown(text: str) -> str:
+    """``text`` with control, format (bidi overrides, zero-width) and other invisible characters as
+    ``\\uXXXX``: a message that names a path's id must not carry them to a terminal or a page."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(c if not unicodedata.category(c).startswith("C") else f"\\u{ord(c):04x}" for c in text)
 
 
 @web.middleware

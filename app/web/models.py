@@ -45,7 +45,7 @@ MAX_KEY = 200  # characters of an id in a path
 IDENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 IDENT = re.compile(IDENT_PATTERN)
 MONEY_PATTERN = r"^((0|[1-9][0-9]{0,5})(\.[0-9]{1,2})?|1000000(\.00?)?)$"
-EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$"  # a domain of non-empty labels: no "a@b..c"
 STATUSES = ("pending", "reserved", "paid", "confirmed", "shipped", "delivered", "rejected", "cancelled")
 
 _ASCII_INT = re.compile(r"[0-9]{1,10}")
@@ -107,8 +107,14 @@ def _visible(value: str) -> str:
 
 
 Ident = Annotated[str, Field(pattern=IDENT_PATTERN, description="1-128 ASCII letters, digits or ._:-")]
+
+
+def _stripped(value: Any) -> Any:
+    return value.strip() if isinstance(value, str) else value
+
+
 Email = Annotated[str, AfterValidator(_visible), Field(pattern=EMAIL_PATTERN, max_length=254)]
-Name = Annotated[str, AfterValidator(_visible), Field(max_length=200)]
+Name = Annotated[str, BeforeValidator(_stripped), AfterValidator(_visible), Field(min_length=1, max_length=200)]
 Money = Annotated[
     str,
     Field(
@@ -209,10 +215,6 @@ class LocatedError(ValueError):
 
 def _at(loc: tuple[str | int, ...], message: str) -> LocatedError:
     return LocatedError(loc, message)
-
-
-def _stripped(value: Any) -> Any:
-    return value.strip() if isinstance(value, str) else value
 
 
 ShortText = Annotated[str, BeforeValidator(_stripped), AfterValidator(_visible), Field(min_length=1, max_length=100)]

@@ -595,3 +595,9 @@ def test_creates_of_one_user_sent_at_once_create_it_once_and_the_others_are_409(
     assert len(accepted) == 1 and sorted(s for s, _ in answers).count(409) == 9, answers
     profile = cluster.get(f"/users/{user}", headers=ADMIN).body
     assert profile["email"] == accepted[0], (profile, accepted)
+
+
+def test_an_error_message_shows_invisible_characters_of_an_id_as_escapes(cluster: Cluster) -> None:
+    resp = cluster.get("/orders/x%E2%80%AEy")
+    assert resp.status == 404, resp
+    assert "\u202e" not in resp.raw.decode() and "\\u202e" in resp.body["message"], resp

@@ -369,3 +369,23 @@ def test_a_currency_without_minor_unit_takes_whole_prices(currency: str, price: 
         parse(models.PlaceOrder, changed(priced))
     else:
         assert fields_of(changed(priced)) == ["items[0].price"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"email": "ada@example.com", "name": ""}, "name"),
+        ({"email": "ada@example.com", "name": "   "}, "name"),
+        ({"email": "a@b..c"}, "email"),
+        ({"email": "a@.example.com"}, "email"),
+        ({"email": "a@example.com."}, "email"),
+    ],
+)
+def test_a_blank_name_or_an_email_with_an_empty_domain_label_is_refused(body: dict[str, str], field: str) -> None:
+    with pytest.raises(Invalid) as exc:
+        user_request(body, partial=False)
+    assert [d["field"] for d in exc.value.details] == [field]
+
+
+def test_a_name_is_trimmed() -> None:
+    assert user_request({"email": "ada@example.com", "name": "  Ada  "}, partial=False)["name"] == "Ada"
