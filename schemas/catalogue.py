@@ -92,7 +92,7 @@ CATALOGUE: dict[str, MessageType] = {
         _t("order.cancelled", "event", (ORDERS,), ORDER_EVENT),
         _t("order.shipped", "event", (ORDERS,), ORDER_EVENT),
         _t("order.delivered", "event", (ORDERS,), ORDER_EVENT),
-        _t("order.cancel", "command", (ORDERS,), {"order_id": ID, "reason": OPT_STR}),
+        _t("order.cancel", "command", (ORDERS,), {"order_id": ID, "reason": OPT_STR, "note": OPT_STR}),
         _t("order.ship", "command", (ORDERS,), {"order_id": ID, "carrier": OPT_STR, "tracking_number": OPT_STR}),
         _t("order.deliver", "command", (ORDERS,), ORDER_EVENT),
         _t("inventory.reserve", "command", (INVENTORY,), LINE),

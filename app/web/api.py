@@ -599,10 +599,11 @@ def _order_command(kind: str) -> Handler:
             require_admin(request)
         if kind == "ship":
             payload.update(validation.ship_request(await read_json(request)))
+        elif kind == "cancel":
+            body = await read_json(request, empty=None) if request.body_exists else None
+            payload.update(validation.cancel_request(body), reason="customer_cancelled")
         else:
             await _no_body(request)
-        if kind == "cancel":
-            payload["reason"] = "customer_cancelled"
         state = order_state(_db(order_id), order_id) or await _settled_order(order_id)
         if not check(state):
             raise ApiError(

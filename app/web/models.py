@@ -220,6 +220,14 @@ def _at(loc: tuple[str | int, ...], message: str) -> LocatedError:
 ShortText = Annotated[str, BeforeValidator(_stripped), AfterValidator(_visible), Field(min_length=1, max_length=100)]
 
 
+class CancelOrder(Model):
+    """``POST /orders/{id}/cancel``: no body, ``{}``, or the customer's words for why."""
+
+    reason: ShortText | None = Field(
+        default=None, description="the customer's words, kept on the order.cancel command as its note"
+    )
+
+
 class ShipOrder(Model):
     """``POST /orders/{id}/ship``."""
 

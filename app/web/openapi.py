@@ -75,8 +75,8 @@ OPERATIONS = [
         errors=(404, 422, 503),
     ),
     Op("get", "/orders/{order_id}/events", "The order's events in causal order", 200, m.OrderEvents, errors=(404, 503)),
-    Op("post", "/orders/{order_id}/cancel", "Cancel while pending or reserved", 202, m.CommandAccepted,
-       errors=(404, 409, 415, 503)),
+    Op("post", "/orders/{order_id}/cancel", "Cancel while pending or reserved (optional body: the reason)", 202,
+       m.CommandAccepted, body=m.CancelOrder, errors=(404, 409, 415, 503)),
     Op("post", "/orders/{order_id}/ship", "Ship a confirmed order (admin)", 202, m.CommandAccepted, body=m.ShipOrder,
        admin=True, errors=(*_ADMIN_BODY_ERRORS, 404, 409)),
     Op("post", "/orders/{order_id}/deliver", "Deliver a shipped order (admin)", 202, m.CommandAccepted, admin=True,
@@ -196,7 +196,8 @@ def build() -> dict[str, Any]:
                  "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[\\x20-\\x7e]+$"}}
             )  # fmt: skip
         if op.body:
-            operation["requestBody"] = {"required": op.body is not m.Redrive, "content": content(op.body, "validation")}
+            optional = op.body in (m.Redrive, m.CancelOrder)
+            operation["requestBody"] = {"required": not optional, "content": content(op.body, "validation")}
         if op.admin:
             operation["security"] = [{"admin": []}]
         paths.setdefault(op.path, {})[op.method] = operation

@@ -95,6 +95,14 @@ def user_request(body: Any, *, partial: bool) -> dict[str, Any]:
     return parse(model, body).model_dump(exclude_none=True)
 
 
+def cancel_request(body: Any) -> dict[str, str]:
+    """Validate a ``POST /orders/{id}/cancel`` body (``None``: none was sent): ``{"note": ...}`` or ``{}``."""
+    if body is None:
+        return {}
+    reason = parse(models.CancelOrder, body).reason
+    return {"note": reason} if reason else {}
+
+
 def ship_request(body: Any) -> dict[str, str]:
     """Validate a ``POST /orders/{id}/ship`` body (trimmed)."""
     return parse(models.ShipOrder, body).model_dump()

@@ -116,6 +116,19 @@ def test_idempotent_post_returns_the_same_order(cluster2: Cluster) -> None:
     assert other != first
 
 
+def test_a_cancel_may_say_why_and_its_command_keeps_the_words(cluster2: Cluster) -> None:
+    product = uid("p")
+    cluster2.set_stock(product, 3)
+    order_id = cluster2.place(order_body([(product, 1, "1.00")], card="4000000000000341"))  # stays reserved
+    eventually(lambda: cluster2.get(f"/orders/{order_id}").body["status"] == "reserved", 20, what="reserved")
+    assert cluster2.post(f"/orders/{order_id}/cancel", {"reason": " changed my mind "}, i=1).status == 202
+    order = cluster2.final(order_id)
+    assert (order["status"], order["reason"]) == ("cancelled", "customer_cancelled")
+    events = cluster2.get(f"/orders/{order_id}/events").body["events"]
+    command = next(e for e in events if e["type"] == "order.cancel")
+    assert command["payload"]["note"] == "changed my mind", command
+
+
 def test_cancel_while_reserved_gives_stock_back(cluster2: Cluster) -> None:
     product = uid("p")
     cluster2.set_stock(product, 3)
