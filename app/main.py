@@ -66,6 +66,10 @@ class OrderstreamApp(faust.App):
         await super().on_stop()
 
 
+#: Seconds before faust's stall checks on its own consumer speak: never, in practice (ten years).
+FAUST_STALL_CHECK_OFF = 10 * 365 * 86_400.0
+
+
 def create_app(s: Settings) -> OrderstreamApp:
     """Build the Faust app from the settings."""
     options: dict[str, Any] = {}
@@ -89,6 +93,10 @@ def create_app(s: Settings) -> OrderstreamApp:
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=s.session_timeout,
         broker_heartbeat_interval=min(3.0, s.session_timeout / 5),
+        # Faust's own consumer carries only its assignor's leader topic, which it never fetches
+        # (the engine reads every stage topic with its own consumer and reports its own lag):
+        # its stall checks would log an ERROR "has not sent fetch request" 5 minutes after start.
+        stream_processing_timeout=FAUST_STALL_CHECK_OFF,
         Worker=startup.OrderstreamWorker,
         **options,
     )

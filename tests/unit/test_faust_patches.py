@@ -212,3 +212,17 @@ def test_an_expect_header_is_answered_in_json_and_a_declared_oversized_body_is_r
     assert unknown.startswith(b"HTTP/1.1 417"), unknown
     assert orjson.loads(unknown.partition(b"\r\n\r\n")[2])["error"] == "expectation_failed"
     assert invited.startswith(b"HTTP/1.1 200") and b'"got": 2' in invited, invited
+
+
+def test_faust_s_stall_checks_on_its_own_idle_consumer_never_log_errors() -> None:
+    """Faust's consumer holds only its leader topic and never fetches it: its stall checks (an ERROR
+    "has not sent fetch request" 5 minutes after start) say nothing about the engine's consumer."""
+    import inspect
+
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from app.main import FAUST_STALL_CHECK_OFF, app
+
+    # The thread takes its fetch-request and stream timeouts from this setting (faust 0.11).
+    assert "app.conf.stream_processing_timeout" in inspect.getsource(AIOKafkaConsumerThread.__init__)
+    assert app.conf.stream_processing_timeout == FAUST_STALL_CHECK_OFF >= 365 * 86_400
