@@ -224,5 +224,5 @@ def test_faust_s_stall_checks_on_its_own_idle_consumer_never_log_errors() -> Non
     from app.main import FAUST_STALL_CHECK_OFF, app
 
     # The thread takes its fetch-request and stream timeouts from this setting (faust 0.11).
-    assert "app.conf.stream_processing_timeout" in inspect.getsource(AIOKafkaConsumerThread.__init__)
+    assert "app.conf.stream_processing_timeout" in inspect.getsource(AIOKafkaConsumerThread)
     assert app.conf.stream_processing_timeout == FAUST_STALL_CHECK_OFF >= 365 * 86_400
