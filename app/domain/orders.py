@@ -418,8 +418,11 @@ def is_final(state: OrderState) -> bool:
     return state["status"] in FINAL_STATUSES
 
 
-def to_view(state: OrderState) -> dict[str, Any]:
-    """Render the read model as the API returns it (money as decimal strings)."""
+def to_view(state: OrderState, *, private: bool = False) -> dict[str, Any]:
+    """Render the read model as the API returns it (money as decimal strings).
+
+    ``private``: the admin's view, with the order's email and payment token; a customer's has neither.
+    """
     view: dict[str, Any] = {
         "order_id": state["order_id"],
         "user_id": state["user_id"],
@@ -440,6 +443,18 @@ def to_view(state: OrderState) -> dict[str, Any]:
     pay = state.get("payment")
     if pay and (pay.get("last4") or pay.get("payment_id")):
         view["payment"] = {"status": pay["status"], "last4": pay.get("last4"), "payment_id": pay.get("payment_id")}
+        if private:
+            view["payment"]["token"] = pay.get("token")
     if state.get("shipment"):
         view["shipment"] = state["shipment"]
+    if private:
+        view["user_email"] = state.get("user_email")
     return view
+
+
+def customer_view(view: dict[str, Any]) -> dict[str, Any]:
+    """An admin's order view (:func:`to_view` ``private``) as a customer sees it: no email, no token."""
+    out = {k: v for k, v in view.items() if k != "user_email"}
+    if isinstance(out.get("payment"), dict):
+        out["payment"] = {k: v for k, v in out["payment"].items() if k != "token"}
+    return out

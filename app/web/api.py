@@ -520,14 +520,15 @@ async def _get_order(request: web.Request, order_id: str) -> web.Response:
     """``GET /orders/{id}`` with ``?wait=`` and ``?as_of=``."""
     query = _query(request, models.OrderQuery)
     as_of = query.as_of
+    private = is_admin(request)  # the admin's view carries the email and the payment token
     if as_of is not None:
-        return json_response(_order_as_of(order_id, as_of))
+        return json_response(_order_as_of(order_id, as_of, private))
     wait = query.wait
     deadline = time.monotonic() + (wait or 0.0)
     while True:
         state = order_state(_db(order_id), order_id)
         if state is not None and (wait is None or orders_domain.is_final(state)):
-            return json_response(orders_domain.to_view(state))
+            return json_response(orders_domain.to_view(state, private=private))
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
@@ -535,7 +536,7 @@ async def _get_order(request: web.Request, order_id: str) -> web.Response:
         await engine.waiters.wait(order_id, remaining)
     if state is None:
         state = await _settled_order(order_id)
-    return json_response(orders_domain.to_view(state))
+    return json_response(orders_domain.to_view(state, private=private))
 
 
 #: How long a read of an order that is not there waits for its partition to take in
@@ -559,7 +560,7 @@ async def _settled_order(order_id: str) -> dict[str, Any]:
     return state
 
 
-def _order_as_of(order_id: str, as_of: str) -> dict[str, Any]:
+def _order_as_of(order_id: str, as_of: str, private: bool) -> dict[str, Any]:
     try:
         instant = parse_ts(as_of)
     except ValueError:
@@ -569,7 +570,7 @@ def _order_as_of(order_id: str, as_of: str) -> dict[str, Any]:
     state = orders_domain.fold(events, settings.payment_timeout, settings.pending_timeout)
     if state is None:
         raise ApiError(404, "not_found", f"order {order_id} did not exist at {as_of}")
-    return {**orders_domain.to_view(state), "as_of": as_of}
+    return {**orders_domain.to_view(state, private=private), "as_of": as_of}
 
 
 @_routed(ORDERS, "order_id")
@@ -629,7 +630,10 @@ async def list_orders(request: web.Request) -> web.Response:
     """``GET /orders``: one page across all workers, ordered by order id."""
     query = _query(request, models.ListOrders)
     pages = await routing.gather_json(f"/_local/orders?{_local_query(query)}")
-    return json_response(_merge_pages(pages, "orders", "order_id", query.limit))
+    page = _merge_pages(pages, "orders", "order_id", query.limit)
+    if not is_admin(request):  # peers answer with the admin's view: a customer's has no email, no token
+        page["orders"] = [orders_domain.customer_view(o) for o in page["orders"]]
+    return json_response(page)
 
 
 def _merge_pages(pages: list[Any], field: str, key: str, limit: int) -> dict[str, Any]:
@@ -652,7 +656,7 @@ async def local_orders(request: web.Request) -> web.Response:
         if db is not None:
             rows.extend(order_rows(db, status=status, user_id=user_id, cursor=cursor or "", limit=limit + 1))
     rows.sort(key=lambda s: s["order_id"])
-    page = [orders_domain.to_view(s) for s in rows[:limit]]
+    page = [orders_domain.to_view(s, private=True) for s in rows[:limit]]  # peers only; list_orders strips it
     return json_response({"orders": page, "more": len(rows) > limit, "serving": serving})
 
 

@@ -398,6 +398,7 @@ class PaymentView(Open):
     status: str
     last4: str | None = None
     payment_id: str | None = None
+    token: str | None = Field(default=None, description="the admin's view only")
 
 
 class OrderView(Open):
@@ -411,6 +412,7 @@ class OrderView(Open):
     updated_at: str
     reason: str | None = None
     payment: PaymentView | None = None
+    user_email: str | None = Field(default=None, description="the admin's view only")
 
 
 class Envelope(Open):
