@@ -847,6 +847,24 @@ async def list_dead_letters(request: web.Request) -> web.Response:
     return json_response(_merge_pages(pages, "messages", "id", query.limit))
 
 
+#: What the public dashboard shows of a dead letter: where it failed and why, never its original
+#: (which may hold an email or a payment token) nor its key.
+DASHBOARD_LETTER_FIELDS = ("id", "stage", "error", "source_topic", "partition", "offset", "status", "dead_lettered_at")
+
+
+async def dashboard_dead_letters(request: web.Request) -> web.Response:
+    """``GET /dashboard/dead_letters``: the last dead letters' positions and errors, for the dashboard.
+
+    Public, as the dashboard is (``GET /dlq`` with the originals needs the admin token).
+    """
+    pages = await routing.gather_json("/_local/dlq?limit=20")
+    page = _merge_pages(pages, "messages", "id", 20)
+    rows = [{k: m.get(k) for k in DASHBOARD_LETTER_FIELDS} for m in page["messages"]]
+    for row in rows:
+        row["error"] = str(row["error"] or "")[:200]
+    return json_response({"messages": rows})
+
+
 async def local_dead_letters(request: web.Request) -> web.Response:
     """This worker's slice of ``GET /dlq``."""
     require_peer(request)
@@ -963,6 +981,7 @@ def register(web_app: web.Application) -> None:
     r.add_post("/users/{user_id}/_create", create_user_at_owner)
     r.add_get("/analytics/summary", analytics_summary)
     r.add_get("/dlq", list_dead_letters)
+    r.add_get("/dashboard/dead_letters", dashboard_dead_letters)
     r.add_post("/dlq/redrive", redrive)
     r.add_get("/health", health)
     r.add_get("/ready", ready)

@@ -186,3 +186,27 @@ def test_dashboard_shows_flow_under_load(make_cluster: ClusterFactory) -> None:
     assert image.count(render.FINISHED) > render.MIN_LINE_PIXELS, "the orders finished/s line is not on the screenshot"
     if "orderstream_order_latency_seconds_bucket" in exported:
         assert image.count(render.P50) > render.MIN_LINE_PIXELS, "the p50 latency line is not on the screenshot"
+
+
+def test_the_dashboard_lists_dead_letters_without_the_admin_token_and_without_their_originals(
+    make_cluster: ClusterFactory, kafka_bootstrap: str
+) -> None:
+    """With an admin token set (as beyond loopback it must be), ``GET /dlq`` is the admin's; the
+    public dashboard still lists where and why messages failed, never what they held."""
+    import asyncio
+
+    from tests.e2e.test_dead_letters import topic
+    from tests.e2e.test_redrive_processed import _produce
+
+    cluster = make_cluster(2, env={"ORDERSTREAM_ADMIN_TOKEN": "dash-s3cret"})
+    secret = "secret-" + uid("x")
+    bad = {"id": uid("bad"), "type": "order.no_such_type", "version": 1, "payload": {"note": secret}}
+    asyncio.run(_produce(kafka_bootstrap, [(topic(cluster, "orders"), "k", bad)]))
+    assert http("GET", cluster.urls[0] + "/dlq").status == 401
+    rows = eventually(
+        lambda: http("GET", cluster.urls[1] + "/dashboard/dead_letters").body["messages"], 60, what="a dead letter"
+    )
+    assert secret not in json.dumps(rows) and "original" not in rows[0], rows
+    assert rows[0]["source_topic"] == topic(cluster, "orders") and rows[0]["status"] == "dead", rows
+    dom = render.dump_dom(cluster.urls[0] + "/")
+    assert str(rows[0]["id"])[:8] in dom and secret not in dom
