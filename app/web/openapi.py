@@ -108,7 +108,7 @@ OPERATIONS = [
     Op("get", "/dashboard/data", "What the dashboard shows, across the cluster", 200, None, errors=(503,),
        content=_json_object("orders by status, revenue per minute, stock, dead letters, workers, lag, throughput")),
     Op("get", "/dashboard/dead_letters", "The last 20 dead letters' positions and errors (no originals)", 200, None,
-       errors=(503,), content=_json_object("{messages: [{id, stage, error, source_topic, partition, offset, status}]}")),
+       errors=(503,), content=_json_object("{messages: [{id, stage, error, source_topic, partition, offset}]}")),
     Op("get", "/openapi.json", "This document", 200, None, errors=(),
        content={"application/json": {"schema": {"type": "object", "description": "OpenAPI 3.1"}}}),
 ]  # fmt: skip
