@@ -677,12 +677,13 @@ class Engine:
     async def _handle(self, task: Task, logical: str, record: Record) -> None:
         step = task.step
         routes = self.routes.get(logical, ())
+        value: Any = None
         try:
             value = orjson.loads(record.value) if record.value is not None else None
             env = self.decode(value, logical)  # every message is checked whole, even one no stage here handles
         except Exception as exc:  # noqa: BLE001 - whatever cannot be read is dead-lettered, never crashes the task
             if not logical.endswith(".dlq"):
-                self._dead_letter(task, logical, record, exc)
+                self._dead_letter(task, logical, record, exc, env=value if isinstance(value, dict) else None)
                 return
             env = self._unreadable_letter(logical, record, exc)
             if env is None:
@@ -716,7 +717,7 @@ class Engine:
                     # The HTTP edge answers this command 409: its dead letter says so and is never
                     # redriven (it would take effect after its client was told it did not).
                     exc.answered = 409  # type: ignore[attr-defined]
-                self._dead_letter(task, logical, record, exc, stage=route.stage)
+                self._dead_letter(task, logical, record, exc, stage=route.stage, env=env)
                 if waited:
                     self._refused(env["id"], exc)
                 continue
@@ -818,15 +819,26 @@ class Engine:
         while len(self.refusals) > REFUSALS_KEPT:
             del self.refusals[next(iter(self.refusals))]
 
-    def _dead_letter(self, task: Task, logical: str, record: Record, error: BaseException, stage: str = "") -> None:
-        log.warning(
-            "dead-lettering %s[%s]@%s (stage %s): %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            stage or logical,
-            f"{type(error).__name__}: {error}"[:500],
-        )
+    def _dead_letter(
+        self,
+        task: Task,
+        logical: str,
+        record: Record,
+        error: BaseException,
+        stage: str = "",
+        env: dict[str, Any] | None = None,
+    ) -> None:
+        # With the event's fields (event_id, event_type, order_id, stage, partition, offset) as
+        # every stage line has them; an unreadable message has only its position.
+        with logs.event_context(stage=stage or logical, partition=record.partition, offset=record.offset, env=env or {}):
+            log.warning(
+                "dead-lettering %s[%s]@%s (stage %s): %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                stage or logical,
+                f"{type(error).__name__}: {error}"[:500],
+            )
         topic, key, value = self.dead_letter(stage or logical, record, error)
         task.step.send(topic, key, value, [])
         if not stage:  # unreadable: no stage saw it (a handler's failure is counted by its stage)

@@ -40,3 +40,29 @@ def test_every_log_line_of_an_order_is_json_and_carries_its_order_id(make_cluste
         if "stage" in record:  # logged while a stage handled one of the order's events
             assert record["order_id"] == order_id
             assert {"event_id", "event_type", "stage", "partition", "offset", "correlation_id"} <= set(record)
+
+
+def test_a_dead_lettering_line_carries_the_event_s_fields(make_cluster: Any, kafka_bootstrap: str) -> None:
+    """The one WARNING an operator looks for when a message fails names it as every stage line does."""
+    import asyncio
+
+    from tests.e2e.test_dead_letters import topic
+    from tests.e2e.test_redrive_processed import _produce
+
+    cluster = make_cluster(1, env={"ORDERSTREAM_LOG_FORMAT": "json"})
+    worker = cluster.workers[0]
+    order_id = uid("o")
+    bad = {"id": uid("ev"), "type": "order.no_such_type", "version": 1, "correlation_id": order_id, "payload": {}}
+    asyncio.run(_produce(kafka_bootstrap, [(topic(cluster, "orders"), order_id, bad)]))
+
+    def dead_lettering() -> dict[str, Any] | None:
+        for line in worker.log_text().splitlines():
+            if "dead-lettering" in line and order_id in line:  # the order id is in the line's fields
+                return dict(json.loads(line))
+        return None
+
+    record = eventually(dead_lettering, 60, 0.5, what="the dead-lettering line")
+    assert record["level"] == "WARNING"
+    assert record["event_id"] == bad["id"] and record["event_type"] == "order.no_such_type", record
+    assert record["order_id"] == order_id and record["stage"] == "orders", record
+    assert isinstance(record["partition"], int) and isinstance(record["offset"], int), record
