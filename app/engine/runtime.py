@@ -830,7 +830,8 @@ class Engine:
     ) -> None:
         # With the event's fields (event_id, event_type, order_id, stage, partition, offset) as
         # every stage line has them; an unreadable message has only its position.
-        with logs.event_context(stage=stage or logical, partition=record.partition, offset=record.offset, env=env or {}):
+        where = {"stage": stage or logical, "partition": record.partition, "offset": record.offset}
+        with logs.event_context(**where, env=env or {}):
             log.warning(
                 "dead-lettering %s[%s]@%s (stage %s): %s",
                 record.topic,
