@@ -127,6 +127,8 @@ def test_the_openapi_document_covers_every_public_endpoint_with_errors() -> None
     place = doc["paths"]["/orders"]["post"]
     assert {"202", "400", "413", "415", "422", "503"} <= set(place["responses"])
     assert doc["paths"]["/inventory/{product_id}"]["put"]["security"] == [{"admin": []}]
+    for command in ("cancel", "deliver"):  # a body is read, so a bad or large one is answered as anywhere
+        assert {"400", "413", "415", "422"} <= set(doc["paths"][f"/orders/{{order_id}}/{command}"]["post"]["responses"])
     error = doc["components"]["schemas"]["Error"]
     assert set(error["required"]) == {"error", "message", "details"}
 
