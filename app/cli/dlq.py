@@ -191,7 +191,7 @@ async def _redrive(client: Client, ids: Sequence[str], source_topic: str | None,
             bar.update(len(batch))
     skipped = [i for i in chosen if i not in set(done)]
     for dlq_id in skipped:
-        say(f"not redriven: {dlq_id} (it cannot be, e.g. only a prefix of its original was kept)", err=True)
+        say(f"not redriven: {dlq_id} (it cannot be: a truncated original, or refused to its client)", err=True)
     say(f"redriven {len(done)} of {len(chosen)} dead letter(s)")
     return OK if not skipped and len(done) == len(ids or chosen) else NOTHING
 
