@@ -286,7 +286,7 @@ def _bounded_number(text: str) -> int | float:
 
 async def _no_body(request: web.Request) -> None:
     """A command without a body: a body it has must still be JSON (415 if undeclared, else CSRF gets in; 400 if
-    not), and nothing but ``{}``: a field it would drop (``{"reason": "fraud"}``) is a 422, as in every body."""
+    not), and nothing but ``{}``: a field it would drop (``{"signed_by": "me"}``) is a 422, as in every body."""
     if not request.body_exists:
         return
     body = await read_json(request, empty=None)
