@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import time
-import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -96,7 +95,7 @@ def shown(text: str) -> str:
     ``\\uXXXX``: a message that names a path's id must not carry them to a terminal or a page."""
     if text.isascii() and text.isprintable():
         return text
-    return "".join(c if not unicodedata.category(c).startswith("C") else f"\\u{ord(c):04x}" for c in text)
+    return "".join(f"\\u{ord(c):04x}" if models.invisible(c) else c for c in text)
 
 
 @web.middleware
@@ -287,14 +286,9 @@ def _bounded_number(text: str) -> int | float:
 async def _no_body(request: web.Request) -> None:
     """A command without a body: a body it has must still be JSON (415 if undeclared, else CSRF gets in; 400 if
     not), and nothing but ``{}``: a field it would drop (``{"signed_by": "me"}``) is a 422, as in every body."""
-    if not request.body_exists:
-        return
     body = await read_json(request, empty=None)
-    if body is None or body == {}:
-        return
-    if isinstance(body, dict):
-        raise validation.Invalid([{"field": k, "message": "Extra inputs are not permitted"} for k in sorted(body)])
-    raise validation.Invalid([{"field": "body", "message": "this command takes no body, or {}"}])
+    if body is not None:
+        parse(models.NoBody, body)
 
 
 def _scrub(value: Any) -> Any:
@@ -601,8 +595,7 @@ def _order_command(kind: str) -> Handler:
         if kind == "ship":
             payload.update(validation.ship_request(await read_json(request)))
         elif kind == "cancel":
-            body = await read_json(request, empty=None) if request.body_exists else None
-            payload.update(validation.cancel_request(body), reason="customer_cancelled")
+            payload.update(validation.cancel_request(await read_json(request, empty=None)), reason="customer_cancelled")
         else:
             await _no_body(request)
         state = order_state(_db(order_id), order_id) or await _settled_order(order_id)
@@ -770,7 +763,8 @@ _CREATING: dict[str, float] = {}
 async def _create_user_locally(user_id: str, fields: dict[str, Any]) -> web.Response:
     routing.check_local(USERS_TOPIC, user_id)
     now = time.monotonic()
-    if _profile(user_id) is not None or now - _CREATING.get(user_id, -APPLIED_WAIT) < APPLIED_WAIT:
+    creating = user_id in _CREATING and now - _CREATING[user_id] < APPLIED_WAIT
+    if creating or _profile(user_id) is not None:
         raise ApiError(409, "conflict", f"user {user_id} already exists")
     if len(_CREATING) > 10_000:
         for stale in [u for u, at in _CREATING.items() if now - at >= APPLIED_WAIT]:

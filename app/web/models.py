@@ -96,12 +96,17 @@ def _currency(value: str) -> str:
     return value
 
 
+def invisible(char: str) -> bool:
+    """A control, format (bidi override, zero-width), surrogate, private or unassigned character."""
+    return unicodedata.category(char).startswith("C")
+
+
 def _visible(value: str) -> str:
     """No control, format (bidi overrides, zero-width), surrogate, private or unassigned characters.
 
     They would reach log lines, e-mail headers and terminals as they are.
     """
-    if any(unicodedata.category(c).startswith("C") for c in value):
+    if any(invisible(c) for c in value):
         raise ValueError("must not contain control or formatting characters")
     return value
 
@@ -218,6 +223,10 @@ def _at(loc: tuple[str | int, ...], message: str) -> LocatedError:
 
 
 ShortText = Annotated[str, BeforeValidator(_stripped), AfterValidator(_visible), Field(min_length=1, max_length=100)]
+
+
+class NoBody(Model):
+    """A command that takes no fields (``deliver``): no body, or ``{}``."""
 
 
 class CancelOrder(Model):
