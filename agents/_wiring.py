@@ -34,7 +34,7 @@ def envelopes(emits: Iterable[Emit], cause: Envelope, *, stage: str = "") -> lis
             e.entity_id,
             e.payload,
             correlation_id=correlation,
-            causation_id=cause["id"],
+            causation_id=e.cause or cause["id"],
             event_id=derived_id(base, i),
             version=current_version(e.type),
         )

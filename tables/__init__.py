@@ -45,6 +45,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from app.domain import analytics as analytics_domain
+from app.domain import orders as orders_domain
 from app.engine.step import Step
 from app.engine.store import IndexReader, PartitionDB
 from app.main import engine
@@ -76,6 +77,11 @@ def committed(partition: int) -> PartitionDB | None:
 def committed_for(key: str) -> PartitionDB | None:
     """The committed database holding ``key``'s partition, if this worker serves it."""
     return engine.db(engine.partition_for(key))
+
+
+def latest(partition: int) -> PartitionDB | Step | None:
+    """A partition as reads see it here (:meth:`app.engine.runtime.Engine.latest`), else ``None``."""
+    return engine.latest(partition)
 
 
 # --- orders -----------------------------------------------------------------------
@@ -307,7 +313,9 @@ def _listed(order_id: str, state: dict[str, Any]) -> dict[str, Any]:
     }
     deadline = state.get("deadline")
     if deadline is not None:
-        entries[f"deadline/{_deadline_key(deadline)}/{order_id}"] = status
+        # What the timer acts on: the status, or that the order waits for its releases.
+        ending = orders_domain.CLOSING if state.get("closing") else status
+        entries[f"deadline/{_deadline_key(deadline)}/{order_id}"] = ending
     return entries
 
 
@@ -337,7 +345,15 @@ def reservation_key(product_id: str, order_id: str) -> str:
     return f"reservation/{product_id}/{order_id}"
 
 
-def stock_rows(db: PartitionDB, cursor: str, limit: int) -> Iterator[tuple[str, dict[str, Any]]]:
+def stock_of(product_id: str) -> dict[str, Any] | None:
+    """A product's stock as reads see it here (``None`` when unknown); ``KeyError`` when not served here."""
+    view = latest(engine.partition_for(product_id))
+    if view is None:
+        raise KeyError(product_id)
+    return view.get(STOCK, f"stock/{product_id}")  # type: ignore[no-any-return]
+
+
+def stock_rows(db: PartitionDB | Step, cursor: str, limit: int) -> Iterator[tuple[str, dict[str, Any]]]:
     """Up to ``limit`` ``(product id, stock)`` after ``cursor``, in product order."""
     start = cursor + "\x00" if cursor else ""
     for n, (key, stock) in enumerate(db.scan(STOCK, "stock/", start)):

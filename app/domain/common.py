@@ -32,6 +32,9 @@ class Emit:
     entity_type: str
     entity_id: str
     payload: dict[str, Any] = field(default_factory=dict)
+    #: The id of the event that caused it, when not the input being handled (an order's end,
+    #: decided by one input and sent once the releases it waited for landed).
+    cause: str | None = None
 
 
 class MoneyError(ValueError):

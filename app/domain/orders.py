@@ -14,6 +14,13 @@ Statuses: ``pending`` (lines being reserved; deadline ``pending_timeout``) → `
 lines) → ``confirmed`` once every line's commit landed (``order.confirmed``) →
 ``shipped`` → ``delivered``; or ``rejected`` (stock short, or still pending at its
 deadline) / ``cancelled`` (payment failed, customer, payment timeout).
+
+An order that ends holding reserved lines gives them back first (SPEC: ``payment.failed ─►
+inventory.released ─► order.cancelled``): it keeps its status, with ``closing`` naming the
+end, until every line's ``inventory.released`` is in; then ``order.cancelled`` /
+``order.rejected`` goes out, caused by the input that decided the end. So an order reads
+cancelled only once its stock is back. A release that never answers (dead-lettered) ends
+the order anyway at ``pending_timeout`` after the end was decided (``release_timeout``).
 """
 
 from __future__ import annotations
@@ -42,13 +49,21 @@ def keyed_order_id(user_id: str, idempotency_key: str) -> str:
     return str(uuid.uuid5(IDEMPOTENCY_NS, f"{user_id}\n{idempotency_key}"))
 
 
+#: The reason of the timer's ``order.cancel`` for an order whose releases did not all answer in time.
+RELEASE_TIMEOUT = "release_timeout"
+
+#: What :func:`deadline_cancel` is told about an order waiting for its releases (the deadline index's value).
+CLOSING = "closing"
+
+
 def deadline_cancel(order_id: str, status: str, timestamp: str | None = None) -> Envelope:
     """The saga's own ``order.cancel`` for an order past its deadline in ``status``.
 
-    ``reserved`` past ``payment_timeout`` is a ``payment_timeout``; anything else (still
-    ``pending``) a ``pending_timeout``. Its id is derived, so a timer firing twice cancels once.
+    ``reserved`` past ``payment_timeout`` is a ``payment_timeout``; an order :data:`CLOSING`
+    (waiting for its releases) a :data:`RELEASE_TIMEOUT`; anything else (still ``pending``)
+    a ``pending_timeout``. Its id is derived, so a timer firing twice cancels once.
     """
-    reason = "payment_timeout" if status == "reserved" else "pending_timeout"
+    reason = {"reserved": "payment_timeout", CLOSING: RELEASE_TIMEOUT}.get(status, "pending_timeout")
     return make(
         "order.cancel",
         "order",
@@ -99,6 +114,49 @@ def _release(order: OrderState, lines: list[str]) -> list[Emit]:
 
 def _reserved_lines(order: OrderState) -> list[str]:
     return [pid for pid, st in order["lines"].items() if st == "reserved"]
+
+
+def closing(state: OrderState) -> dict[str, Any] | None:
+    """The end an order is giving its lines back for (``status``, ``reason``, ``details``, ``cause``), or ``None``."""
+    return state.get("closing")  # type: ignore[no-any-return]
+
+
+def _end(
+    order: OrderState,
+    env: Envelope,
+    status: str,
+    reason: str,
+    release_timeout: float,
+    now: float | None,
+    details: list[dict[str, Any]] | None = None,
+) -> list[Emit]:
+    """End the order as ``status``: release its reserved lines, and end it once they are back.
+
+    With nothing to give back it ends now; otherwise it waits (``closing``) for each line's
+    ``inventory.released``, at most ``release_timeout`` seconds.
+    """
+    emits = _release(order, _reserved_lines(order))
+    order["closing"] = {"status": status, "reason": reason, "details": details, "cause": env["id"]}
+    if emits:
+        order["deadline"] = _deadline(env, release_timeout, now)
+        return emits
+    return [_finish(order, env)]
+
+
+def _finish(order: OrderState, env: Envelope) -> Emit:
+    """The order's end, once nothing it reserved is still being released (or the wait timed out)."""
+    ending = order["closing"]
+    order["closing"] = None
+    order["deadline"] = None
+    _touch(order, env, ending["status"])
+    order["reason"] = ending["reason"]
+    if ending["status"] == "rejected":
+        order["details"] = ending["details"]
+        emit = _event(order, "order.rejected", reason=ending["reason"], details=ending["details"])
+    else:
+        emit = _event(order, "order.cancelled", reason=ending["reason"])
+    cause = ending["cause"] if ending["cause"] != env["id"] else None
+    return Emit(emit.topic, emit.key, emit.type, emit.entity_type, emit.entity_id, emit.payload, cause)
 
 
 def _copy(state: OrderState) -> OrderState:
@@ -167,20 +225,17 @@ def _all_answered(order: OrderState) -> bool:
     return all(st != "pending" for st in order["lines"].values())
 
 
-def _gather(order: OrderState, env: Envelope, payment_timeout: float, now: float | None = None) -> list[Emit]:
+def _gather(
+    order: OrderState, env: Envelope, payment_timeout: float, now: float | None = None, release_timeout: float = 30.0
+) -> list[Emit]:
     """Once every line answered: go on to payment, or release what was reserved and reject."""
     if not _all_answered(order):
         return []
     rejected = [pid for pid, st in order["lines"].items() if st == "rejected"]
     if rejected:
-        order["status"] = "rejected"
-        order["reason"] = "out_of_stock"
-        order["details"] = [{"product_id": pid, **order.get("shortages", {}).get(pid, {})} for pid in sorted(rejected)]
+        details = [{"product_id": pid, **order.get("shortages", {}).get(pid, {})} for pid in sorted(rejected)]
         order["payment"]["status"] = "not_charged"
-        order["deadline"] = None
-        emits = _release(order, _reserved_lines(order))
-        emits.append(_event(order, "order.rejected", reason="out_of_stock", details=order["details"]))
-        return emits
+        return _end(order, env, "rejected", "out_of_stock", release_timeout, now, details)
     order["status"] = "reserved"
     order["deadline"] = _deadline(env, payment_timeout, now)
     payment_id = f"pay_{order['order_id']}"
@@ -197,7 +252,9 @@ def _gather(order: OrderState, env: Envelope, payment_timeout: float, now: float
     return [Emit(PAYMENTS, order["order_id"], "payment.charge", "payment", payment_id, charge)]
 
 
-def line_answered(state: OrderState, env: Envelope, payment_timeout: float, now: float | None = None) -> Decision:
+def line_answered(
+    state: OrderState, env: Envelope, payment_timeout: float, now: float | None = None, release_timeout: float = 30.0
+) -> Decision:
     """Record one line's reservation result and gather."""
     order = _copy(state)
     p = env["payload"]
@@ -205,9 +262,11 @@ def line_answered(state: OrderState, env: Envelope, payment_timeout: float, now:
     if order["lines"].get(pid) != "pending":
         return Decision(None)  # a late duplicate; the line already has its answer
     _touch(order, env)
+    ended = order["status"] != "pending" or closing(order) is not None
     if env["type"] == "inventory.reserved":
-        if order["status"] != "pending":
-            # Cancelled while this line was in flight: give it straight back.
+        if ended:
+            # Cancelled while this line was in flight: give it straight back (an order still
+            # closing waits for this release too).
             order["lines"][pid] = "reserved"
             return Decision(order, _release(order, [pid]))
         order["lines"][pid] = "reserved"
@@ -217,21 +276,24 @@ def line_answered(state: OrderState, env: Envelope, payment_timeout: float, now:
             "requested": p.get("requested"),
             "available": p.get("available"),
         }
-        if order["status"] != "pending":
+        if ended:
             return Decision(order)
-    return Decision(order, _gather(order, env, payment_timeout, now))
+    return Decision(order, _gather(order, env, payment_timeout, now, release_timeout))
 
 
-def payment_answered(state: OrderState, env: Envelope) -> Decision:
+def payment_answered(
+    state: OrderState, env: Envelope, release_timeout: float = 30.0, now: float | None = None
+) -> Decision:
     """Confirm on ``payment.processed``; cancel and release on ``payment.failed``."""
     p = env["payload"]
-    if state["status"] != "reserved":
+    ending = closing(state)
+    if state["status"] != "reserved" or ending is not None:
         if env["type"] == "payment.processed" and state["payment"]["status"] not in ("charged", "refunded"):
             # Paid after the order was cancelled (timeout or customer): refund it.
             order = _copy(state)
             _touch(order, env)
             order["payment"].update(status="refunded", charge_id=p.get("charge_id"))
-            refund = {**p, "reason": "order_" + state["status"]}
+            refund = {**p, "reason": "order_" + (ending["status"] if ending else state["status"])}
             return Decision(
                 order, [Emit(PAYMENTS, order["order_id"], "payment.refund", "payment", p["payment_id"], refund)]
             )
@@ -256,17 +318,15 @@ def payment_answered(state: OrderState, env: Envelope) -> Decision:
             emits.append(_line_command(order, "inventory.commit", pid, qty[pid]))
         return Decision(order, emits)
     reason = str(p.get("reason") or "payment_failed")
-    _touch(order, env, "cancelled")
-    order["reason"] = reason
+    _touch(order, env)
     order["payment"].update(status="failed", payment_id=p.get("payment_id"))
-    emits = _release(order, _reserved_lines(order))
-    emits.append(_event(order, "order.cancelled", reason=reason))
-    return Decision(order, emits)
+    return Decision(order, _end(order, env, "cancelled", reason, release_timeout, now))
 
 
 def can_cancel(state: OrderState) -> bool:
-    """Whether a customer may still cancel."""
-    return state["status"] in CANCELLABLE
+    """Whether a customer may still cancel (an order already ending as cancelled is accepted again)."""
+    ending = closing(state)
+    return state["status"] in CANCELLABLE and (ending is None or ending["status"] == "cancelled")
 
 
 def can_ship(state: OrderState) -> bool:
@@ -279,24 +339,27 @@ def can_deliver(state: OrderState) -> bool:
     return state["status"] == "shipped"
 
 
-def cancel(state: OrderState, env: Envelope) -> Decision:
+def cancel(state: OrderState, env: Envelope, release_timeout: float = 30.0, now: float | None = None) -> Decision:
     """Cancel while pending or reserved, releasing what is reserved; otherwise nothing."""
     reason = str(env["payload"].get("reason") or "customer_cancelled")
+    if closing(state) is not None:
+        if reason != RELEASE_TIMEOUT:
+            return Decision(None)  # already ending
+        order = _copy(state)
+        return Decision(order, [_finish(order, env)])  # a release never answered: end it anyway
+    if reason == RELEASE_TIMEOUT:
+        return Decision(None)
     if reason == "pending_timeout":
-        return expire(state, env)
+        return expire(state, env, release_timeout, now)
     if not can_cancel(state):
         return Decision(None)
     if reason == "payment_timeout" and state["status"] != "reserved":
         return Decision(None)
     order = _copy(state)
-    _touch(order, env, "cancelled")
-    order["reason"] = reason
-    order["deadline"] = None
+    _touch(order, env)
     if order["payment"]["status"] in ("pending", "charging"):
         order["payment"]["status"] = "cancelled"
-    emits = _release(order, _reserved_lines(order))
-    emits.append(_event(order, "order.cancelled", reason=reason))
-    return Decision(order, emits)
+    return Decision(order, _end(order, env, "cancelled", reason, release_timeout, now))
 
 
 def ship(state: OrderState, env: Envelope) -> Decision:
@@ -320,7 +383,8 @@ def deliver(state: OrderState, env: Envelope) -> Decision:
 
 
 def line_settled(state: OrderState, env: Envelope) -> Decision:
-    """Note a released line, or a committed one: the last commit of a paid order confirms it."""
+    """Note a released line, or a committed one: the last commit of a paid order confirms it,
+    the last release of an ending order ends it."""
     pid = str(env["payload"].get("product_id"))
     settled = "released" if env["type"] == "inventory.released" else "committed"
     if state["lines"].get(pid) in (None, settled):
@@ -330,6 +394,8 @@ def line_settled(state: OrderState, env: Envelope) -> Decision:
     if settled == "committed" and order["status"] == "paid" and all(s == "committed" for s in order["lines"].values()):
         _touch(order, env, "confirmed")
         return Decision(order, [confirmed(order, env)])
+    if closing(order) is not None and "releasing" not in order["lines"].values():
+        return Decision(order, [_finish(order, env)])
     return Decision(order)
 
 
@@ -348,24 +414,22 @@ def confirmed(order: OrderState, env: Envelope) -> Emit:
     )
 
 
-def expire(state: OrderState, env: Envelope) -> Decision:
+def expire(state: OrderState, env: Envelope, release_timeout: float = 30.0, now: float | None = None) -> Decision:
     """The saga's deadline passed: reject a still-pending order, releasing what it reserved."""
     if state["status"] != "pending":
         return Decision(None)
     order = _copy(state)
-    _touch(order, env, "rejected")
-    order["reason"] = "reservation_timeout"
-    order["deadline"] = None
+    _touch(order, env)
     order["payment"]["status"] = "not_charged"
-    emits = _release(order, _reserved_lines(order))
     # A line still pending past the deadline may be reserved with its answer lost (or its
-    # command dead-lettered): release it too. It stays pending, so an answer arriving later
-    # still gives the line straight back; releasing a line never reserved does nothing.
+    # command dead-lettered): release it too, without waiting for it. It stays pending, so an
+    # answer arriving later still gives the line straight back; releasing a line never
+    # reserved does nothing.
     qty = _quantities(order)
     pending = [pid for pid, st in order["lines"].items() if st == "pending"]
-    emits += [_line_command(order, "inventory.release", pid, qty[pid]) for pid in pending]
-    emits.append(_event(order, "order.rejected", reason="reservation_timeout", details=[]))
-    return Decision(order, emits)
+    emits = [_line_command(order, "inventory.release", pid, qty[pid]) for pid in pending]
+    ends = _end(order, env, "rejected", "reservation_timeout", release_timeout, now, [])
+    return Decision(order, ends[:-1] + emits + ends[-1:] if closing(order) is None else ends + emits)
 
 
 def decide(
@@ -381,19 +445,21 @@ def decide(
     it was sent; replays without it (``as_of``) give the same states otherwise.
     """
     type_ = env["type"]
+    # The pending deadline also bounds an ending order's wait for its releases.
+    pending_timeout = payment_timeout if pending_timeout is None else pending_timeout
     if type_ == "order.placed":
         if state is not None:
             return Decision(None)
-        return place(env, payment_timeout if pending_timeout is None else pending_timeout, now)
+        return place(env, pending_timeout, now)
     if state is None:
         # A result for an order this partition never saw placed: nothing to apply it to.
         return Decision(None)
     if type_ in ("inventory.reserved", "inventory.rejected"):
-        return line_answered(state, env, payment_timeout, now)
+        return line_answered(state, env, payment_timeout, now, pending_timeout)
     if type_ in ("payment.processed", "payment.failed"):
-        return payment_answered(state, env)
+        return payment_answered(state, env, pending_timeout, now)
     if type_ == "order.cancel":
-        return cancel(state, env)
+        return cancel(state, env, pending_timeout, now)
     if type_ == "order.ship":
         return ship(state, env)
     if type_ == "order.deliver":

@@ -398,6 +398,20 @@ class Engine:
         task = self.tasks.get(partition)
         return task.step.db if task is not None and task.ready and not self.rebalancing else None
 
+    def latest(self, partition: int) -> PartitionDB | Step | None:
+        """What a read of a partition this worker serves sees, else ``None``.
+
+        Under exactly-once, the committed state: a step's outputs are visible only once it is
+        committed, and so are its writes. Under at-least-once a step's outputs are sent as it
+        ends, before its commit, so a read sees the step's writes too (the live :class:`Step`,
+        read like a database): nothing a read answers lags an event already out, e.g. the stock
+        an ``inventory.released`` gave back is seen as soon as the order's end is.
+        """
+        task = self.tasks.get(partition)
+        if task is None or not task.ready or self.rebalancing:
+            return None
+        return task.step.db if self.exactly_once else task.step
+
     def partition_for(self, key: str) -> int:
         """The partition ``key`` hashes to (the Java client's default partitioner)."""
         return self._hash_partition(key.encode())

@@ -8,8 +8,9 @@ No broker, no Faust, no table: every transition is the live stage's own function
   and never reaches the topic; its outcome does (``order.rejected`` with reason
   ``reservation_timeout``, ``order.cancelled`` with reason ``payment_timeout``, caused by
   the command's derived id), so the command is put back from it: before the first input
-  that took the order out of the status the timer acted on (the saga handled that input
-  after the timer), else where its outcome is.
+  that took the order out of the status the timer acted on, or that answers a release of a
+  line the order still holds reserved (only an ending order releases its lines: the saga
+  handled that input after the timer), else where its outcome is.
 - **stock**: the inventory topic's commands (``inventory.reserve`` / ``release`` /
   ``commit`` / ``restock`` / ``set_stock``) through :mod:`app.domain.inventory`, in topic
   order per product, one reservation record per (product, order).
@@ -45,6 +46,8 @@ LINE_COMMANDS = {
     "inventory.commit": inventory_domain.commit,
 }
 STOCK_COMMANDS = frozenset({"inventory.restock", "inventory.set_stock"})
+#: The saga's events that end an order.
+ENDS = frozenset({"order.cancelled", "order.rejected"})
 #: The deadline timer's outcomes: (event type, reason) -> (the timer command's reason, the status it acts on).
 TIMER_OUTCOMES = {
     ("order.rejected", "reservation_timeout"): ("pending_timeout", "pending"),
@@ -198,14 +201,20 @@ def fold_order(
                 out.confirmed = emit.payload
 
     def leaves(env: Envelope, status: str) -> bool:
-        """Whether ``env`` would take the order out of ``status`` (so the saga had the timer's command first)."""
+        """Whether the saga had the timer's command before ``env``: ``env`` would take the order out of
+        ``status`` or end it, or it answers the release of a line the order holds reserved."""
         if out.state is None or out.state["status"] != status or env["id"] in applied:
             return False
+        if env["type"] == "inventory.released" and orders_domain.closing(out.state) is None:
+            line = out.state["lines"].get(str(env["payload"].get("product_id")))
+            if line == "reserved":
+                return True
         try:
             after = orders_domain.decide(out.state, env, payment_timeout, pending_timeout).state
         except (KeyError, TypeError, ValueError):
             return False
-        return after is not None and after["status"] != status
+        # Out of ``status``, or ending (an order keeps its status while its lines are given back).
+        return after is not None and (after["status"] != status or orders_domain.closing(after) is not None)
 
     for i, env in enumerate(envs):
         for timer in timers:
@@ -214,6 +223,18 @@ def fold_order(
                 if timer.at != i:
                     stats["timer_commands_moved"] += 1
                 apply(timer.command)
+        if env["type"] in ENDS and out.state is not None and orders_domain.closing(out.state) is not None:
+            # The saga's end is on the topic here while the fold still waits for releases: the
+            # saga ended the order then. Either a release never answered and the release
+            # timeout ended it (the end's id derives from that timer's command, stamped about
+            # when the end was), or the saga's timer ended it at once, before it had handled
+            # the reservations the fold has (the order's last change is then the fold's).
+            stats["ends_put_back"] += 1
+            release_timer = orders_domain.deadline_cancel(order_id, orders_domain.CLOSING, env["timestamp"])
+            touched = out.state["updated_at"]
+            apply(release_timer)
+            if env["id"] != derived_id(release_timer["id"], 0):
+                out.state["updated_at"] = touched
         apply(env)
     return out
 

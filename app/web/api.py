@@ -44,16 +44,17 @@ from app.web.validation import parse
 from schemas.envelope import Envelope, make, parse_ts
 from schemas.registry import order_placed, set_stock_command
 from tables import (
-    STOCK,
     USERS,
     analytics_partial,
     committed,
     committed_for,
     dead_letter_rows,
+    latest,
     order_history,
     order_rows,
     order_state,
     status_counts,
+    stock_of,
     stock_rows,
 )
 
@@ -509,6 +510,18 @@ async def get_order(request: web.Request) -> web.StreamResponse:
         return await _get_order(request)
 
 
+async def _until_final(order_id: str, state: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """The order's committed state once final, or as it is after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not orders_domain.is_final(state):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        await engine.waiters.wait(order_id, remaining)  # woken by the commit of the order's next entry
+        state = order_state(_db(order_id), order_id) or state
+    return state
+
+
 @_routed(ORDERS, "order_id")
 async def _get_order(request: web.Request, order_id: str) -> web.Response:
     """``GET /orders/{id}`` with ``?wait=`` and ``?as_of=``."""
@@ -600,14 +613,21 @@ def _order_command(kind: str) -> Handler:
             await _no_body(request)
         state = order_state(_db(order_id), order_id) or await _settled_order(order_id)
         if not check(state):
-            raise ApiError(
-                409, "conflict", f"cannot {kind} an order that is {state['status']}", [{"status": state["status"]}]
-            )
+            ends = orders_domain.closing(state)
+            shown = f"being {ends['status']}" if ends else state["status"]
+            raise ApiError(409, "conflict", f"cannot {kind} an order that is {shown}", [{"status": state["status"]}])
+        ending = orders_domain.closing(state) is not None  # a second cancel while the first gives lines back
         env = make(f"order.{kind}", "order", order_id, payload, correlation_id=order_id)
         if await produce_and_wait(ORDERS, order_id, env):
             db = _db(order_id)
             state = order_state(db, order_id) or state
-            if not any(e.get("causation_id") == env["id"] for e in order_history(db, order_id)):
+            if orders_domain.closing(state) is not None:
+                # Cancelled once its reserved lines are back (SPEC: released, then cancelled):
+                # answer with the order as it ends, as a cancel of an order with nothing reserved does.
+                state = await _until_final(order_id, state, APPLIED_WAIT)
+            elif ending:
+                pass  # the first cancel's end landed meanwhile
+            elif not any(e.get("causation_id") == env["id"] for e in order_history(db, order_id)):
                 # The order moved on between the check above and the command (paid and confirmed
                 # under a cancel, shipped by a concurrent ship): nothing happened, say so.
                 raise ApiError(
@@ -699,8 +719,11 @@ async def restock(request: web.Request, product_id: str) -> web.Response:
 
 
 def _stock(product_id: str) -> dict[str, Any]:
-    """The product's committed stock here (zeros when unknown)."""
-    return _db(product_id).get(STOCK, f"stock/{product_id}") or inventory_domain.empty_stock()  # type: ignore[no-any-return]
+    """The product's stock here as reads see it (zeros when unknown), or a 503 (not served here yet)."""
+    try:
+        return stock_of(product_id) or inventory_domain.empty_stock()
+    except KeyError:
+        raise Unavailable("this worker does not serve the key's partition yet") from None
 
 
 async def list_stock(request: web.Request) -> web.Response:
@@ -718,9 +741,9 @@ async def local_stock(request: web.Request) -> web.Response:
     serving = routing.serving()
     rows: list[tuple[str, Any]] = []
     for p in serving:
-        db = committed(p)
-        if db is not None:
-            rows.extend(stock_rows(db, cursor or "", limit + 1))
+        view = latest(p)
+        if view is not None:
+            rows.extend(stock_rows(view, cursor or "", limit + 1))
     rows.sort(key=lambda r: r[0])
     page = [inventory_domain.to_view(pid, s) for pid, s in rows[:limit]]
     return json_response({"products": page, "more": len(rows) > limit, "serving": serving})

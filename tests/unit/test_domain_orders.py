@@ -131,7 +131,7 @@ HISTORIES: dict[str, tuple[Envelope, ...]] = {
     "confirmed": _CONFIRMED,
     "shipped": (*_CONFIRMED, ship()),
     "delivered": (*_CONFIRMED, ship(), deliver()),
-    "rejected": (placed(), reserved("p1", 2), rejected("p2", 1, 0, 2)),
+    "rejected": (placed(), reserved("p1", 2), rejected("p2", 1, 0, 2), released("p1", 2, 3)),
     "cancelled": (placed(), cancel(second=1)),
 }
 
@@ -276,25 +276,45 @@ def test_a_duplicate_line_answer_is_ignored() -> None:
     assert decision.emits == []
 
 
-def test_one_short_line_rejects_the_order_and_releases_the_reserved_lines() -> None:
+def test_one_short_line_releases_the_reserved_lines_then_rejects_once_they_are_back() -> None:
     state = run(placed(), reserved("p1", 2))
+    short = rejected("p2", 1, 0, second=2)
 
-    decision = orders.decide(state, rejected("p2", 1, 0, second=2), TIMEOUT)
+    decision = orders.decide(state, short, TIMEOUT)
 
+    # SPEC: "any line short ─► release the lines already reserved ─► order.rejected".
     assert decision.state is not None
-    assert decision.state["status"] == "rejected"
-    assert decision.state["reason"] == "out_of_stock"
+    assert decision.state["status"] == "pending"
+    assert orders.closing(decision.state) == {
+        "status": "rejected",
+        "reason": "out_of_stock",
+        "details": [{"product_id": "p2", "requested": 1, "available": 0}],
+        "cause": short["id"],
+    }
+    assert not orders.is_final(decision.state)
     assert decision.state["payment"]["status"] == "not_charged"
-    assert summary(decision.emits) == [(INVENTORY, "p1", "inventory.release"), (ORDERS, ORDER_ID, "order.rejected")]
+    assert summary(decision.emits) == [(INVENTORY, "p1", "inventory.release")]
     assert releases(decision.emits) == [("p1", 2)]
+
+    ended = orders.decide(decision.state, released("p1", 2, second=3), TIMEOUT)
+
+    assert ended.state is not None
+    assert ended.state["status"] == "rejected"
+    assert ended.state["reason"] == "out_of_stock"
+    assert ended.state["updated_at"] == ts(3)
+    assert ended.state["deadline"] is None
+    assert orders.closing(ended.state) is None
+    assert summary(ended.emits) == [(ORDERS, ORDER_ID, "order.rejected")]
+    assert ended.emits[0].cause == short["id"]  # the end was decided by the short line
 
 
 def test_rejection_details_name_the_short_product() -> None:
-    state = run(placed(), reserved("p1", 2), rejected("p2", 1, 0, second=2))
+    state = state_in("rejected")
 
     expected = [{"product_id": "p2", "requested": 1, "available": 0}]
     assert state["details"] == expected
-    rejected_event = orders.decide(run(placed(), reserved("p1", 2)), rejected("p2", 1, 0), TIMEOUT).emits[-1]
+    ending = run(placed(), reserved("p1", 2), rejected("p2", 1, 0))
+    rejected_event = orders.decide(ending, released("p1", 2), TIMEOUT).emits[-1]
     assert rejected_event.payload == {"order_id": ORDER_ID, "reason": "out_of_stock", "details": expected}
 
 
@@ -305,8 +325,11 @@ def test_a_short_line_answered_first_waits_for_the_others_then_rejects() -> None
     decision = orders.decide(state, reserved("p1", 2, second=2), TIMEOUT)
 
     assert decision.state is not None
-    assert decision.state["status"] == "rejected"
+    assert orders.closing(decision.state)["status"] == "rejected"  # type: ignore[index]
     assert releases(decision.emits) == [("p1", 2)]
+    assert run(*HISTORIES["pending"], rejected("p2", 1, 0), reserved("p1", 2, 2), released("p1", 2, 3))["status"] == (
+        "rejected"
+    )
 
 
 def test_every_line_short_rejects_without_releasing_anything() -> None:
@@ -464,25 +487,50 @@ def test_a_single_line_order_is_confirmed_by_its_one_commit() -> None:
 
 
 @pytest.mark.parametrize("reason", ["card_declined", "insufficient_funds", "gateway_timeout"])
-def test_payment_failed_cancels_and_releases_every_line(reason: str) -> None:
-    decision = orders.decide(state_in("reserved"), failed(reason), TIMEOUT)
+def test_payment_failed_releases_every_line_then_cancels(reason: str) -> None:
+    failure = failed(reason)
+    decision = orders.decide(state_in("reserved"), failure, TIMEOUT, PENDING_TIMEOUT)
 
+    # SPEC: "payment.failed ─► [inventory] inventory.released ─► order.cancelled".
     assert decision.state is not None
-    assert decision.state["status"] == "cancelled"
-    assert decision.state["reason"] == reason
-    assert decision.state["deadline"] is None
+    assert decision.state["status"] == "reserved"
+    assert orders.closing(decision.state) == {
+        "status": "cancelled",
+        "reason": reason,
+        "details": None,
+        "cause": failure["id"],
+    }
+    assert decision.state["deadline"] == parse_ts(ts(3)).timestamp() + PENDING_TIMEOUT  # the wait is bounded
     assert decision.state["payment"]["status"] == "failed"
+    assert summary(decision.emits) == [(INVENTORY, "p1", "inventory.release"), (INVENTORY, "p2", "inventory.release")]
     assert releases(decision.emits) == [("p1", 2), ("p2", 1)]
-    assert decision.emits[-1] == Emit(
-        ORDERS, ORDER_ID, "order.cancelled", "order", ORDER_ID, {"order_id": ORDER_ID, "reason": reason}
-    )
+
+    one = orders.decide(decision.state, released("p2", 1, second=4), TIMEOUT)
+    assert one.state is not None and one.state["status"] == "reserved" and one.emits == []
+    ended = orders.decide(one.state, released("p1", 2, second=5), TIMEOUT)
+
+    assert ended.state is not None
+    assert ended.state["status"] == "cancelled"
+    assert ended.state["reason"] == reason
+    assert ended.state["deadline"] is None
+    assert ended.emits == [
+        Emit(
+            ORDERS,
+            ORDER_ID,
+            "order.cancelled",
+            "order",
+            ORDER_ID,
+            {"order_id": ORDER_ID, "reason": reason},
+            cause=failure["id"],
+        )
+    ]
 
 
 def test_payment_failed_without_a_reason_says_payment_failed() -> None:
-    decision = orders.decide(state_in("reserved"), failed(None), TIMEOUT)
+    state = run(*HISTORIES["reserved"], failed(None), released("p1", 2), released("p2", 1))
 
-    assert decision.state is not None
-    assert decision.state["reason"] == "payment_failed"
+    assert state["status"] == "cancelled"
+    assert state["reason"] == "payment_failed"
 
 
 def test_payment_processed_after_cancel_is_refunded() -> None:
@@ -491,7 +539,7 @@ def test_payment_processed_after_cancel_is_refunded() -> None:
     decision = orders.decide(state, processed(second=4), TIMEOUT)
 
     assert decision.state is not None
-    assert decision.state["status"] == "cancelled"
+    assert orders.closing(decision.state)["status"] == "cancelled"  # type: ignore[index]
     assert decision.state["payment"]["status"] == "refunded"
     assert summary(decision.emits) == [(PAYMENTS, ORDER_ID, "payment.refund")]
     refund = decision.emits[0]
@@ -545,18 +593,30 @@ def test_cancel_while_partly_reserved_releases_the_reserved_line() -> None:
     decision = orders.decide(state, cancel(), TIMEOUT)
 
     assert releases(decision.emits) == [("p1", 2)]
-    assert summary(decision.emits)[-1] == (ORDERS, ORDER_ID, "order.cancelled")
+    assert summary(decision.emits) == [(INVENTORY, "p1", "inventory.release")]  # cancelled once it is back
+    assert decision.state is not None and decision.state["lines"] == {"p1": "releasing", "p2": "pending"}
 
 
-def test_cancel_while_reserved_releases_every_line() -> None:
-    decision = orders.decide(state_in("reserved"), cancel(), TIMEOUT)
+def test_cancel_while_reserved_releases_every_line_then_cancels() -> None:
+    command = cancel()
+    decision = orders.decide(state_in("reserved"), command, TIMEOUT)
 
     assert decision.state is not None
-    assert decision.state["status"] == "cancelled"
-    assert decision.state["deadline"] is None
+    assert decision.state["status"] == "reserved"
     assert decision.state["payment"]["status"] == "cancelled"
     assert releases(decision.emits) == [("p1", 2), ("p2", 1)]
-    assert decision.emits[-1].payload == {"order_id": ORDER_ID, "reason": "customer_cancelled"}
+    assert len(decision.emits) == 2
+    assert orders.can_cancel(decision.state)  # a second cancel is accepted, and changes nothing
+    assert orders.decide(decision.state, cancel(second=5), TIMEOUT).state is None
+
+    state = run(*HISTORIES["reserved"], command, released("p1", 2, 5))
+    ended = orders.decide(state, released("p2", 1, 6), TIMEOUT)
+
+    assert ended.state is not None
+    assert ended.state["status"] == "cancelled"
+    assert ended.state["deadline"] is None
+    assert ended.emits[-1].payload == {"order_id": ORDER_ID, "reason": "customer_cancelled"}
+    assert ended.emits[-1].cause == command["id"]
 
 
 def test_cancel_keeps_a_given_reason() -> None:
@@ -582,14 +642,47 @@ def test_can_cancel_while_pending_or_reserved(status: str) -> None:
     assert orders.can_cancel(state_in(status))
 
 
-def test_payment_timeout_cancels_a_reserved_order_and_releases() -> None:
+def test_payment_timeout_releases_a_reserved_order_then_cancels_it() -> None:
     decision = orders.decide(state_in("reserved"), cancel("payment_timeout"), TIMEOUT)
 
     assert decision.state is not None
-    assert decision.state["status"] == "cancelled"
-    assert decision.state["reason"] == "payment_timeout"
+    assert orders.closing(decision.state)["reason"] == "payment_timeout"  # type: ignore[index]
     assert releases(decision.emits) == [("p1", 2), ("p2", 1)]
-    assert decision.emits[-1].payload == {"order_id": ORDER_ID, "reason": "payment_timeout"}
+    state = run(*HISTORIES["reserved"], cancel("payment_timeout"), released("p1", 2, 5), released("p2", 1, 6))
+    assert state["status"] == "cancelled"
+    assert state["reason"] == "payment_timeout"
+
+
+def test_an_ending_order_whose_release_never_answers_ends_at_its_deadline() -> None:
+    state = run(*HISTORIES["reserved"], failed("card_declined", 3), released("p1", 2, 4))
+    assert state["lines"] == {"p1": "released", "p2": "releasing"}
+    assert state["deadline"] == parse_ts(ts(3)).timestamp() + TIMEOUT
+
+    timer = orders.deadline_cancel(ORDER_ID, orders.CLOSING, ts(40))
+    decision = orders.decide(state, timer, TIMEOUT)
+
+    assert timer["payload"]["reason"] == orders.RELEASE_TIMEOUT
+    assert decision.state is not None
+    assert decision.state["status"] == "cancelled"
+    assert decision.state["reason"] == "card_declined"  # the end's own reason, not the timer's
+    assert summary(decision.emits) == [(ORDERS, ORDER_ID, "order.cancelled")]
+    assert orders.decide(decision.state, timer, TIMEOUT).state is None  # fired twice: once
+
+
+@pytest.mark.parametrize("status", ["pending", "reserved", "paid", "confirmed", "rejected", "cancelled"])
+def test_a_release_timeout_is_ignored_unless_ending(status: str) -> None:
+    decision = orders.decide(state_in(status), cancel(orders.RELEASE_TIMEOUT, second=9), TIMEOUT)
+
+    assert decision.state is None
+    assert decision.emits == []
+
+
+def test_an_order_ending_as_rejected_cannot_be_cancelled() -> None:
+    state = run(placed(), reserved("p1", 2), rejected("p2", 1, 0, 2))
+
+    assert state["status"] == "pending"
+    assert not orders.can_cancel(state)
+    assert orders.decide(state, cancel(second=3), TIMEOUT).state is None
 
 
 @pytest.mark.parametrize("status", ["pending", "paid", "confirmed", "shipped", "delivered", "rejected", "cancelled"])
@@ -655,7 +748,7 @@ def test_deliver_is_refused_unless_shipped(status: str) -> None:
 # --- history-only events, fold, purity ---------------------------------------------------------
 
 
-def test_a_released_line_of_a_cancelled_order_is_noted_without_emits() -> None:
+def test_a_released_line_of_an_ending_order_is_noted_without_emits() -> None:
     state = run(*HISTORIES["reserved"], cancel(second=3))
     assert state["lines"] == {"p1": "releasing", "p2": "releasing"}
 
@@ -663,8 +756,19 @@ def test_a_released_line_of_a_cancelled_order_is_noted_without_emits() -> None:
 
     assert decision.state is not None
     assert decision.state["lines"] == {"p1": "released", "p2": "releasing"}
-    assert decision.state["status"] == "cancelled"
+    assert decision.state["status"] == "reserved"
     assert decision.state["updated_at"] == ts(3)
+    assert decision.emits == []
+
+
+def test_a_line_released_after_the_order_ended_is_noted_without_emits() -> None:
+    state = run(placed(), cancel(second=1), reserved("p1", 2, 2))
+    assert state["status"] == "cancelled" and state["lines"]["p1"] == "releasing"
+
+    decision = orders.decide(state, released("p1", 2, second=3), TIMEOUT)
+
+    assert decision.state is not None
+    assert decision.state["lines"]["p1"] == "released"
     assert decision.emits == []
 
 
@@ -736,12 +840,18 @@ def test_place_keeps_the_request_hash_of_the_placed_envelope() -> None:
 def test_pending_timeout_rejects_and_releases_every_line_reserved_or_unanswered() -> None:
     state = run(placed(), reserved("p1", 2))
 
-    decision = orders.decide(state, cancel("pending_timeout", second=21), TIMEOUT, PENDING_TIMEOUT)
+    timer = cancel("pending_timeout", second=21)
+    decision = orders.decide(state, timer, TIMEOUT, PENDING_TIMEOUT)
 
     assert decision.state is not None
-    assert decision.state["status"] == "rejected"
-    assert decision.state["reason"] == "reservation_timeout"
-    assert decision.state["deadline"] is None
+    assert decision.state["status"] == "pending"
+    assert orders.closing(decision.state) == {
+        "status": "rejected",
+        "reason": "reservation_timeout",
+        "details": [],
+        "cause": timer["id"],
+    }
+    assert decision.state["deadline"] == parse_ts(ts(21)).timestamp() + PENDING_TIMEOUT
     assert decision.state["updated_at"] == ts(21)
     assert decision.state["payment"]["status"] == "not_charged"
     assert decision.state["lines"] == {"p1": "releasing", "p2": "pending"}
@@ -763,6 +873,10 @@ def test_pending_timeout_rejects_and_releases_every_line_reserved_or_unanswered(
             "p2",
             {"order_id": ORDER_ID, "product_id": "p2", "quantity": 1},
         ),
+    ]
+    # Only the reserved line is waited for: p2's release may never answer.
+    ended = orders.decide(decision.state, released("p1", 2, second=22), TIMEOUT, PENDING_TIMEOUT)
+    assert ended.emits == [
         Emit(
             ORDERS,
             ORDER_ID,
@@ -770,10 +884,11 @@ def test_pending_timeout_rejects_and_releases_every_line_reserved_or_unanswered(
             "order",
             ORDER_ID,
             {"order_id": ORDER_ID, "reason": "reservation_timeout", "details": []},
+            cause=timer["id"],
         ),
     ]
-    assert orders.is_final(decision.state)
-    assert orders.to_view(decision.state)["reason"] == "reservation_timeout"
+    assert ended.state is not None and orders.is_final(ended.state)
+    assert orders.to_view(ended.state)["reason"] == "reservation_timeout"
 
 
 def test_pending_timeout_with_nothing_answered_releases_every_line_and_rejects() -> None:
@@ -799,8 +914,8 @@ def test_a_line_reserved_after_the_pending_timeout_is_released_at_once() -> None
     decision = orders.decide(state, reserved("p2", 1, second=22), TIMEOUT)
 
     assert decision.state is not None
-    assert decision.state["status"] == "rejected"
-    assert decision.state["reason"] == "reservation_timeout"
+    assert decision.state["status"] == "pending"
+    assert orders.closing(decision.state)["reason"] == "reservation_timeout"  # type: ignore[index]
     assert decision.state["lines"] == {"p1": "releasing", "p2": "releasing"}
     assert decision.emits == [
         Emit(
@@ -820,8 +935,7 @@ def test_a_line_rejected_after_the_pending_timeout_is_only_recorded() -> None:
     decision = orders.decide(state, rejected("p2", 1, 0, second=22), TIMEOUT)
 
     assert decision.state is not None
-    assert decision.state["status"] == "rejected"
-    assert decision.state["reason"] == "reservation_timeout"
+    assert orders.closing(decision.state)["reason"] == "reservation_timeout"  # type: ignore[index]
     assert decision.state["lines"]["p2"] == "rejected"
     assert decision.emits == []
 
@@ -891,7 +1005,7 @@ def recorded(*inputs: Envelope) -> tuple[list[Envelope], list[orders.OrderState]
                 e.entity_id,
                 e.payload,
                 correlation_id=ORDER_ID,
-                causation_id=env["id"],
+                causation_id=e.cause or env["id"],
                 event_id=derived_id(env["id"], i),
                 timestamp=env["timestamp"],
             )
@@ -927,7 +1041,14 @@ RECORDED_HISTORIES = {
         processed(34),
         released("p1", 2, 35),
     ),
-    "declined": (placed(), reserved("p1", 2, 1), reserved("p2", 1, 2), failed("card_declined", 3)),
+    "declined": (
+        placed(),
+        reserved("p1", 2, 1),
+        reserved("p2", 1, 2),
+        failed("card_declined", 3),
+        released("p2", 1, 4),
+        released("p1", 2, 5),
+    ),
 }
 
 

@@ -90,13 +90,17 @@ def test_entries_hold_changes_and_folding_them_gives_the_state(tmp_path: Path, r
         make("order.cancel", "order", order_id, {"order_id": order_id, "reason": "x"}, correlation_id=order_id)
     )
     seen.append(cancel)
-    seen += _run(saga, orders.handle, cancel)
+    release = _run(saga, orders.handle, cancel)
+    seen += release
+    released = _run(stock, inventory.handle_line, release[0])
+    seen += released
+    seen += _run(saga, orders.handle, released[0])
     final = latest_order(saga, order_id)
     assert final is not None and final[1]["status"] == "cancelled"
     _commit(saga, changelog)
 
     entries = [value for store, key, value in changelog if store == ORDERS]
-    assert len(entries) == 3 and "state" in entries[0]
+    assert len(entries) == 4 and "state" in entries[0]
     assert all(
         "state" not in e and (e.get("set") or e.get("merge")) for e in entries[1:]
     )  # later entries: only what changed

@@ -240,11 +240,13 @@ def test_rejected_line_releases_the_others() -> None:
     ]
     commands = [*STOCK, line("inventory.reserve", "o2", "p1", 1), line("inventory.reserve", "o2", "p2", 9)]
     mid = rb.rebuild({ORDERS: history, INVENTORY: commands})
-    assert mid.orders["o2"]["status"] == "rejected"
-    assert mid.orders["o2"]["details"] == [{"product_id": "p2", "requested": 9, "available": 5}]
+    assert mid.orders["o2"]["status"] == "pending"  # rejected once its reserved line is back
     assert mid.stock["p1"]["reserved"] == 1  # its release is still on the way
 
-    done = rb.rebuild({ORDERS: history, INVENTORY: [*commands, line("inventory.release", "o2", "p1", 1)]})
+    back = [*history, line("inventory.released", "o2", "p1", 1, 3)]
+    done = rb.rebuild({ORDERS: back, INVENTORY: [*commands, line("inventory.release", "o2", "p1", 1)]})
+    assert done.orders["o2"]["status"] == "rejected"
+    assert done.orders["o2"]["details"] == [{"product_id": "p2", "requested": 9, "available": 5}]
     assert done.stock["p1"] == {"product_id": "p1", "on_hand": 10, "reserved": 0, "sold": 0, "available": 10}
     assert done.stock["p2"] == {"product_id": "p2", "on_hand": 5, "reserved": 0, "sold": 0, "available": 5}
     assert done.analytics["orders_by_status"] == {"rejected": 1}
@@ -384,38 +386,69 @@ def timer_command(order_id: str, status: str, second: int) -> Envelope:
     return orders.deadline_cancel(order_id, status, ts(second))
 
 
-def outcome(state: orders.OrderState | None, command: Envelope) -> tuple[orders.OrderState, Envelope]:
-    """Apply the timer command as the saga does; return the state and the order event it put on the topic."""
-    decision = orders.decide(state, command, PAYMENT_TIMEOUT, PENDING_TIMEOUT)
-    assert decision.state is not None
-    emit = decision.emits[-1]
-    env = make(
-        emit.type,
-        emit.entity_type,
-        emit.entity_id,
-        emit.payload,
-        correlation_id=command["correlation_id"],
-        causation_id=command["id"],
-        event_id=derived_id(command["id"], len(decision.emits) - 1),
-        timestamp=command["timestamp"],
-    )
-    return decision.state, env
+def saga(*handled: Envelope, local: Envelope | None = None) -> tuple[orders.OrderState, list[Envelope]]:
+    """Handle ``handled`` in this order as the saga does; return the state and what the orders topic holds.
+
+    The topic holds every input but the ``local`` timer command, each followed by the order
+    events it caused (an order's end caused by the input that decided it).
+    """
+    state: orders.OrderState | None = None
+    topic: list[Envelope] = []
+    for env in handled:
+        decision = orders.decide(state, env, PAYMENT_TIMEOUT, PENDING_TIMEOUT)
+        state = decision.state if decision.state is not None else state
+        if env is not local:
+            topic.append(env)
+        for i, e in enumerate(decision.emits):
+            if e.topic == ORDERS:
+                topic.append(
+                    make(
+                        e.type,
+                        e.entity_type,
+                        e.entity_id,
+                        e.payload,
+                        correlation_id=env["correlation_id"],
+                        causation_id=e.cause or env["id"],
+                        event_id=derived_id(env["id"], i),
+                        timestamp=env["timestamp"],
+                    )
+                )
+    assert state is not None
+    return state, topic
 
 
 def test_a_pending_timeout_is_put_back_from_its_outcome() -> None:
     start = [placed("o3", LINES, second=1), line("inventory.reserved", "o3", "p1", 2, 2)]
     command = timer_command("o3", "pending", 21)
-    _, rejected = outcome(orders.fold(start, PAYMENT_TIMEOUT, PENDING_TIMEOUT), command)
     late = line("inventory.reserved", "o3", "p2", 1, 22)
-    live = orders.fold([*start, command, late], PAYMENT_TIMEOUT, PENDING_TIMEOUT)
-    assert live is not None
+    back = [line("inventory.released", "o3", "p1", 2, 23), line("inventory.released", "o3", "p2", 1, 24)]
+    live, topic = saga(*start, command, late, *back, local=command)
+    assert live["status"] == "rejected"
+    assert [e["type"] for e in topic][-1] == "order.rejected"
 
-    models = rb.rebuild({ORDERS: [*start, rejected, late]}, PAYMENT_TIMEOUT, PENDING_TIMEOUT)
+    models = rb.rebuild({ORDERS: topic}, PAYMENT_TIMEOUT, PENDING_TIMEOUT)
 
     assert models.orders["o3"] == orders.to_view(live)
-    assert models.orders["o3"]["status"] == "rejected"
     assert models.orders["o3"]["reason"] == "reservation_timeout"
     assert models.stats["timer_commands"] == 1
+
+
+def test_a_timer_that_ended_an_order_at_once_is_put_back_where_its_end_is() -> None:
+    # Nothing was reserved yet when the timer fired: it ended the order at once; the
+    # reservations on the topic before its end were handled after it and given straight back.
+    start = [placed("o6", LINES, second=1)]
+    waiting = [line("inventory.reserved", "o6", "p1", 2, 2), line("inventory.reserved", "o6", "p2", 1, 3)]
+    command = timer_command("o6", "pending", 21)
+    back = [line("inventory.released", "o6", "p1", 2, 23), line("inventory.released", "o6", "p2", 1, 24)]
+    live, handled = saga(*start, command, *waiting, *back, local=command)
+    assert live["status"] == "rejected"
+    end = next(e for e in handled if e["type"] == "order.rejected")
+    assert end["causation_id"] == command["id"]
+
+    models = rb.rebuild({ORDERS: [*start, *waiting, end, *back]}, PAYMENT_TIMEOUT, PENDING_TIMEOUT)
+
+    assert models.orders["o6"] == orders.to_view(live)
+    assert models.stats["ends_put_back"] == 1
 
 
 def test_an_input_on_the_topic_before_the_timers_outcome_but_handled_after_it() -> None:
@@ -423,11 +456,11 @@ def test_an_input_on_the_topic_before_the_timers_outcome_but_handled_after_it() 
     start = [placed("o4", LINES, second=1), line("inventory.reserved", "o4", "p1", 2, 2)]
     waiting = line("inventory.reserved", "o4", "p2", 1, 3)
     command = timer_command("o4", "pending", 21)
-    _, rejected = outcome(orders.fold(start, PAYMENT_TIMEOUT, PENDING_TIMEOUT), command)
-    live = orders.fold([*start, command, waiting], PAYMENT_TIMEOUT, PENDING_TIMEOUT)
-    assert live is not None and live["status"] == "rejected"
+    back = [line("inventory.released", "o4", "p1", 2, 23), line("inventory.released", "o4", "p2", 1, 24)]
+    live, topic = saga(*start, command, waiting, *back, local=command)
+    assert live["status"] == "rejected"
 
-    models = rb.rebuild({ORDERS: [*start, waiting, rejected]}, PAYMENT_TIMEOUT, PENDING_TIMEOUT)
+    models = rb.rebuild({ORDERS: topic}, PAYMENT_TIMEOUT, PENDING_TIMEOUT)
 
     assert models.orders["o4"] == orders.to_view(live)
     assert models.stats["timer_commands_moved"] == 1
@@ -438,14 +471,38 @@ def test_a_payment_timeout_before_a_late_payment_is_put_back_and_refunds() -> No
     start.append(line("inventory.reserved", "o1", "p2", 1, 3))
     late_payment = processed("o1", 40)
     command = timer_command("o1", "reserved", 33)
-    _, cancelled = outcome(orders.fold(start, PAYMENT_TIMEOUT, PENDING_TIMEOUT), command)
-    live = orders.fold([*start, command, late_payment], PAYMENT_TIMEOUT, PENDING_TIMEOUT)
-    assert live is not None and live["payment"]["status"] == "refunded"
+    back = [line("inventory.released", "o1", "p1", 2, 41), line("inventory.released", "o1", "p2", 1, 42)]
+    live, _ = saga(*start, command, late_payment, *back, local=command)
+    assert live["status"] == "cancelled" and live["payment"]["status"] == "refunded"
 
-    for topic in ([*start, cancelled, late_payment], [*start, late_payment, cancelled]):
+    for handled in ([late_payment, *back], [back[0], late_payment, back[1]]):
+        state, topic = saga(*start, command, *handled, local=command)
+        assert state == live
         models = rb.rebuild({ORDERS: topic}, PAYMENT_TIMEOUT, PENDING_TIMEOUT)
         assert models.orders["o1"] == orders.to_view(live)
         assert models.orders["o1"]["reason"] == "payment_timeout"
+
+
+def test_an_end_by_the_release_timeout_is_put_back_from_the_topic() -> None:
+    # A release never answered (its command dead-lettered): the release timeout ended the order.
+    start = [placed("o7", LINES, second=1), line("inventory.reserved", "o7", "p1", 2, 2)]
+    failure = make(
+        "payment.failed",
+        "payment",
+        "pay_o7",
+        {"order_id": "o7", "payment_id": "pay_o7", "reason": "card_declined"},
+        correlation_id="o7",
+        timestamp=ts(4),
+    )
+    start += [line("inventory.reserved", "o7", "p2", 1, 3), failure]
+    back = line("inventory.released", "o7", "p1", 2, 5)
+    release_timer = timer_command("o7", orders.CLOSING, 40)
+    live, topic = saga(*start, back, release_timer, local=release_timer)
+    assert (live["status"], live["reason"], live["updated_at"]) == ("cancelled", "card_declined", ts(40))
+
+    models = rb.rebuild({ORDERS: topic}, PAYMENT_TIMEOUT, PENDING_TIMEOUT)
+
+    assert models.orders["o7"] == orders.to_view(live)
 
 
 def test_an_outcome_caused_by_a_command_on_the_topic_adds_no_timer() -> None:
@@ -508,7 +565,7 @@ class World:
                 e.entity_id,
                 e.payload,
                 correlation_id=cause["correlation_id"],
-                causation_id=cause["id"],
+                causation_id=e.cause or cause["id"],
                 event_id=derived_id(base, i),
                 timestamp=self.now(),
                 version=current_version(e.type),
