@@ -144,6 +144,34 @@ def test_cancel_while_reserved_gives_stock_back(cluster2: Cluster) -> None:
     assert cluster2.post(f"/orders/{order_id}/cancel").status == 409
 
 
+def test_an_order_reads_cancelled_or_rejected_only_once_its_stock_is_back(cluster2: Cluster) -> None:
+    # SPEC §2: payment.failed ─► inventory.released ─► order.cancelled; any line short ─►
+    # release the lines already reserved ─► order.rejected. So the moment an order reads
+    # ended, one read of its stock (either worker) shows every reserved unit back, no waiting.
+    plenty, short, held = uid("pp"), uid("ps"), uid("ph")
+    cluster2.set_stock(plenty, 100)
+    cluster2.set_stock(short, 0)
+    cluster2.set_stock(held, 100)
+    declined = [cluster2.place(order_body([(plenty, 2, "1.00")], card="4000000000000002"), i=n % 2) for n in range(4)]
+    rejected = [cluster2.place(order_body([(plenty, 3, "1.00"), (short, 1, "1.00")]), i=n % 2) for n in range(4)]
+    hanging = [cluster2.place(order_body([(held, 1, "1.00")], card="4000000000000341")) for _ in range(3)]
+    for order_id in declined + rejected:
+        order = cluster2.final(order_id, i=1)
+        assert order["status"] in ("cancelled", "rejected"), order
+        for i in (0, 1):
+            stock = cluster2.get(f"/inventory/{plenty}", i).body
+            assert stock["reserved"] == 0 and stock["available"] == 100, (order, stock)
+
+    for order_id in hanging:  # a customer's cancel answers once the order is cancelled and its stock back
+        eventually(lambda o=order_id: cluster2.get(f"/orders/{o}").body["status"] == "reserved", 20, what="reserved")
+    for n, order_id in enumerate(hanging):
+        resp = cluster2.post(f"/orders/{order_id}/cancel", i=n % 2)
+        assert resp.status == 202, resp
+        assert resp.body["status"] == "cancelled", resp.body
+        assert cluster2.get(f"/inventory/{held}", (n + 1) % 2).body["reserved"] == len(hanging) - n - 1
+    assert cluster2.get(f"/inventory/{held}").body["available"] == 100
+
+
 def test_ship_and_deliver(cluster2: Cluster) -> None:
     product = uid("p")
     cluster2.set_stock(product, 3)
