@@ -148,20 +148,25 @@ def test_an_order_reads_cancelled_or_rejected_only_once_its_stock_is_back(cluste
     # SPEC §2: payment.failed ─► inventory.released ─► order.cancelled; any line short ─►
     # release the lines already reserved ─► order.rejected. So the moment an order reads
     # ended, one read of its stock (either worker) shows every reserved unit back, no waiting.
-    plenty, short, held = uid("pp"), uid("ps"), uid("ph")
-    cluster2.set_stock(plenty, 100)
+    short = uid("ps")
     cluster2.set_stock(short, 0)
-    cluster2.set_stock(held, 100)
-    declined = [cluster2.place(order_body([(plenty, 2, "1.00")], card="4000000000000002"), i=n % 2) for n in range(4)]
-    rejected = [cluster2.place(order_body([(plenty, 3, "1.00"), (short, 1, "1.00")]), i=n % 2) for n in range(4)]
-    hanging = [cluster2.place(order_body([(held, 1, "1.00")], card="4000000000000341")) for _ in range(3)]
-    for order_id in declined + rejected:
+    orders: list[tuple[str, str]] = []  # (order, the product only it reserves)
+    for n in range(8):
+        product = uid("pp")
+        cluster2.set_stock(product, 100)
+        lines = [(product, 3, "1.00")] + ([(short, 1, "1.00")] if n % 2 else [])
+        card = "4242424242424242" if n % 2 else "4000000000000002"  # short line, or declined
+        orders.append((cluster2.place(order_body(lines, card=card), i=n % 2), product))
+    for order_id, product in orders:
         order = cluster2.final(order_id, i=1)
         assert order["status"] in ("cancelled", "rejected"), order
         for i in (0, 1):
-            stock = cluster2.get(f"/inventory/{plenty}", i).body
+            stock = cluster2.get(f"/inventory/{product}", i).body
             assert stock["reserved"] == 0 and stock["available"] == 100, (order, stock)
 
+    held = uid("ph")
+    cluster2.set_stock(held, 100)
+    hanging = [cluster2.place(order_body([(held, 1, "1.00")], card="4000000000000341")) for _ in range(3)]
     for order_id in hanging:  # a customer's cancel answers once the order is cancelled and its stock back
         eventually(lambda o=order_id: cluster2.get(f"/orders/{o}").body["status"] == "reserved", 20, what="reserved")
     for n, order_id in enumerate(hanging):
