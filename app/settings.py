@@ -76,7 +76,8 @@ class Settings:
         default=30.0,
         metadata=_doc(
             "Seconds an order may stay `pending` (lines being reserved) before it is rejected "
-            "(`reservation_timeout`) and whatever it reserved is released."
+            "(`reservation_timeout`) and whatever it reserved is released; also the longest an ending "
+            "order waits for its releases before it ends anyway."
         ),
     )
     gateway_concurrency: int = field(
