@@ -6,7 +6,8 @@ Consumes the orders topic (key: order id): ``order.placed``, the per-line
 events to the orders topic and commands to inventory (reserve, release, commit per line,
 keyed by product) and payments. Table: ``order_records`` — one history entry per handled
 input (the input, what it caused, the state after it). A timer rejects orders still
-``pending`` at their deadline and cancels ``reserved`` ones unpaid after ``payment_timeout``.
+``pending`` at their deadline, cancels ``reserved`` ones unpaid after ``payment_timeout``,
+and ends an order whose releases did not all answer within ``pending_timeout``.
 """
 
 from __future__ import annotations

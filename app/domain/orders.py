@@ -117,7 +117,13 @@ def _reserved_lines(order: OrderState) -> list[str]:
 
 
 def closing(state: OrderState) -> dict[str, Any] | None:
-    """The end an order is giving its lines back for (``status``, ``reason``, ``details``, ``cause``), or ``None``."""
+    """The end an order is giving its lines back for (``status``, ``reason``, ``details``, ``cause``), or ``None``.
+
+    An order already final is not ending, whatever it holds (a history written by an older
+    saga that ended it at once).
+    """
+    if state["status"] in FINAL_STATUSES:
+        return None
     return state.get("closing")  # type: ignore[no-any-return]
 
 
@@ -343,10 +349,15 @@ def cancel(state: OrderState, env: Envelope, release_timeout: float = 30.0, now:
     """Cancel while pending or reserved, releasing what is reserved; otherwise nothing."""
     reason = str(env["payload"].get("reason") or "customer_cancelled")
     if closing(state) is not None:
-        if reason != RELEASE_TIMEOUT:
-            return Decision(None)  # already ending
-        order = _copy(state)
-        return Decision(order, [_finish(order, env)])  # a release never answered: end it anyway
+        # A release never answered: end it anyway. Only the timer's release timeout does, or
+        # another timer's command once the wait's own deadline passed too (a timer reading a
+        # deadline index older than the end fires early, and is ignored).
+        timer = reason in (RELEASE_TIMEOUT, "payment_timeout", "pending_timeout")
+        late = state.get("deadline") is not None and parse_ts(env["timestamp"]).timestamp() >= state["deadline"]
+        if reason == RELEASE_TIMEOUT or (timer and late):
+            order = _copy(state)
+            return Decision(order, [_finish(order, env)])
+        return Decision(None)  # already ending
     if reason == RELEASE_TIMEOUT:
         return Decision(None)
     if reason == "pending_timeout":
@@ -466,6 +477,12 @@ def decide(
         return deliver(state, env)
     if type_ in ("inventory.released", "inventory.committed"):
         return line_settled(state, env)
+    if type_ in ("order.cancelled", "order.rejected") and closing(state) is not None:
+        # Only a replay meets the saga's own end (the live saga never takes it as input): a
+        # history written by an older saga ends the order in the entry that decided it.
+        order = _copy(state)
+        _finish(order, env)
+        return Decision(order)
     return Decision(None)
 
 

@@ -621,12 +621,13 @@ def _order_command(kind: str) -> Handler:
         if await produce_and_wait(ORDERS, order_id, env):
             db = _db(order_id)
             state = order_state(db, order_id) or state
-            if orders_domain.closing(state) is not None:
+            ends = orders_domain.closing(state)
+            if ends is not None and ends["status"] == "cancelled":
                 # Cancelled once its reserved lines are back (SPEC: released, then cancelled):
                 # answer with the order as it ends, as a cancel of an order with nothing reserved does.
                 state = await _until_final(order_id, state, APPLIED_WAIT)
-            elif ending:
-                pass  # the first cancel's end landed meanwhile
+            elif ending and state["status"] == "cancelled":
+                pass  # it was ending as cancelled when asked, and now is
             elif not any(e.get("causation_id") == env["id"] for e in order_history(db, order_id)):
                 # The order moved on between the check above and the command (paid and confirmed
                 # under a cancel, shipped by a concurrent ship): nothing happened, say so.

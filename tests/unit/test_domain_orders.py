@@ -1199,3 +1199,38 @@ def test_view_has_the_api_fields() -> None:
 )
 def test_is_final(status: str, final: bool) -> None:
     assert orders.is_final(state_in(status)) is final
+
+
+# --- an ending order: stale timers, histories of the older saga -------------------------------
+
+
+def test_a_timer_that_read_a_stale_deadline_does_not_end_an_ending_order_early() -> None:
+    # The payment failed at 3; a timer reading the deadline index from before that fires at 4.
+    state = run(*HISTORIES["reserved"], failed("card_declined", 3))
+
+    stale = orders.decide(state, cancel("payment_timeout", second=4), TIMEOUT)
+    late = orders.decide(state, cancel("payment_timeout", second=40), TIMEOUT)
+
+    assert stale.state is None and stale.emits == []
+    assert late.state is not None and late.state["status"] == "cancelled"  # its own deadline passed too
+    assert late.state["reason"] == "card_declined"
+
+
+def test_as_of_over_a_history_of_the_older_saga_ends_where_its_end_was() -> None:
+    # The saga before the release-first change put order.cancelled in the payment.failed entry.
+    failure = failed("card_declined", 3)
+    ended = event("order.cancelled", "order", ORDER_ID, 3, reason="card_declined")
+    history = [*HISTORIES["reserved"], failure, ended]
+
+    state = orders.fold(history, TIMEOUT)
+
+    assert state is not None
+    assert (state["status"], state["reason"], state["updated_at"]) == ("cancelled", "card_declined", ts(3))
+    assert orders.closing(state) is None
+
+
+def test_a_final_order_is_never_ending() -> None:
+    state = {**state_in("cancelled"), "closing": {"status": "cancelled", "reason": "x", "details": None, "cause": "c"}}
+
+    assert orders.closing(state) is None
+    assert orders.decide(state, released("p1", 2, second=9), TIMEOUT).emits == []
