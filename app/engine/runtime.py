@@ -433,7 +433,11 @@ class Engine:
         (records of transactions still open included: the consumer passes them only once they
         end), asked of the broker now.
         """
-        task = self.tasks.get(self.partition_for(key))
+        return await self.settled_partition(logical, self.partition_for(key), timeout)
+
+    async def settled_partition(self, logical: str, partition: int, timeout: float) -> bool:
+        """:meth:`settled` for every key of ``partition``."""
+        task = self.tasks.get(partition)
         if task is None or not task.ready or self.consumer is None:
             return False
         tp = TopicPartition(f"{self.app_id}.{logical}", task.partition)

@@ -9,6 +9,7 @@ answer is 202 once the broker has them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -109,9 +110,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         _no_unknown_query(request, route)
         response = await _capped(request, handler)
     except ClientGone:
-        # No one to answer: the client closed the connection while sending its body. Not a
-        # server error: recorded as 499 (as nginx does), logged only at debug.
-        log.debug("%s %s: the client left while sending its body", request.method, request.rel_url.path)
+        # No one to answer: the client closed the connection (while sending its body, or during
+        # a long-poll). Not a server error: recorded as 499 (as nginx does), logged only at debug.
+        log.debug("%s %s: the client left before its answer", request.method, request.rel_url.path)
         metrics.observe_http(route, request.method, CLIENT_GONE, time.perf_counter() - started)
         return error_response(400, "client_gone", "the connection closed before the body arrived")
     except guard.Refused as exc:
@@ -136,7 +137,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPRequestEntityTooLarge:
         response = error_response(413, "too_large", f"the body is larger than {settings.max_body_bytes} bytes")
     except web.HTTPMethodNotAllowed as exc:
-        if request.path.startswith("/_local/") and not guard.is_peer(request):
+        if guard.internal_path(request.path) and not guard.is_peer(request):
             # As for GET: an internal endpoint does not exist for anyone but a peer, whatever the method.
             response = error_response(404, "not_found", "no such endpoint")
         else:
@@ -173,7 +174,7 @@ CLIENT_GONE = 499
 
 
 class ClientGone(Exception):
-    """The client closed the connection before its body arrived."""
+    """The client closed the connection before its body arrived, or while it waited for the answer."""
 
 
 async def _read_body(request: web.Request) -> None:
@@ -212,6 +213,17 @@ def _known_encoding(request: web.Request) -> None:
     aiohttp decodes a single ``gzip`` or ``deflate`` and passes anything else through as it
     came (``compress``, ``x-custom``, ``gzip, gzip``): such a body would be taken for JSON.
     """
+    transfer = [
+        coding.strip().lower()
+        for value in request.headers.getall(hdrs.TRANSFER_ENCODING, [])
+        for coding in value.split(",")
+        if coding.strip()
+    ]
+    if transfer not in ([], ["chunked"]):
+        # aiohttp de-chunks and passes any other coding through as it came (RFC 9112 §6.1: a
+        # coding the server does not understand is a 501).
+        request.content.feed_eof()
+        raise ApiError(501, "not_implemented", "the only Transfer-Encoding taken is chunked", close=True)
     given = request.headers.getall(hdrs.CONTENT_ENCODING, [])
     if not given or (len(given) == 1 and given[0].strip().lower() in ENCODINGS):
         return
@@ -507,7 +519,34 @@ async def get_order(request: web.Request) -> web.StreamResponse:
     if query.wait is None:
         return await _get_order(request)
     with guard.WAITERS.hold():
-        return await _get_order(request)
+        return await _while_connected(request, _get_order(request))
+
+
+#: How often a long-poll looks whether its client is still there.
+GONE_CHECK = 0.5
+
+
+async def _while_connected(request: web.Request, work: Awaitable[web.StreamResponse]) -> web.StreamResponse:
+    """``work``'s answer, or :class:`ClientGone` as soon as the client closed its connection.
+
+    aiohttp does not cancel a handler whose client left, so an abandoned long-poll would
+    keep its waiter slot (and a forwarded one the owner's) for its whole wait: connecting
+    and closing would fill the cap with no socket held. Cancelling the work also closes a
+    forwarded poll's connection to the owner, whose own poll then ends the same way.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=GONE_CHECK)
+            if done:
+                return task.result()
+            if request.transport is None or request.transport.is_closing():
+                raise ClientGone
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
 
 async def _until_final(order_id: str, state: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -843,10 +882,21 @@ async def analytics_summary(request: web.Request) -> web.Response:
     return json_response(analytics_domain.summary(partial, counts))
 
 
+#: How long a worker's slice of the analytics waits for its partitions to take in what was sent so far.
+ANALYTICS_SETTLE = 2.0
+
+
 async def local_analytics(request: web.Request) -> web.Response:
-    """This worker's partial aggregates."""
+    """This worker's partial aggregates, once they count every order confirmed before the request.
+
+    Read-your-writes as for an order: an order that reads ``confirmed`` has its
+    ``order.confirmed`` on the orders topic, so once each partition here has handled and
+    committed what its orders topic held when asked, the revenue includes it. A partition
+    that cannot catch up within :data:`ANALYTICS_SETTLE` answers with what it has.
+    """
     require_peer(request)
     serving = routing.serving()
+    await asyncio.gather(*(engine.settled_partition(ORDERS, p, ANALYTICS_SETTLE) for p in serving))
     dbs = [db for db in map(committed, serving) if db is not None]
     return json_response(
         {

@@ -314,7 +314,10 @@ def _json(data: Any) -> web.Response:
 
 
 async def local_samples(request: web.Request) -> web.Response:
-    """``GET /_local/dashboard``: this worker's samples."""
+    """``GET /_local/dashboard``: this worker's samples (peers only)."""
+    from app.web import guard
+
+    guard.require_peer(request)
     s = sampler()
     s.start()
     return _json({"samples": list(s.samples)})
@@ -323,7 +326,7 @@ async def local_samples(request: web.Request) -> web.Response:
 async def data(request: web.Request) -> web.Response:
     """``GET /dashboard/data``: the cluster's flow and each worker's throughput, from every worker's samples."""
     from app import codec
-    from app.web import routing
+    from app.web import guard, routing
 
     s = sampler()
     s.start()
@@ -334,7 +337,8 @@ async def data(request: web.Request) -> web.Response:
     async def one(url: str) -> None:
         try:
             async with asyncio.timeout(3):
-                async with routing.session().get(url + "/_local/dashboard", headers={routing.FORWARDED: me}) as resp:
+                headers = {routing.FORWARDED: me, **guard.internal_headers()}
+                async with routing.session().get(url + "/_local/dashboard", headers=headers) as resp:
                     if resp.status != 200:
                         missing[url] = f"answered {resp.status}"
                         return

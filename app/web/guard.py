@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from app import metrics
-from app.main import settings
+from app.main import engine, settings
 
 INTERNAL_HEADER = "X-Orderstream-Internal"
 #: Requests served at once by one worker (long-polls count as waiters instead).
@@ -74,20 +74,28 @@ def require_admin(request: web.Request) -> None:
 def internal_token() -> str:
     """The token workers of one app show each other: ``ORDERSTREAM_INTERNAL_TOKEN``, else derived.
 
-    Derived from the app id and the admin token, so workers configured alike agree
-    without a new setting; with no admin token it only keeps out callers who do not
-    know the app id, hence set either token wherever clients can reach the workers.
+    Derived from the admin token, the app id and the Kafka cluster's id, so workers
+    configured alike agree without a new setting. With no admin token it keeps out every
+    HTTP client that cannot ask the broker for its cluster id (the app id shows in
+    ``/metrics``; the cluster id nowhere in the API); set either token wherever clients
+    can reach the workers.
     """
     given = os.environ.get("ORDERSTREAM_INTERNAL_TOKEN")
     if given:
         return given
     key = (settings.admin_token or "").encode()
-    return hmac.new(key, f"orderstream-internal/{settings.app_id}".encode(), hashlib.sha256).hexdigest()
+    scope = f"orderstream-internal/{settings.app_id}/{engine.cluster_id}"
+    return hmac.new(key, scope.encode(), hashlib.sha256).hexdigest()
 
 
 def internal_headers() -> dict[str, str]:
     """Headers that make a worker-to-worker call acceptable to the peer."""
     return {INTERNAL_HEADER: internal_token()}
+
+
+def internal_path(path: str) -> bool:
+    """Whether ``path`` is a worker-to-worker endpoint (``/_local/*``, ``/users/{id}/_create``)."""
+    return path.startswith("/_local/") or (path.startswith("/users/") and path.endswith("/_create"))
 
 
 def is_peer(request: web.Request) -> bool:

@@ -45,7 +45,9 @@ MAX_KEY = 200  # characters of an id in a path
 IDENT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 IDENT = re.compile(IDENT_PATTERN)
 MONEY_PATTERN = r"^((0|[1-9][0-9]{0,5})(\.[0-9]{1,2})?|1000000(\.00?)?)$"
-EMAIL_PATTERN = r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$"  # a domain of non-empty labels: no "a@b..c"
+#: A domain of non-empty labels (no ``a@b..c``), and a local part without what a mail header
+#: reads as a separator, a comment or a display name (``a,b@x``, ``x<y>@x``, ``v:a@x``).
+EMAIL_PATTERN = r"^[^@\s,;:<>()\[\]\"\\]+@[^@\s.,;:<>()\[\]\"\\]+(\.[^@\s.,;:<>()\[\]\"\\]+)+$"
 STATUSES = ("pending", "reserved", "paid", "confirmed", "shipped", "delivered", "rejected", "cancelled")
 
 _ASCII_INT = re.compile(r"[0-9]{1,10}")

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import yarl
 from aiohttp import web
+from multidict import CIMultiDict
 
 from app import codec
 from app.engine.assignor import TaskAssignor
@@ -94,11 +95,13 @@ def workers() -> list[str]:
 async def forward(request: web.Request, owner: str, *, path: str | None = None) -> web.Response:
     """Proxy ``request`` to ``owner`` (optionally to another ``path``) and relay its answer."""
     body = await request.read()
-    headers = {
-        k: v
+    # Every value, as sent: two Authorization headers must reach the owner as two (no token
+    # there either), not as the last one alone.
+    headers = CIMultiDict(
+        (k, v)
         for k, v in request.headers.items()
         if k.lower() in ("content-type", "authorization", "idempotency-key") and _utf8(v)
-    }
+    )
     headers[FORWARDED] = my_url()
     headers.update(guard.internal_headers())
     # The raw, still-encoded target: %3F stays in the path, %2F adds no segment.

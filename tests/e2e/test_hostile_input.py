@@ -149,13 +149,72 @@ def test_admin_endpoints_need_the_bearer(cluster: Cluster) -> None:
 def test_internal_endpoints_are_not_public(cluster: Cluster) -> None:
     user = uid("u")
     for url in cluster.urls:
-        for path in ("/_local/orders", "/_local/inventory", "/_local/analytics", "/_local/dlq"):
+        for path in ("/_local/orders", "/_local/inventory", "/_local/analytics", "/_local/dlq", "/_local/dashboard"):
             for method in ("GET", "OPTIONS", "DELETE", "POST"):  # no 405 telling the path exists
                 assert http(method, url + path).status == 404, (method, path)
         resp = http("POST", url + f"/users/{user}/_create", {"email": "x@example.com", "name": "💩 a b"}, headers=ADMIN)
         assert resp.status == 404
+        for method in ("GET", "PUT"):
+            assert http(method, url + f"/users/{user}/_create").status == 404, method
     assert cluster.get(f"/users/{user}").status == 404
     assert cluster.get("/orders?limit=5").status == 200  # the peers still reach each other
+    data = cluster.get("/dashboard/data").body  # and the dashboard still gathers every worker's samples
+    assert not data.get("missing"), data
+
+
+def test_two_authorization_headers_are_no_token_through_either_worker(cluster: Cluster) -> None:
+    # Forwarded to the key's owner, both headers must arrive: the last one alone would be a token.
+    body = b'{"on_hand": 5}'
+    for n in range(6):
+        product = uid("p")
+        for url in cluster.urls:
+            head = (
+                f"PUT /inventory/{product} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Authorization: Bearer wrong\r\nAuthorization: Bearer {TOKEN}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode() + body
+            assert raw_request(url, head) == 401, (n, url)
+        assert cluster.get(f"/inventory/{product}").body["on_hand"] == 0
+
+
+def test_a_transfer_coding_other_than_chunked_is_501(cluster: Cluster) -> None:
+    body = b'{"user_id": "u1"}'
+    chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    for coding in ("x-foo, chunked", "gzip, chunked"):
+        head = (
+            f"POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Transfer-Encoding: {coding}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        assert raw_request(cluster.urls[0], head + chunked) == 501, coding
+    plain = "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+    assert raw_request(cluster.urls[0], (plain + "Connection: close\r\n\r\n").encode() + chunked) == 422
+
+
+def test_an_email_a_mail_header_would_read_as_other_recipients_is_422(cluster: Cluster) -> None:
+    for email in ("a,b@evil.com", "x<y>@evil.com", "victim:attacker@evil.com", 'a"b@evil.com', "a;b@evil.com"):
+        resp = cluster.post("/users", {"user_id": uid("u"), "email": email}, headers=ADMIN)
+        assert resp.status == 422, (email, resp)
+        order = cluster.post("/orders", {**order_body([(uid("p"), 1, "1.00")]), "user_email": email})
+        assert order.status == 422, (email, order)
+    assert cluster.post("/users", {"user_id": uid("u"), "email": "o'neil+x@example.org"}, headers=ADMIN).status == 202
+
+
+def test_long_polls_whose_clients_left_free_their_slots(cluster: Cluster) -> None:
+    def long_polls(url: str) -> float:
+        lines = http("GET", url + "/metrics").raw.decode().splitlines()
+        return sum(float(line.split()[-1]) for line in lines if line.startswith("orderstream_http_long_polls"))
+
+    parts = urlsplit(cluster.urls[0])
+    socks = []
+    for _ in range(20):  # unknown orders: half of them forwarded to the other worker
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=5)
+        sock.sendall(f"GET /orders/{uid('o')}?wait=30 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        socks.append(sock)
+    eventually(lambda: long_polls(cluster.urls[0]) >= 20, 10, what="the polls held")
+    for sock in socks:
+        sock.close()
+    for url in cluster.urls:
+        eventually(lambda url=url: long_polls(url) == 0, 10, what=f"the slots of {url} freed")
 
 
 def test_customer_reads_carry_no_payment_token_and_no_email_the_admin_s_do(cluster: Cluster) -> None:

@@ -35,6 +35,17 @@ def test_the_internal_token_is_stable_and_the_request_hash_keyed() -> None:
     assert "4242" not in guard.request_hash(doc)
 
 
+def test_with_no_admin_token_the_internal_token_needs_the_kafka_cluster_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The app id shows in /metrics: app id and an empty admin token alone must not make the token.
+    monkeypatch.delenv("ORDERSTREAM_INTERNAL_TOKEN", raising=False)
+    monkeypatch.setattr(guard.engine, "cluster_id", "cluster-a")
+    a = guard.internal_token()
+    monkeypatch.setattr(guard.engine, "cluster_id", "cluster-b")
+    assert guard.internal_token() != a
+    monkeypatch.setenv("ORDERSTREAM_INTERNAL_TOKEN", "given")
+    assert guard.internal_token() == "given"
+
+
 def test_customer_views_of_events_carry_no_token_and_no_email() -> None:
     from app.web.api import _customer_view
 
