@@ -132,6 +132,8 @@ class Task:
     ready: bool = False
     #: Revoked from this worker (closing or closed): never reset, never committed again.
     closed: bool = False
+    #: Sending the consumer back to the committed offsets after a failed commit.
+    rewinding: bool = False
     #: After a failed commit the task waits this long (monotonic time) before reading its inputs again.
     retry_at: float = 0.0
     #: When the task last went back to its committed offsets: records fetched before that are stale.
@@ -467,6 +469,7 @@ class Engine:
                 if (
                     position >= end
                     and task.ready
+                    and not task.rewinding
                     and (self._fetch is None or not self._fetch.done())
                     and task.landed.get(tp, 0) >= task.fetched.get(tp, 0)
                     and not task.closed
@@ -1100,9 +1103,15 @@ class Engine:
                     self._still_failing(task.partition, exc)
                 await asyncio.sleep(RETRY_AFTER)
         assert self.consumer is not None
-        for tp in list(task.position):
-            task.rewind[tp] = await self.consumer.committed(tp)
-            await self._rewind(task, tp)
+        # Until the consumer is sent back it stands past records that never landed: a
+        # read-your-writes wait (:meth:`settled`) must not take them for handled meanwhile.
+        task.rewinding = True
+        try:
+            for tp in list(task.position):
+                task.rewind[tp] = await self.consumer.committed(tp)
+                await self._rewind(task, tp)
+        finally:
+            task.rewinding = False
         log.info("partition %s: reading its inputs again from %s", task.partition, task.rewind)
 
     def report_damage(self, partition: int, error: BaseException | str) -> None:

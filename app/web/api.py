@@ -523,7 +523,7 @@ async def get_order(request: web.Request) -> web.StreamResponse:
 
 
 #: How often a long-poll looks whether its client is still there.
-GONE_CHECK = 0.5
+GONE_CHECK = 5.0
 
 
 async def _while_connected(request: web.Request, work: Awaitable[web.StreamResponse]) -> web.StreamResponse:
