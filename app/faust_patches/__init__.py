@@ -18,7 +18,8 @@ they say.
   body past ``max_body_bytes`` is a ``413`` before the body is sent; an unknown expectation a
   JSON ``417``.
 * :func:`app.faust_patches.connections.install` — the web server closes a connection that sends
-  no request head in 10 s and refuses connections past a quarter of the descriptor limit.
+  no request head in 10 s, refuses connections past a quarter of the descriptor limit, and
+  cancels a handler whose client left (aiohttp's ``handler_cancellation``).
 """
 
 from __future__ import annotations

@@ -100,6 +100,11 @@ def install(limit: int | None = None) -> bool:
             self._keepalive_timeout = IDLE_TIMEOUT
         original(self, transport)
         manager = self._manager
+        if manager is not None:
+            # A handler whose client left is cancelled (aiohttp's default since 3.7 lets it run
+            # on): an abandoned long-poll frees its slot at once, and cancelling a forwarded
+            # one closes its connection to the owner, whose own handler then ends too.
+            manager.handler_cancellation = True
         if manager is not None and len(manager._connections) > connection_made.limit:  # type: ignore[attr-defined]
             _note("refused")
             transport.write(BUSY % (len(_BUSY_BODY), _BUSY_BODY))

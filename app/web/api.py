@@ -9,7 +9,6 @@ answer is 202 once the broker has them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
@@ -174,7 +173,7 @@ CLIENT_GONE = 499
 
 
 class ClientGone(Exception):
-    """The client closed the connection before its body arrived, or while it waited for the answer."""
+    """The client closed the connection before its body arrived."""
 
 
 async def _read_body(request: web.Request) -> None:
@@ -519,34 +518,7 @@ async def get_order(request: web.Request) -> web.StreamResponse:
     if query.wait is None:
         return await _get_order(request)
     with guard.WAITERS.hold():
-        return await _while_connected(request, _get_order(request))
-
-
-#: How often a long-poll looks whether its client is still there.
-GONE_CHECK = 5.0
-
-
-async def _while_connected(request: web.Request, work: Awaitable[web.StreamResponse]) -> web.StreamResponse:
-    """``work``'s answer, or :class:`ClientGone` as soon as the client closed its connection.
-
-    aiohttp does not cancel a handler whose client left, so an abandoned long-poll would
-    keep its waiter slot (and a forwarded one the owner's) for its whole wait: connecting
-    and closing would fill the cap with no socket held. Cancelling the work also closes a
-    forwarded poll's connection to the owner, whose own poll then ends the same way.
-    """
-    task = asyncio.ensure_future(work)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=GONE_CHECK)
-            if done:
-                return task.result()
-            if request.transport is None or request.transport.is_closing():
-                raise ClientGone
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        return await _get_order(request)  # cancelled if the client leaves (app.faust_patches.connections)
 
 
 async def _until_final(order_id: str, state: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -214,7 +214,7 @@ def test_long_polls_whose_clients_left_free_their_slots(cluster: Cluster) -> Non
     for sock in socks:
         sock.close()
     for url in cluster.urls:
-        eventually(lambda url=url: long_polls(url) == 0, 20, what=f"the slots of {url} freed")
+        eventually(lambda url=url: long_polls(url) == 0, 10, what=f"the slots of {url} freed")
 
 
 def test_customer_reads_carry_no_payment_token_and_no_email_the_admin_s_do(cluster: Cluster) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import resource
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from app.faust_patches.connections import max_connections
 from schemas.envelope import parse_ts
 from tests.support import Cluster, http, order_body, partition_of, uid
 
@@ -74,7 +76,12 @@ def test_five_thousand_long_polls_leave_the_worker_serving(make_cluster: Any) ->
     worker = cluster.workers[0]
     assert worker.proc is not None
     rss_before = _rss_mb(worker.proc.pid)
-    unknown = [uid("nope") for _ in range(5000)]
+    # As many as the worker keeps connections open (a quarter of its descriptor limit, at most
+    # 10,000), less room for the test's own requests: past that the worker refuses new
+    # connections by design, this test's /metrics, /health and orders included.
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    room = max_connections(1 << 20 if hard == resource.RLIM_INFINITY else hard) - 200
+    unknown = [uid("nope") for _ in range(min(5000, room))]
     owners = cluster.get("/cluster").body["workers"]
     second = set(next(w["partitions"] for w in owners if w["url"].rstrip("/") == cluster.urls[1]))
     n = sum(len(w["partitions"]) for w in owners)
