@@ -109,11 +109,16 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         _no_unknown_query(request, route)
         response = await _capped(request, handler)
     except ClientGone:
-        # No one to answer: the client closed the connection (while sending its body, or during
-        # a long-poll). Not a server error: recorded as 499 (as nginx does), logged only at debug.
+        # No one to answer: the client closed the connection while sending its body. Not a
+        # server error: recorded as 499 (as nginx does), logged only at debug.
         log.debug("%s %s: the client left before its answer", request.method, request.rel_url.path)
         metrics.observe_http(route, request.method, CLIENT_GONE, time.perf_counter() - started)
         return error_response(400, "client_gone", "the connection closed before the body arrived")
+    except asyncio.CancelledError:
+        # The client left and aiohttp cancelled the handler (app.faust_patches.connections):
+        # counted as 499 too, then the cancellation goes on.
+        metrics.observe_http(route, request.method, CLIENT_GONE, time.perf_counter() - started)
+        raise
     except guard.Refused as exc:
         response = error_response(exc.status, exc.code, exc.message)
     except ApiError as exc:
