@@ -84,6 +84,11 @@ def latest(partition: int) -> PartitionDB | Step | None:
     return engine.latest(partition)
 
 
+def latest_for(key: str) -> PartitionDB | Step | None:
+    """``key``'s partition as reads see it here, if this worker serves it."""
+    return engine.latest(engine.partition_for(key))
+
+
 # --- orders -----------------------------------------------------------------------
 
 
@@ -343,14 +348,6 @@ def put_payment_record(step: Step, order_id: str, record: dict[str, Any]) -> Non
 def reservation_key(product_id: str, order_id: str) -> str:
     """Key of one order's reservation of one product."""
     return f"reservation/{product_id}/{order_id}"
-
-
-def stock_of(product_id: str) -> dict[str, Any] | None:
-    """A product's stock as reads see it here (``None`` when unknown); ``KeyError`` when not served here."""
-    view = latest(engine.partition_for(product_id))
-    if view is None:
-        raise KeyError(product_id)
-    return view.get(STOCK, f"stock/{product_id}")  # type: ignore[no-any-return]
 
 
 def stock_rows(db: PartitionDB | Step, cursor: str, limit: int) -> Iterator[tuple[str, dict[str, Any]]]:

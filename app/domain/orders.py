@@ -26,7 +26,7 @@ the order anyway at ``pending_timeout`` after the end was decided (``release_tim
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.domain.common import (
@@ -135,18 +135,20 @@ def _end(
     release_timeout: float,
     now: float | None,
     details: list[dict[str, Any]] | None = None,
+    unanswered: list[Emit] | None = None,
 ) -> list[Emit]:
     """End the order as ``status``: release its reserved lines, and end it once they are back.
 
     With nothing to give back it ends now; otherwise it waits (``closing``) for each line's
-    ``inventory.released``, at most ``release_timeout`` seconds.
+    ``inventory.released``, at most ``release_timeout`` seconds. ``unanswered``: releases of
+    lines that never answered, sent before the end but not waited for.
     """
-    emits = _release(order, _reserved_lines(order))
+    releases = _release(order, _reserved_lines(order))
     order["closing"] = {"status": status, "reason": reason, "details": details, "cause": env["id"]}
-    if emits:
+    if releases:
         order["deadline"] = _deadline(env, release_timeout, now)
-        return emits
-    return [_finish(order, env)]
+        return releases + (unanswered or [])
+    return [*(unanswered or []), _finish(order, env)]
 
 
 def _finish(order: OrderState, env: Envelope) -> Emit:
@@ -161,8 +163,7 @@ def _finish(order: OrderState, env: Envelope) -> Emit:
         emit = _event(order, "order.rejected", reason=ending["reason"], details=ending["details"])
     else:
         emit = _event(order, "order.cancelled", reason=ending["reason"])
-    cause = ending["cause"] if ending["cause"] != env["id"] else None
-    return Emit(emit.topic, emit.key, emit.type, emit.entity_type, emit.entity_id, emit.payload, cause)
+    return replace(emit, cause=ending["cause"] if ending["cause"] != env["id"] else None)
 
 
 def _copy(state: OrderState) -> OrderState:
@@ -438,9 +439,8 @@ def expire(state: OrderState, env: Envelope, release_timeout: float = 30.0, now:
     # reserved does nothing.
     qty = _quantities(order)
     pending = [pid for pid, st in order["lines"].items() if st == "pending"]
-    emits = [_line_command(order, "inventory.release", pid, qty[pid]) for pid in pending]
-    ends = _end(order, env, "rejected", "reservation_timeout", release_timeout, now, [])
-    return Decision(order, ends[:-1] + emits + ends[-1:] if closing(order) is None else ends + emits)
+    unanswered = [_line_command(order, "inventory.release", pid, qty[pid]) for pid in pending]
+    return Decision(order, _end(order, env, "rejected", "reservation_timeout", release_timeout, now, [], unanswered))
 
 
 def decide(

@@ -409,10 +409,8 @@ class Engine:
         read like a database): nothing a read answers lags an event already out, e.g. the stock
         an ``inventory.released`` gave back is seen as soon as the order's end is.
         """
-        task = self.tasks.get(partition)
-        if task is None or not task.ready or self.rebalancing:
-            return None
-        return task.step.db if self.exactly_once else task.step
+        db = self.db(partition)
+        return db if db is None or self.exactly_once else self.tasks[partition].step
 
     def partition_for(self, key: str) -> int:
         """The partition ``key`` hashes to (the Java client's default partitioner)."""

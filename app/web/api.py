@@ -33,6 +33,7 @@ from app.domain.common import INVENTORY, ORDERS
 from app.domain.common import USERS as USERS_TOPIC
 from app.engine.assignor import TaskAssignor
 from app.engine.dead_letters import redrivable
+from app.engine.step import Step
 from app.engine.store import PartitionDB, StoreError, out_of_resources
 from app.main import engine, settings
 from app.topics import BY_NAME, LOGICAL, kafka_name
@@ -44,17 +45,18 @@ from app.web.validation import parse
 from schemas.envelope import Envelope, make, parse_ts
 from schemas.registry import order_placed, set_stock_command
 from tables import (
+    STOCK,
     USERS,
     analytics_partial,
     committed,
     committed_for,
     dead_letter_rows,
     latest,
+    latest_for,
     order_history,
     order_rows,
     order_state,
     status_counts,
-    stock_of,
     stock_rows,
 )
 
@@ -345,8 +347,16 @@ def _db(key: str) -> PartitionDB:
     """The committed state of ``key``'s partition here (``check_local`` passed), or a 503."""
     db = committed_for(key)
     if db is None:
-        raise Unavailable("this worker does not serve the key's partition yet")
+        raise Unavailable(routing.NOT_SERVED)
     return db
+
+
+def _latest(key: str) -> PartitionDB | Step:
+    """``key``'s partition as reads see it here (:func:`tables.latest_for`), or a 503."""
+    view = latest_for(key)
+    if view is None:
+        raise Unavailable(routing.NOT_SERVED)
+    return view
 
 
 async def produce_and_wait(topic: str, key: str, env: Envelope) -> bool:
@@ -737,10 +747,7 @@ async def restock(request: web.Request, product_id: str) -> web.Response:
 
 def _stock(product_id: str) -> dict[str, Any]:
     """The product's stock here as reads see it (zeros when unknown), or a 503 (not served here yet)."""
-    try:
-        return stock_of(product_id) or inventory_domain.empty_stock()
-    except KeyError:
-        raise Unavailable("this worker does not serve the key's partition yet") from None
+    return _latest(product_id).get(STOCK, f"stock/{product_id}") or inventory_domain.empty_stock()  # type: ignore[no-any-return]
 
 
 async def list_stock(request: web.Request) -> web.Response:

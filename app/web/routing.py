@@ -70,6 +70,10 @@ def owner_of(topic: str, key: str) -> str:
     return url.rstrip("/")
 
 
+#: Why a read of a key this worker does not serve (yet) is a 503.
+NOT_SERVED = "this worker does not serve the key's partition yet"
+
+
 def check_local(topic: str, key: str) -> None:
     """Raise :class:`Unavailable` unless this worker serves ``key``'s partition, recovered.
 
@@ -77,7 +81,7 @@ def check_local(topic: str, key: str) -> None:
     restarted worker reuses its URL while the group still lists its dead predecessor.
     """
     if engine.db(partition_for(key)) is None:
-        raise Unavailable("this worker does not serve the key's partition yet")
+        raise Unavailable(NOT_SERVED)
 
 
 def is_ready() -> bool:

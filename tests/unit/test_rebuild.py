@@ -386,6 +386,21 @@ def timer_command(order_id: str, status: str, second: int) -> Envelope:
     return orders.deadline_cancel(order_id, status, ts(second))
 
 
+def emitted(e: Emit, cause: Envelope, i: int, timestamp: str, base: str | None = None) -> Envelope:
+    """The ``i``-th emit of a decision on ``cause`` as a stage sends it (agents/_wiring.envelopes), at ``timestamp``."""
+    return make(
+        e.type,
+        e.entity_type,
+        e.entity_id,
+        e.payload,
+        correlation_id=cause["correlation_id"],
+        causation_id=e.cause or cause["id"],
+        event_id=derived_id(base or cause["id"], i),
+        timestamp=timestamp,
+        version=current_version(e.type),
+    )
+
+
 def saga(*handled: Envelope, local: Envelope | None = None) -> tuple[orders.OrderState, list[Envelope]]:
     """Handle ``handled`` in this order as the saga does; return the state and what the orders topic holds.
 
@@ -399,20 +414,7 @@ def saga(*handled: Envelope, local: Envelope | None = None) -> tuple[orders.Orde
         state = decision.state if decision.state is not None else state
         if env is not local:
             topic.append(env)
-        for i, e in enumerate(decision.emits):
-            if e.topic == ORDERS:
-                topic.append(
-                    make(
-                        e.type,
-                        e.entity_type,
-                        e.entity_id,
-                        e.payload,
-                        correlation_id=env["correlation_id"],
-                        causation_id=e.cause or env["id"],
-                        event_id=derived_id(env["id"], i),
-                        timestamp=env["timestamp"],
-                    )
-                )
+        topic += [emitted(e, env, i, env["timestamp"]) for i, e in enumerate(decision.emits) if e.topic == ORDERS]
     assert state is not None
     return state, topic
 
@@ -559,17 +561,7 @@ class World:
     def emit(self, emits: list[Emit], cause: Envelope, stage: str = "") -> None:
         base = f"{cause['id']}/{stage}" if stage else cause["id"]
         for i, e in enumerate(emits):
-            env = make(
-                e.type,
-                e.entity_type,
-                e.entity_id,
-                e.payload,
-                correlation_id=cause["correlation_id"],
-                causation_id=e.cause or cause["id"],
-                event_id=derived_id(base, i),
-                timestamp=self.now(),
-                version=current_version(e.type),
-            )
+            env = emitted(e, cause, i, self.now(), base)
             self.send(e.topic, e.key, env)
 
     def run(self, steps: int | None = None) -> None:
