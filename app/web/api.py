@@ -688,16 +688,14 @@ async def local_orders(request: web.Request) -> web.Response:
     require_peer(request)
     query = _query(request, models.ListOrders)
     limit = query.limit
-    serving = routing.serving()
+    served = routing.serving(committed)
     status, user_id, cursor = query.status, query.user_id, query.cursor
     rows: list[dict[str, Any]] = []
-    for p in serving:
-        db = committed(p)
-        if db is not None:
-            rows.extend(order_rows(db, status=status, user_id=user_id, cursor=cursor or "", limit=limit + 1))
+    for _, db in served:
+        rows.extend(order_rows(db, status=status, user_id=user_id, cursor=cursor or "", limit=limit + 1))
     rows.sort(key=lambda s: s["order_id"])
     page = [orders_domain.to_view(s, private=True) for s in rows[:limit]]  # peers only; list_orders strips it
-    return json_response({"orders": page, "more": len(rows) > limit, "serving": serving})
+    return json_response({"orders": page, "more": len(rows) > limit, "serving": [p for p, _ in served]})
 
 
 # --- inventory --------------------------------------------------------------------
@@ -762,15 +760,13 @@ async def local_stock(request: web.Request) -> web.Response:
     require_peer(request)
     query = _query(request, models.ListStock)
     limit, cursor = query.limit, query.cursor
-    serving = routing.serving()
+    served = routing.serving(latest)
     rows: list[tuple[str, Any]] = []
-    for p in serving:
-        view = latest(p)
-        if view is not None:
-            rows.extend(stock_rows(view, cursor or "", limit + 1))
+    for _, view in served:
+        rows.extend(stock_rows(view, cursor or "", limit + 1))
     rows.sort(key=lambda r: r[0])
     page = [inventory_domain.to_view(pid, s) for pid, s in rows[:limit]]
-    return json_response({"products": page, "more": len(rows) > limit, "serving": serving})
+    return json_response({"products": page, "more": len(rows) > limit, "serving": [p for p, _ in served]})
 
 
 # --- users ------------------------------------------------------------------------
@@ -879,14 +875,13 @@ async def local_analytics(request: web.Request) -> web.Response:
     that cannot catch up within :data:`ANALYTICS_SETTLE` answers with what it has.
     """
     require_peer(request)
-    serving = routing.serving()
-    await asyncio.gather(*(engine.settled_partition(ORDERS, p, ANALYTICS_SETTLE) for p in serving))
-    dbs = [db for db in map(committed, serving) if db is not None]
+    await asyncio.gather(*(engine.settled_partition(ORDERS, p, ANALYTICS_SETTLE) for p in engine.serving()))
+    served = routing.serving(committed)  # after the wait: a partition that moved meanwhile is not claimed
     return json_response(
         {
-            "partials": [analytics_partial(db) for db in dbs],
-            "status_counts": [status_counts(db) for db in dbs],
-            "serving": serving,
+            "partials": [analytics_partial(db) for _, db in served],
+            "status_counts": [status_counts(db) for _, db in served],
+            "serving": [p for p, _ in served],
         }
     )
 
@@ -922,12 +917,9 @@ async def local_dead_letters(request: web.Request) -> web.Response:
     require_peer(request)
     query = _query(request, models.ListDeadLetters)
     limit, cursor, source, status = query.limit, query.cursor, query.source_topic, query.status
-    serving = routing.serving()
+    served = routing.serving(committed)
     rows: list[dict[str, Any]] = []
-    for p in serving:
-        db = committed(p)
-        if db is None:
-            continue
+    for _, db in served:
         n = 0
         for letter in dead_letter_rows(db, cursor or ""):
             if source and letter["source_topic"] not in (source, _kafka_topic_or_none(source)):
@@ -939,7 +931,7 @@ async def local_dead_letters(request: web.Request) -> web.Response:
             if n > limit:
                 break
     rows.sort(key=lambda r: r["id"])
-    return json_response({"messages": rows[:limit], "more": len(rows) > limit, "serving": serving})
+    return json_response({"messages": rows[:limit], "more": len(rows) > limit, "serving": [p for p, _ in served]})
 
 
 def _kafka_topic_or_none(name: str) -> str | None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import aiohttp
 import yarl
@@ -22,6 +23,8 @@ from app import codec
 from app.engine.assignor import TaskAssignor
 from app.main import app, engine, settings
 from app.web import guard
+
+T = TypeVar("T")
 
 log = logging.getLogger("orderstream.routing")
 
@@ -130,9 +133,13 @@ def _utf8(value: str) -> bool:
     return True
 
 
-def serving() -> list[int]:
-    """The partitions this worker answers for in ``/_local/...`` pages."""
-    return engine.serving()
+def serving(view: Callable[[int], T | None]) -> list[tuple[int, T]]:
+    """The partitions this worker answers for in a ``/_local/...`` page, each with ``view(p)``.
+
+    A partition whose view is ``None`` now (a rebalance began, the task closed or is
+    rewinding) is left out, so the page never claims a partition it did not read.
+    """
+    return [(p, v) for p in engine.serving() if (v := view(p)) is not None]
 
 
 async def gather_json(path_qs: str) -> list[Any]:
@@ -145,10 +152,13 @@ async def gather_json(path_qs: str) -> list[Any]:
     if engine.rebalancing:
         raise Unavailable("the cluster is rebalancing")
     pages = await _gather(path_qs)
-    covered = {p for page in pages for p in page.get("serving", ())}
-    missing = sorted(set(range(settings.partitions)) - covered)
+    claimed = [p for page in pages for p in page.get("serving", ())]
+    missing = sorted(set(range(settings.partitions)) - set(claimed))
     if missing:
         raise Unavailable(f"partitions {missing} are not served yet")
+    if len(claimed) != len(set(claimed)) or engine.rebalancing:
+        # A partition moved while the workers answered: two of them read it, so it would count twice.
+        raise Unavailable("partitions moved during the read")
     return pages
 
 
