@@ -760,7 +760,7 @@ async def local_stock(request: web.Request) -> web.Response:
     require_peer(request)
     query = _query(request, models.ListStock)
     limit, cursor = query.limit, query.cursor
-    served = routing.serving(latest)
+    served: list[tuple[int, PartitionDB | Step]] = routing.serving(latest)
     rows: list[tuple[str, Any]] = []
     for _, view in served:
         rows.extend(stock_rows(view, cursor or "", limit + 1))
