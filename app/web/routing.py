@@ -111,8 +111,12 @@ async def forward(request: web.Request, owner: str, *, path: str | None = None) 
     )
     headers[FORWARDED] = my_url()
     headers.update(guard.internal_headers())
-    # The raw, still-encoded target: %3F stays in the path, %2F adds no segment.
-    url = yarl.URL(owner + (path or request.raw_path), encoded=True)
+    # The raw, still-encoded target: %3F stays in the path, %2F adds no segment. An
+    # absolute-form target (``GET http://host/orders/x``, RFC 9112 §3.2.2) goes as its path.
+    target = path or request.raw_path
+    if not target.startswith("/"):
+        target = request.rel_url.raw_path_qs
+    url = yarl.URL(owner + target, encoded=True)
     kind = "long_poll" if request.method == "GET" and "wait" in request.query else "peer"
     try:
         async with session(kind).request(request.method, url, data=body or None, headers=headers) as resp:

@@ -665,3 +665,19 @@ def test_an_error_message_shows_invisible_characters_of_an_id_as_escapes(cluster
     resp = cluster.get("/orders/x%E2%80%AEy")
     assert resp.status == 404, resp
     assert "\u202e" not in resp.raw.decode() and "\\u202e" in resp.body["message"], resp
+
+
+def test_an_absolute_form_target_is_answered_by_either_worker(cluster: Cluster) -> None:
+    # ``GET http://host/orders/x HTTP/1.1`` (RFC 9112 §3.2.2): the worker that does not own the
+    # order forwarded the whole URL glued to the owner's, and answered 500 (probe 15).
+    order_id = cluster.place(order_body([(uid("p"), 1, "1.00")]))  # no stock: rejected, final
+    assert cluster.final(order_id)["status"] == "rejected"
+    for scheme in ("http", "https", "ftp"):
+        for url in cluster.urls:
+            head = f"GET {scheme}://x/orders/{order_id}?wait=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            assert raw_request(url, head.encode()) == 200, (scheme, url)
+            cancel = (
+                f"POST {scheme}://x/orders/{order_id}/cancel HTTP/1.1\r\nHost: x\r\n"
+                "Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            assert raw_request(url, cancel.encode()) == 409, (scheme, url)
