@@ -133,6 +133,28 @@ def datadir_problem(path: Path) -> str | None:
     return store_dir_problem(path / "engine")
 
 
+def reclaim_datadirs() -> None:
+    """Take the data-directory lock again where its file was removed (the directory wiped while running).
+
+    The held ``flock`` is on the removed file: without a new one a second worker could claim
+    the directory. Called every second from the engine's loop; a ``stat`` when all is well.
+    """
+    for path, handle in list(_claimed.items()):
+        lock = path / "orderstream.lock"
+        try:
+            if os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino:
+                continue
+        except OSError:
+            pass  # removed (with its directory, perhaps)
+        del _claimed[path]
+        handle.close()
+        problem = datadir_problem(path)
+        if problem:
+            log.error("the data directory's lock file was removed and cannot be taken again: %s", problem)
+        else:
+            log.warning("the data directory's lock file %s was removed: taken again", lock)
+
+
 def store_dir_problem(path: Path) -> str | None:
     """One sentence when the partition databases cannot live in ``path`` (a file in its place, not
     writable), else None: checked before the worker joins the group and is handed partitions."""
@@ -176,6 +198,9 @@ class OrderstreamWorker(faust.Worker):
         )
         if problem:
             refuse(problem)
+        from app.main import engine
+
+        engine.every(1.0, lambda _: reclaim_datadirs())
         super().execute_from_commandline()
 
     def _setup_logging(self) -> None:

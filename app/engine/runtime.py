@@ -52,6 +52,7 @@ from app.engine.assignor import TaskAssignor
 from app.engine.step import Output, Step
 from app.engine.store import (
     Indexer,
+    InUseError,
     PartitionDB,
     StoreError,
     checkpoint,
@@ -1254,6 +1255,9 @@ class Engine:
         if db is None:
             try:
                 db = open_or_discard(self.datadir / f"p{partition}.rocksdb", partition, self.indexer)
+            except InUseError as exc:
+                self._stop_for(str(exc))  # another worker's: this one has no business with the directory
+                raise
             except Exception as exc:
                 # Neither the database nor a fresh one opens (the directory is unusable: a file in
                 # its place, no permission, a read-only disk): holding the partition would stall it.

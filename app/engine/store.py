@@ -354,12 +354,32 @@ def open_or_discard(path: Path, partition: int, indexer: Indexer | None = None) 
     Everything in it is in the changelogs: recovery finds no checkpoint in the new one and
     restores the partition from them, as for a wiped data directory. The old directory is
     kept beside it (``<name>.corrupt-<unix time>``) for a post-mortem.
+
+    A database another live process holds open (its RocksDB ``LOCK``) is not damaged: that
+    is :class:`InUseError`, and nothing is moved.
     """
     try:
         return PartitionDB(path, partition, indexer)
-    except Exception as exc:  # noqa: BLE001 - rocksdict raises a bare Exception for an IO or corruption error
+    except Exception as exc:  # rocksdict raises a bare Exception for an IO or corruption error
+        if held_elsewhere(exc):
+            raise InUseError(
+                partition, f"its database {path} is in use by another process: give each worker its own --datadir"
+            ) from exc
         set_aside(path, partition, f"cannot be opened ({exc})")
         return PartitionDB(path, partition, indexer)
+
+
+class InUseError(RuntimeError):
+    """A partition's database is open in another process (two workers on one data directory)."""
+
+    def __init__(self, partition: int, message: str) -> None:
+        super().__init__(f"partition {partition}: {message}")
+        self.partition = partition
+
+
+def held_elsewhere(error: BaseException | str) -> bool:
+    """Whether RocksDB refused to open a database because another process holds its ``LOCK`` file."""
+    return "While lock file" in str(error)
 
 
 def set_aside(path: Path, partition: int, why: str) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from app.engine.step import Step
 from app.engine.store import IndexReader, PartitionDB
@@ -316,3 +317,33 @@ def test_a_wipe_survives_a_kill(tmp_path: Path) -> None:
     db = PartitionDB(tmp_path / "p0", 0)
     assert db.checkpoint("s") is None and not db.has_records("s")
     db.close()
+
+
+_HOLDER = """
+import sys
+import time
+from pathlib import Path
+from app.engine.store import PartitionDB
+db = PartitionDB(Path(sys.argv[1]), 0)
+print("open", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_database_another_process_holds_is_in_use_not_damaged(tmp_path: Path) -> None:
+    # Two workers on one data directory (the first's lock file removed with its directory): the
+    # second set the first's live database aside as damaged (probe 15). It refuses instead.
+    from app.engine.store import open_or_discard
+
+    path = tmp_path / "p0.rocksdb"
+    holder = _spawn(_HOLDER, path)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(RuntimeError, match="in use by another process"):  # InUseError
+            open_or_discard(path, 0)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["p0.rocksdb"]  # nothing set aside
+    finally:
+        holder.kill()
+        holder.wait()
+    open_or_discard(path, 0).close()  # free again: opens as it is
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p0.rocksdb"]

@@ -33,6 +33,36 @@ def test_a_data_directory_is_claimed_by_one_process_at_a_time(tmp_path: Path) ->
     assert datadir_problem(tmp_path) is None  # and this process may ask again
 
 
+def test_a_data_directory_wiped_while_running_is_claimed_again(tmp_path: Path) -> None:
+    # Its lock file went with it, so a second worker could start on it (probe 15).
+    import shutil
+    import subprocess
+    import sys
+
+    from app.startup import _claimed, datadir_problem, reclaim_datadirs
+
+    path = tmp_path / "w"
+    assert datadir_problem(path) is None
+    try:
+        shutil.rmtree(path)
+        reclaim_datadirs()
+        other = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"from app.startup import datadir_problem as d; from pathlib import Path; "
+                f"print(d(Path({str(path)!r})))",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "in use by another worker" in other.stdout, other
+        assert (path / "engine").is_dir()
+    finally:
+        _claimed.pop(path.resolve()).close()
+
+
 def test_a_data_directory_that_is_a_file_is_one_sentence(tmp_path: Path) -> None:
     from app.startup import datadir_problem
 
