@@ -268,11 +268,30 @@ async def read_json(request: web.Request, *, empty: Any = ...) -> Any:
     if not raw.strip() and empty is not ...:
         return empty
     try:
-        return codec.loads(raw)
+        value = codec.loads(raw)
     except ValueError as exc:
         if "number is infinity" not in str(exc):
             raise ApiError(400, "bad_json", "the body is not valid JSON") from None
-        return _json_beyond_orjson(raw)
+        value = _json_beyond_orjson(raw)
+    if isinstance(value, (dict, list)):
+        _refuse_duplicate_keys(raw)
+    return value
+
+
+def _refuse_duplicate_keys(raw: bytes) -> None:
+    """400 for an object naming one member twice: parsers disagree on which one counts (orjson takes
+    the last, many proxies and firewalls the first), so one body would mean two things."""
+
+    def pairs(items: list[tuple[str, Any]]) -> None:
+        names = [name for name, _ in items]
+        if len(names) != len(set(names)):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ApiError(400, "bad_json", f"the body names {twice[0]!r} twice in one object")
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs, parse_float=str, parse_int=str, parse_constant=str)
+    except (ValueError, RecursionError):
+        pass  # orjson read it: only duplicates matter here
 
 
 def _not_json(constant: str) -> Any:

@@ -681,3 +681,19 @@ def test_an_absolute_form_target_is_answered_by_either_worker(cluster: Cluster) 
                 "Content-Length: 0\r\nConnection: close\r\n\r\n"
             )
             assert raw_request(url, cancel.encode()) == 409, (scheme, url)
+
+
+def test_a_body_naming_a_member_twice_is_400_and_places_nothing(cluster: Cluster) -> None:
+    # orjson takes the last of two "user_id"s, many proxies the first: one body, two meanings (probe 15).
+    user_a, user_b = uid("u"), uid("u")
+    body = json.dumps(order_body([(uid("p"), 1, "1.00")], user_id=user_a))
+    twice = body.replace(f'"user_id": "{user_a}"', f'"user_id": "{user_a}", "user_id": "{user_b}"')
+    assert twice != body
+    for url in cluster.urls:
+        resp = http("POST", url + "/orders", raw=twice.encode())
+        assert resp.status == 400 and resp.body["error"] == "bad_json" and "user_id" in resp.body["message"], resp
+        nested = http("PUT", url + f"/inventory/{uid('p')}", raw=b'{"on_hand": 1, "on_hand": 9}', headers=ADMIN)
+        assert nested.status == 400, nested
+    for user in (user_a, user_b):
+        assert cluster.get(f"/orders?user_id={user}").body["orders"] == []
+    assert http("POST", cluster.urls[0] + "/orders", raw=body.encode()).status == 202  # the same body, once each
