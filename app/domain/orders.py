@@ -144,11 +144,22 @@ def _end(
     lines that never answered, sent before the end but not waited for.
     """
     releases = _release(order, _reserved_lines(order))
+    # Lines still waiting for their reservation's answer are waited for as well (an answer
+    # ``reserved`` is given back, then released) unless they are released unanswered.
+    awaited = unanswered is None and "pending" in order["lines"].values()
     order["closing"] = {"status": status, "reason": reason, "details": details, "cause": env["id"]}
-    if releases:
+    if awaited:
+        order["closing"]["awaits_answers"] = True
+    if releases or awaited:
         order["deadline"] = _deadline(env, release_timeout, now)
         return releases + (unanswered or [])
     return [*(unanswered or []), _finish(order, env)]
+
+
+def _held(order: OrderState) -> bool:
+    """Whether an ending order still waits for a line: a release, or (when it awaits them) a reservation's answer."""
+    waiting = ("releasing", "pending") if order["closing"].get("awaits_answers") else ("releasing",)
+    return any(st in waiting for st in order["lines"].values())
 
 
 def _finish(order: OrderState, env: Envelope) -> Emit:
@@ -284,6 +295,8 @@ def line_answered(
             "available": p.get("available"),
         }
         if ended:
+            if closing(order) is not None and not _held(order):
+                return Decision(order, [_finish(order, env)])  # the last line it waited for: nothing to give back
             return Decision(order)
     return Decision(order, _gather(order, env, payment_timeout, now, release_timeout))
 
@@ -406,7 +419,7 @@ def line_settled(state: OrderState, env: Envelope) -> Decision:
     if settled == "committed" and order["status"] == "paid" and all(s == "committed" for s in order["lines"].values()):
         _touch(order, env, "confirmed")
         return Decision(order, [confirmed(order, env)])
-    if closing(order) is not None and "releasing" not in order["lines"].values():
+    if closing(order) is not None and not _held(order):
         return Decision(order, [_finish(order, env)])
     return Decision(order)
 

@@ -132,7 +132,7 @@ HISTORIES: dict[str, tuple[Envelope, ...]] = {
     "shipped": (*_CONFIRMED, ship()),
     "delivered": (*_CONFIRMED, ship(), deliver()),
     "rejected": (placed(), reserved("p1", 2), rejected("p2", 1, 0, 2), released("p1", 2, 3)),
-    "cancelled": (placed(), cancel(second=1)),
+    "cancelled": (placed(), cancel(second=1), rejected("p1", 2, 0, 2), rejected("p2", 1, 0, 2)),
 }
 
 
@@ -343,27 +343,40 @@ def test_every_line_short_rejects_without_releasing_anything() -> None:
     assert summary(decision.emits) == [(ORDERS, ORDER_ID, "order.rejected")]
 
 
-def test_a_line_reserved_after_cancel_is_released_at_once() -> None:
-    state = run(placed(), cancel(second=1))
+def test_a_cancel_before_the_lines_answered_waits_for_their_answers_and_gives_them_back() -> None:
+    # It read cancelled before a reservation still in flight was released (probe 16): the stock
+    # came back 80-420 ms after the 202, and an order placed at once for it was rejected.
+    cancelling = orders.decide(run(placed()), cancel(second=1), TIMEOUT)
+    assert cancelling.state is not None and cancelling.emits == []
+    assert cancelling.state["status"] == "pending"
+    assert orders.closing(cancelling.state) is not None and orders.closing(cancelling.state)["status"] == "cancelled"
+    assert cancelling.state["deadline"] is not None  # the release timeout bounds the wait
 
-    decision = orders.decide(state, reserved("p1", 2, second=2), TIMEOUT)
-
+    decision = orders.decide(cancelling.state, reserved("p1", 2, second=2), TIMEOUT)
     assert decision.state is not None
-    assert decision.state["status"] == "cancelled"
+    assert decision.state["status"] == "pending"
     assert decision.state["lines"]["p1"] == "releasing"
     assert summary(decision.emits) == [(INVENTORY, "p1", "inventory.release")]
     assert releases(decision.emits) == [("p1", 2)]
 
+    decision = orders.decide(decision.state, rejected("p2", 1, 0, second=3), TIMEOUT)
+    assert decision.state is not None and decision.state["status"] == "pending" and decision.emits == []
 
-def test_a_line_rejected_after_cancel_is_only_recorded() -> None:
-    state = run(placed(), cancel(second=1))
+    decision = orders.decide(decision.state, released("p1", 2, second=4), TIMEOUT)
+    assert decision.state is not None and decision.state["status"] == "cancelled"
+    assert summary(decision.emits) == [(ORDERS, ORDER_ID, "order.cancelled")]
 
-    decision = orders.decide(state, rejected("p1", 2, 0, second=2), TIMEOUT)
+
+def test_a_cancel_before_the_lines_answered_ends_at_the_last_answer_when_none_was_reserved() -> None:
+    state = run(placed(), cancel(second=1), rejected("p1", 2, 0, second=2))
+    assert state["status"] == "pending"
+
+    decision = orders.decide(state, rejected("p2", 1, 0, second=3), TIMEOUT)
 
     assert decision.state is not None
     assert decision.state["status"] == "cancelled"
-    assert decision.state["lines"]["p1"] == "rejected"
-    assert decision.emits == []
+    assert decision.state["lines"] == {"p1": "rejected", "p2": "rejected"}
+    assert summary(decision.emits) == [(ORDERS, ORDER_ID, "order.cancelled")]
 
 
 # --- payment.processed / payment.failed --------------------------------------------------------
@@ -577,13 +590,17 @@ def test_payment_failed_after_cancel_is_ignored() -> None:
 # --- order.cancel ------------------------------------------------------------------------------
 
 
-def test_cancel_while_pending_cancels_without_releases() -> None:
+def test_cancel_while_pending_cancels_once_the_lines_answered_without_releases() -> None:
     decision = orders.decide(state_in("pending"), cancel(), TIMEOUT)
 
     assert decision.state is not None
+    assert decision.state["status"] == "pending" and decision.emits == []  # waiting for the lines' answers
+    assert decision.state["payment"]["status"] == "cancelled"
+    state = run(*HISTORIES["pending"], cancel(), rejected("p1", 2, 0, 5))
+    decision = orders.decide(state, rejected("p2", 1, 0, 6), TIMEOUT)
+    assert decision.state is not None
     assert decision.state["status"] == "cancelled"
     assert decision.state["reason"] == "customer_cancelled"
-    assert decision.state["payment"]["status"] == "cancelled"
     assert summary(decision.emits) == [(ORDERS, ORDER_ID, "order.cancelled")]
 
 
@@ -620,10 +637,9 @@ def test_cancel_while_reserved_releases_every_line_then_cancels() -> None:
 
 
 def test_cancel_keeps_a_given_reason() -> None:
-    decision = orders.decide(state_in("pending"), cancel("changed_my_mind"), TIMEOUT)
+    state = run(*HISTORIES["pending"], cancel("changed_my_mind"), rejected("p1", 2, 0, 5), rejected("p2", 1, 0, 6))
 
-    assert decision.state is not None
-    assert decision.state["reason"] == "changed_my_mind"
+    assert state["status"] == "cancelled" and state["reason"] == "changed_my_mind"
 
 
 @pytest.mark.parametrize("status", ["paid", "confirmed", "shipped", "delivered", "rejected", "cancelled"])
@@ -762,8 +778,9 @@ def test_a_released_line_of_an_ending_order_is_noted_without_emits() -> None:
 
 
 def test_a_line_released_after_the_order_ended_is_noted_without_emits() -> None:
-    state = run(placed(), cancel(second=1), reserved("p1", 2, 2))
-    assert state["status"] == "cancelled" and state["lines"]["p1"] == "releasing"
+    # The pending deadline ends an order without waiting for lines that never answered.
+    state = run(placed(), cancel("pending_timeout", second=1), reserved("p1", 2, 2))
+    assert state["status"] == "rejected" and state["lines"]["p1"] == "releasing"
 
     decision = orders.decide(state, released("p1", 2, second=3), TIMEOUT)
 
