@@ -662,7 +662,11 @@ def _order_command(kind: str) -> Handler:
             shown = f"being {ends['status']}" if ends else state["status"]
             raise ApiError(409, "conflict", f"cannot {kind} an order that is {shown}", [{"status": state["status"]}])
         ending = orders_domain.closing(state) is not None  # a second cancel while the first gives lines back
-        env = make(f"order.{kind}", "order", order_id, payload, correlation_id=order_id)
+        # Caused by the order as the customer or admin saw it: its history's last event, so the
+        # command's ``causation_id`` resolves in ``GET /orders/{id}/events`` like every other's.
+        seen = order_history(_db(order_id), order_id)
+        cause = seen[-1].get("id") if seen else None
+        env = make(f"order.{kind}", "order", order_id, payload, correlation_id=order_id, causation_id=cause)
         if await produce_and_wait(ORDERS, order_id, env):
             db = _db(order_id)
             state = order_state(db, order_id) or state

@@ -163,6 +163,31 @@ def test_history_of_a_confirmed_order_is_causal_and_the_same_on_both_workers(
     assert events_of(cluster2, order_id, 0) == events
 
 
+def test_the_causes_of_http_commands_resolve_in_the_history_too(cluster2: Cluster) -> None:
+    # order.cancel, order.ship and order.deliver came from HTTP with no cause: each was a
+    # second root in the middle of the list (probe 16). Each now names the event the order
+    # was at when the command was accepted.
+    product = uid("p")
+    cluster2.set_stock(product, 5)
+    shipped = cluster2.place(order_body([(product, 1, "1.00")]))
+    assert cluster2.final(shipped)["status"] == "confirmed"
+    assert cluster2.post(f"/orders/{shipped}/ship", {"carrier": "UPS", "tracking_number": "1Z"}, i=1).status == 202
+    assert cluster2.post(f"/orders/{shipped}/deliver", i=0).status == 202
+    cancelled = cluster2.place(order_body([(product, 1, "1.00")], card=HANGING_CARD))
+    eventually(lambda: cluster2.get(f"/orders/{cancelled}").body["status"] == "reserved", 20, what="reserved")
+    assert cluster2.post(f"/orders/{cancelled}/cancel", i=1).status == 202
+    for order_id, command_types in ((shipped, {"order.ship", "order.deliver"}), (cancelled, {"order.cancel"})):
+        for i in (0, 1):
+            events = events_of(cluster2, order_id, i)
+            assert command_types <= {e["type"] for e in events}, [e["type"] for e in events]
+            earlier = {events[0]["id"]}
+            for e in events[1:]:
+                assert e["causation_id"] in earlier, (
+                    f"{e['type']}: cause {e['causation_id']} is not earlier in the list"
+                )
+                earlier.add(e["id"])
+
+
 # --- time travel -----------------------------------------------------------------------
 
 
