@@ -711,7 +711,8 @@ async def local_orders(request: web.Request) -> web.Response:
     require_peer(request)
     query = _query(request, models.ListOrders)
     limit = query.limit
-    served = routing.serving(committed)
+    await _settle_orders()
+    served = routing.serving(committed)  # after the wait: a partition that moved meanwhile is not claimed
     status, user_id, cursor = query.status, query.user_id, query.cursor
     rows: list[dict[str, Any]] = []
     for _, db in served:
@@ -885,8 +886,16 @@ async def analytics_summary(request: web.Request) -> web.Response:
     return json_response(analytics_domain.summary(partial, counts))
 
 
-#: How long a worker's slice of the analytics waits for its partitions to take in what was sent so far.
-ANALYTICS_SETTLE = 2.0
+#: How long a worker's slice of a list or the analytics waits for its partitions to take in what was sent so far.
+PAGE_SETTLE = 2.0
+
+
+async def _settle_orders() -> None:
+    """Wait (at most :data:`PAGE_SETTLE`) until each orders partition here has handled and committed
+    what its topic held when asked: an order whose 202 came back, or that reads a status, is listed
+    and counted so (read-your-writes, as for ``GET /orders/{id}``). One that cannot catch up in
+    time answers with what it has."""
+    await asyncio.gather(*(engine.settled_partition(ORDERS, p, PAGE_SETTLE) for p in engine.serving()))
 
 
 async def local_analytics(request: web.Request) -> web.Response:
@@ -895,10 +904,10 @@ async def local_analytics(request: web.Request) -> web.Response:
     Read-your-writes as for an order: an order that reads ``confirmed`` has its
     ``order.confirmed`` on the orders topic, so once each partition here has handled and
     committed what its orders topic held when asked, the revenue includes it. A partition
-    that cannot catch up within :data:`ANALYTICS_SETTLE` answers with what it has.
+    that cannot catch up within :data:`PAGE_SETTLE` answers with what it has.
     """
     require_peer(request)
-    await asyncio.gather(*(engine.settled_partition(ORDERS, p, ANALYTICS_SETTLE) for p in engine.serving()))
+    await _settle_orders()
     served = routing.serving(committed)  # after the wait: a partition that moved meanwhile is not claimed
     return json_response(
         {

@@ -202,6 +202,23 @@ def test_a_cancel_sent_before_the_lines_answered_reads_cancelled_only_once_its_s
     assert answered >= 6
 
 
+def test_an_order_is_listed_as_it_reads_as_soon_as_its_202_came_back(cluster2: Cluster) -> None:
+    # Read-your-writes for lists, as for GET /orders/{id}: a list 20 ms after the 202 had 0
+    # orders, and one listed an order reserved that read paid (probe 16).
+    product, user = uid("p"), uid("u")
+    cluster2.set_stock(product, 50)
+    placed: list[str] = []
+    for n in range(8):
+        placed.append(cluster2.place(order_body([(product, 1, "1.00")], user_id=user), i=n % 2))
+        for i in (0, 1):
+            listed = cluster2.get(f"/orders?user_id={user}&limit=50", i).body["orders"]
+            assert {o["order_id"] for o in listed} == set(placed), (n, i)
+    for order_id in placed:
+        read = cluster2.final(order_id)
+        listed = cluster2.get(f"/orders?user_id={user}&limit=50", 1).body["orders"]
+        assert {o["order_id"]: o["status"] for o in listed}[order_id] == read["status"]
+
+
 def test_ship_and_deliver(cluster2: Cluster) -> None:
     product = uid("p")
     cluster2.set_stock(product, 3)
