@@ -86,8 +86,9 @@ def test_a_refused_send_commits_no_offset(
         worker.stop()
 
 
+@pytest.mark.parametrize("wiped", [False, True], ids=["running", "wiped-under-it"])
 def test_a_second_worker_on_the_same_data_directory_refuses_to_start(
-    broker_url: str, kafka_bootstrap: str, tmp_path: Path
+    broker_url: str, kafka_bootstrap: str, tmp_path: Path, wiped: bool
 ) -> None:
     app_id = uid("dd")
     first = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "w").start().wait_ready()
@@ -96,41 +97,22 @@ def test_a_second_worker_on_the_same_data_directory_refuses_to_start(
         cluster = Cluster([first])
         product = uid("p")
         cluster.set_stock(product, 5)
+        if wiped:
+            # The lock file went with the directory: a second worker started on it, and set the
+            # first's live databases aside as damaged (probe 15). The first takes its lock again.
+            shutil.rmtree(tmp_path / "w")
+            eventually(lambda: (tmp_path / "w" / "orderstream.lock").exists(), 10, 0.1, what="the lock taken again")
         second.start()
         assert second.proc is not None
         assert second.proc.wait(timeout=60) == 1
         assert "is in use by another worker" in second.log_text() and "Traceback" not in second.log_tail()
-        # The first goes on with its databases untouched (none set aside as unopenable).
-        assert not list((tmp_path / "w").rglob("*.corrupt-*"))
+        if not wiped:  # The first goes on with its databases untouched (none set aside as unopenable).
+            assert not list((tmp_path / "w").rglob("*.corrupt-*"))
         assert cluster.final(cluster.place(order_body([(product, 1, "2.00")])))["status"] == "confirmed"
+        assert cluster.get(f"/inventory/{product}").body["sold"] == 1
         first.kill()  # a SIGKILL drops the lock: the directory is free again
         second.start().wait_ready()
         assert Cluster([second]).get(f"/inventory/{product}").body["sold"] == 1
-    finally:
-        second.stop()
-        first.stop()
-
-
-def test_a_data_directory_wiped_under_a_running_worker_is_still_its_own(
-    broker_url: str, kafka_bootstrap: str, tmp_path: Path
-) -> None:
-    # The lock file went with the directory: a second worker started on it, and set the first's
-    # live databases aside as damaged (probe 15). The first takes its lock again.
-    app_id = uid("dw")
-    first = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "w").start().wait_ready()
-    second = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "w", starts=100)
-    try:
-        cluster = Cluster([first])
-        product = uid("p")
-        cluster.set_stock(product, 5)
-        shutil.rmtree(tmp_path / "w")
-        eventually(lambda: (tmp_path / "w" / "orderstream.lock").exists(), 10, 0.1, what="the lock taken again")
-        second.start()
-        assert second.proc is not None
-        assert second.proc.wait(timeout=60) == 1
-        assert "is in use by another worker" in second.log_text()
-        assert cluster.final(cluster.place(order_body([(product, 1, "2.00")])))["status"] == "confirmed"
-        assert cluster.get(f"/inventory/{product}").body["sold"] == 1
     finally:
         second.stop()
         first.stop()
