@@ -17,7 +17,7 @@ from app.domain.common import INVENTORY
 from app.engine.step import Step
 from app.main import engine
 from schemas.envelope import Envelope
-from tables import STOCK, reservation_key
+from tables import STOCK, reservation_key, stock_key
 
 STAGE = "inventory"
 LINE_COMMANDS = {
@@ -31,12 +31,12 @@ def handle_line(step: Step, env: Envelope) -> None:
     """Apply one order line's command to the product's stock."""
     product_id = on_partition(step, str(env["payload"]["product_id"]))
     rkey = reservation_key(product_id, str(env["payload"]["order_id"]))
-    stock = step.get(STOCK, f"stock/{product_id}") or domain.empty_stock()
+    stock = step.get(STOCK, stock_key(product_id)) or domain.empty_stock()
     decision = LINE_COMMANDS[env["type"]](stock, step.get(STOCK, rkey), env)
     if decision.reservation is not None:
         step.put(STOCK, rkey, decision.reservation)
     if decision.stock is not None:
-        step.put(STOCK, f"stock/{product_id}", decision.stock)
+        step.put(STOCK, stock_key(product_id), decision.stock)
     send(step, envelopes(decision.emits, env))
 
 
@@ -46,11 +46,11 @@ def handle_restock(step: Step, env: Envelope) -> None:
     if step.get(STOCK, marker) is not None:
         return  # this command was applied already (a redelivery, a redriven copy)
     product_id = on_partition(step, env["entity_id"])
-    stock = step.get(STOCK, f"stock/{product_id}") or domain.empty_stock()
+    stock = step.get(STOCK, stock_key(product_id)) or domain.empty_stock()
     decision = domain.restock(stock, env)  # a StockError dead-letters the command
     step.put(STOCK, marker, 1)
     if decision.stock is not None:
-        step.put(STOCK, f"stock/{product_id}", decision.stock)
+        step.put(STOCK, stock_key(product_id), decision.stock)
     send(step, envelopes(decision.emits, env))
 
 

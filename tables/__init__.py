@@ -350,6 +350,16 @@ def reservation_key(product_id: str, order_id: str) -> str:
     return f"reservation/{product_id}/{order_id}"
 
 
+def stock_key(product_id: str) -> str:
+    """Key of a product's stock."""
+    return f"stock/{product_id}"
+
+
+def stock_in(view: PartitionDB | Step, product_id: str) -> dict[str, Any] | None:
+    """A product's stock in ``view`` (:func:`latest_for` its key), ``None`` when unknown."""
+    return view.get(STOCK, stock_key(product_id))  # type: ignore[no-any-return]
+
+
 def stock_rows(db: PartitionDB | Step, cursor: str, limit: int) -> Iterator[tuple[str, dict[str, Any]]]:
     """Up to ``limit`` ``(product id, stock)`` after ``cursor``, in product order."""
     start = cursor + "\x00" if cursor else ""

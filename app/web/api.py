@@ -45,7 +45,6 @@ from app.web.validation import parse
 from schemas.envelope import Envelope, make, parse_ts
 from schemas.registry import order_placed, set_stock_command
 from tables import (
-    STOCK,
     USERS,
     analytics_partial,
     committed,
@@ -57,6 +56,7 @@ from tables import (
     order_rows,
     order_state,
     status_counts,
+    stock_in,
     stock_rows,
 )
 
@@ -769,7 +769,7 @@ async def restock(request: web.Request, product_id: str) -> web.Response:
 
 def _stock(product_id: str) -> dict[str, Any]:
     """The product's stock here as reads see it (zeros when unknown), or a 503 (not served here yet)."""
-    return _latest(product_id).get(STOCK, f"stock/{product_id}") or inventory_domain.empty_stock()  # type: ignore[no-any-return]
+    return stock_in(_latest(product_id), product_id) or inventory_domain.empty_stock()
 
 
 async def list_stock(request: web.Request) -> web.Response:
