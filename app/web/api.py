@@ -14,6 +14,7 @@ import logging
 import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -285,7 +286,7 @@ def _refuse_duplicate_keys(raw: bytes) -> None:
     def pairs(items: list[tuple[str, Any]]) -> None:
         names = [name for name, _ in items]
         if len(names) != len(set(names)):
-            twice = sorted({n for n in names if names.count(n) > 1})
+            twice = sorted(name for name, n in Counter(names).items() if n > 1)
             raise ApiError(400, "bad_json", f"the body names {twice[0]!r} twice in one object")
 
     try:
