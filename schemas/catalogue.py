@@ -61,6 +61,19 @@ def _t(
     return MessageType(name, kind, frozenset(topics), version, record)
 
 
+#: What listing and redriving a dead letter read: a letter without them (written by hand onto a
+#: ``.dlq`` topic) is kept as a letter about itself, never stored as one that breaks ``GET /dlq``.
+_DEAD_LETTER = {
+    "stage": Field("str"),
+    "error": Field("str"),
+    "source_topic": ID,
+    "partition": INT,
+    "offset": INT,
+    "key": OPT_STR,
+    "original_kind": OPT_STR,
+    "answered": OPT_INT,
+}
+
 _ORDER_CONFIRMED = {
     "order_id": ID,
     "total_cents": OPT_INT,
@@ -143,7 +156,7 @@ CATALOGUE: dict[str, MessageType] = {
         _t("analytics.order_recorded", "event", (ORDERS,), {"order_id": ID, "total_cents": INT, "currency": OPT_STR}),
         _t("user.created", "event", (USERS,), USER),
         _t("user.updated", "event", (USERS,), USER),
-        _t("event.processing.failed", "event", (DEAD_LETTER,), None),
+        _t("event.processing.failed", "event", (DEAD_LETTER,), _DEAD_LETTER),
         _t("dead_letter.redrive", "command", (DEAD_LETTER,), None),
     )
 }

@@ -27,7 +27,11 @@ OVERSIZED_PREFIX_BYTES = 64 * 1024
 
 
 def dead_letter(stage: str, record: Record, error: BaseException) -> tuple[str, bytes, bytes]:
-    """``(dead-letter topic, key, value)`` for ``record``, which failed in ``stage`` with ``error``."""
+    """``(dead-letter topic, key, value)`` for ``record``, which failed in ``stage`` with ``error``.
+
+    A failure on a dead-letter topic stays on it (a letter about the message, never
+    redriven): nothing reads a ``.dlq.dlq``.
+    """
     from app.engine.runtime import dead_letter_payload
 
     raw = record.value or b""
@@ -58,13 +62,20 @@ def dead_letter(stage: str, record: Record, error: BaseException) -> tuple[str, 
         causation_id=source_id,
         event_id=dl_id,
     )
-    value = orjson.dumps(letter)
+    try:
+        value = orjson.dumps(letter)
+    except orjson.JSONEncodeError:
+        # orjson reads 1,024 levels of nesting and writes 254: an original it cannot write
+        # again is kept as its text (a letter that cannot be written would lose the message).
+        payload["original"], payload["original_kind"] = raw.decode("utf-8", errors="replace"), "text"
+        value = orjson.dumps(letter)
     if len(value) > MAX_DEAD_LETTER_BYTES:
         payload["original"] = raw[:OVERSIZED_PREFIX_BYTES].decode("utf-8", errors="replace")
         payload["original_kind"] = "truncated"
         payload["original_bytes"] = len(raw)
         value = orjson.dumps(letter)
-    return f"{record.topic}.dlq", dl_id.encode(), value
+    topic = record.topic if record.topic.endswith(".dlq") else f"{record.topic}.dlq"
+    return topic, dl_id.encode(), value
 
 
 def redrivable(letter: dict[str, Any]) -> bool:

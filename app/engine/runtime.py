@@ -557,6 +557,19 @@ class Engine:
                 log.exception("engine step failed")
                 await asyncio.sleep(0.1)
 
+    async def _abandon_step(self, task: Task) -> None:
+        """Drop a failed step's work and read its inputs again (a commit in flight ends first).
+
+        A handler's failure dead-letters its input; what fails outside a handler (writing a dead
+        letter, the engine itself) must not leave the rest of the step's records unhandled while
+        later offsets commit over them.
+        """
+        if task.committing is not None:
+            with contextlib.suppress(Exception):
+                await task.committing
+        if not task.closed and self.tasks.get(task.partition) is task:
+            await self._reset(task)
+
     def _until_timer(self) -> float:
         return max(0.0, min(self._next_timer - time.monotonic(), 0.25))
 
@@ -587,6 +600,13 @@ class Engine:
                     await self._step(task)
                 except StoreError as exc:
                     self.report_damage(task.partition, exc)
+                except Exception:  # the engine's own fault: the inputs are read again, never skipped
+                    log.exception(
+                        "partition %s: a step failed: its uncommitted work is dropped and its inputs are read "
+                        "again from the last commit",
+                        task.partition,
+                    )
+                    await self._abandon_step(task)
         if now >= self._next_timer:
             self._next_timer = now + 1.0
             for p, db in list(self.dbs.items()):
@@ -860,6 +880,12 @@ class Engine:
                 stage or logical,
                 f"{type(error).__name__}: {error}"[:500],
             )
+        payload = env.get("payload") if isinstance(env, dict) else None
+        about = payload.get("source_topic") if isinstance(payload, dict) else None
+        if logical.endswith(".dlq") and isinstance(about, str) and about.endswith(".dlq"):
+            # A letter about a dead-letter topic's message failed too: another would go the same way.
+            log.error("not dead-lettering %s[%s]@%s again: %s", record.topic, record.partition, record.offset, error)
+            return
         topic, key, value = self.dead_letter(stage or logical, record, error)
         task.step.send(topic, key, value, [])
         if not stage:  # unreadable: no stage saw it (a handler's failure is counted by its stage)

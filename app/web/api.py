@@ -955,7 +955,7 @@ async def local_dead_letters(request: web.Request) -> web.Response:
     for _, db in served:
         n = 0
         for letter in dead_letter_rows(db, cursor or ""):
-            if source and letter["source_topic"] not in (source, _kafka_topic_or_none(source)):
+            if source and letter.get("source_topic") not in (source, _kafka_topic_or_none(source)):
                 continue
             if status and letter["status"] != status:
                 continue
@@ -978,7 +978,14 @@ async def redrive(request: web.Request) -> web.Response:
     ids, source = body.ids, body.source_topic
     wanted = None if ids is None else set(ids)
     letters = await _all_dead_letters(source)
-    chosen = [m for m in letters if m["status"] == "dead" and redrivable(m) and (wanted is None or m["id"] in wanted)]
+    chosen = [
+        m
+        for m in letters
+        if m["status"] == "dead"
+        and redrivable(m)
+        and m.get("source_topic") in LOGICAL  # a letter naming a topic that is not ours has nowhere to go
+        and (wanted is None or m["id"] in wanted)
+    ]
     for letter in chosen:
         env = make(
             "dead_letter.redrive", "dead_letter", letter["id"], {"dlq_id": letter["id"]}, correlation_id=letter["id"]

@@ -802,3 +802,121 @@ def test_an_unreadable_message_on_a_dead_letter_topic_is_kept_listable_and_never
     product = uid("p")
     cluster.set_stock(product, 1)
     assert cluster.final(cluster.place(order_body([(product, 1, "1.00")])))["status"] == "confirmed"
+
+
+# --- letters that could not be written, letters written by hand ------------------------------
+
+
+def test_a_message_too_deep_to_write_again_is_dead_lettered_and_nothing_fetched_with_it_is_lost(
+    make_cluster: Any, kafka_bootstrap: str
+) -> None:
+    """orjson reads 1,024 levels of nesting and writes 254: the letter about a 300-level message
+    could not be written, and the three orders fetched with it were never placed (probe 17)."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.partitioner import DefaultPartitioner
+
+    cluster: Cluster = make_cluster(1)
+    orders_topic = topic(cluster, "orders")
+    product = uid("deep")
+    cluster.set_stock(product, 10)
+    marker = uid("poison")
+
+    async def produce() -> tuple[int, int, list[str]]:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=200)
+        await producer.start()
+        try:
+            partitions = sorted(await producer.partitions_for(orders_topic))
+            part = DefaultPartitioner()(marker.encode(), partitions, partitions)
+            order_ids: list[str] = []
+            while len(order_ids) < 3:  # orders on the poison's partition: one fetch holds them all
+                candidate = uid("ord_deep")
+                if DefaultPartitioner()(candidate.encode(), partitions, partitions) == part:
+                    order_ids.append(candidate)
+            poison = (
+                b'{"id": "' + marker.encode() + b'", "type": "order.placed", "deep": ' + b"[" * 300 + b"]" * 300 + b"}"
+            )
+            first = await producer.send(orders_topic, poison, marker.encode(), partition=part)
+            for order_id in order_ids:
+                items = [{"product_id": product, "quantity": 1, "price_cents": 250}]
+                payload = {
+                    "order_id": order_id,
+                    "user_id": uid("du"),
+                    "user_email": "deep@example.com",
+                    "items": items,
+                    "total_cents": 250,
+                    "currency": "USD",
+                    "payment": {"method": "card", "token": f"tok_ok_{uid()}", "last4": "4242"},
+                }
+                env = _env("order.placed", "order", order_id, payload, version=2)
+                await producer.send(orders_topic, orjson.dumps(env), order_id.encode(), partition=part)
+            meta = await first
+            return meta.partition, meta.offset, order_ids
+        finally:
+            await producer.stop()
+
+    part, offset, order_ids = asyncio.run(produce())
+    for order_id in order_ids:
+        assert cluster.final(order_id, timeout=60)["status"] == "confirmed"
+    letters = eventually(
+        lambda: [m for m in all_dead_letters(cluster) if (m["partition"], m["offset"]) == (part, offset)] or None,
+        60,
+        what="the deep message dead-lettered",
+    )
+    [letter] = letters
+    assert letter["source_topic"] == orders_topic and letter["original_kind"] == "text"
+    assert marker in letter["original"]
+    assert "engine step failed" not in cluster.workers[0].log_text()
+    assert_serving(cluster)
+
+
+def test_letters_written_by_hand_onto_a_dead_letter_topic_never_break_listing_or_redrive(
+    make_cluster: Any, kafka_bootstrap: str
+) -> None:
+    """A letter without a source topic made every ``GET /dlq?source_topic=`` a 503 and every
+    redrive a 500; one naming a topic that is not the app's, a 500 on redrive (probe 17)."""
+    from aiokafka import AIOKafkaProducer
+
+    cluster: Cluster = make_cluster(1)
+    dlq_topic = topic(cluster, "orders.dlq")
+    fields = {"stage": "orders", "error": "forged", "partition": 0, "offset": 1, "original": {}}
+    forged = {
+        "no-source": {"error": "forged"},
+        "foreign-source": {**fields, "source_topic": "evil.topic", "key": "k"},
+        "int-key": {**fields, "source_topic": topic(cluster, "orders"), "key": 5},
+    }
+    ids = {name: uid(name) for name in forged}
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            for name, payload in forged.items():
+                env = _env("event.processing.failed", "dead_letter", ids[name], payload)
+                await producer.send_and_wait(dlq_topic, orjson.dumps(env), ids[name].encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+    ours = set(ids.values())
+
+    def about(letter: dict[str, Any]) -> str:
+        """The forged letter a listed one is, or is about."""
+        original = letter.get("original")
+        return letter["id"] if letter["id"] in ours else original.get("entity_id") if isinstance(original, dict) else ""
+
+    def listed() -> list[dict[str, Any]] | None:
+        found = [m for m in all_dead_letters(cluster) if about(m) in ours]
+        return found if len(found) == 3 else None
+
+    letters = {about(m): m for m in eventually(listed, 60, what="all three letters listed")}
+    # The two a listing or redrive cannot read are kept as letters about themselves.
+    for name in ("no-source", "int-key"):
+        assert letters[ids[name]]["source_topic"] == dlq_topic, letters[ids[name]]
+    assert letters[ids["foreign-source"]]["source_topic"] == "evil.topic"
+    resp = cluster.get("/dlq?source_topic=orders&limit=500")
+    assert resp.status == 200, resp
+    resp = cluster.post("/dlq/redrive", {"ids": [m["id"] for m in letters.values()]})
+    assert resp.status == 202 and resp.body["redriven"] == 0, resp
+    resp = cluster.post("/dlq/redrive", {})
+    assert resp.status == 202, resp
+    assert_serving(cluster)

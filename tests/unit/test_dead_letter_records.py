@@ -1,0 +1,103 @@
+"""Writing a dead letter never fails, and a step that fails outside its handlers loses nothing.
+
+Probe 17: a message nested 300 levels deep on an input topic. orjson reads 1,024 levels
+and writes 254, so the letter about it could not be written: the exception left the step
+with the rest of its fetched records unhandled, and the offsets of the records fetched
+after them committed over them (three valid orders behind it were never placed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import orjson
+import pytest
+from aiokafka.structs import TopicPartition
+
+from app.engine.dead_letters import dead_letter
+from app.engine.runtime import Engine, Task
+from app.engine.step import Step
+from app.engine.store import PartitionDB
+from schemas.catalogue import RECORDS
+from schemas.payloads import PayloadError, check
+from tests.support import offline_engine
+
+DEEP = b"[" * 300 + b"]" * 300
+
+
+class _Record(NamedTuple):  # what the engine reads of aiokafka's ConsumerRecord
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def _record(topic: str, value: bytes, offset: int = 7) -> Any:
+    return _Record(topic, 3, offset, b"k", value, [])
+
+
+def test_a_message_too_deep_to_write_again_is_kept_as_text() -> None:
+    value = b'{"id": "x", "type": "nope", "deep": ' + DEEP + b"}"
+    orjson.loads(value)  # orjson reads it
+    topic, _, letter_bytes = dead_letter("orders", _record("a.orders", value), ValueError("unknown type"))
+    letter = orjson.loads(letter_bytes)
+    assert topic == "a.orders.dlq"
+    assert letter["payload"]["original_kind"] == "text"
+    assert letter["payload"]["original"] == value.decode()
+    assert letter["payload"]["source_topic"] == "a.orders" and letter["payload"]["offset"] == 7
+
+
+def test_a_failure_on_a_dead_letter_topic_stays_on_it() -> None:
+    topic, _, _ = dead_letter("dead_letters", _record("a.orders.dlq", b"{}"), ValueError("x"))
+    assert topic == "a.orders.dlq"  # nothing reads a .dlq.dlq
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"error": "forged"},  # no source_topic: GET /dlq and redrive read it
+        {"stage": "orders", "error": "e", "source_topic": "a.orders", "partition": 0, "offset": 1, "key": 5},
+        {"stage": "orders", "error": "e", "source_topic": "", "partition": 0, "offset": 1},
+    ],
+)
+def test_a_letter_missing_what_listing_and_redrive_read_is_refused(payload: dict[str, Any]) -> None:
+    with pytest.raises(PayloadError):
+        check(RECORDS["event.processing.failed"], payload)
+
+
+def test_the_letters_the_engine_writes_pass_the_record() -> None:
+    for value in (b"not json", b'{"id": "x"}', DEEP):
+        _, _, letter_bytes = dead_letter("orders", _record("a.orders", value), ValueError("e"))
+        check(RECORDS["event.processing.failed"], orjson.loads(letter_bytes)["payload"])
+
+
+def test_a_step_that_fails_outside_its_handlers_reads_its_inputs_again(tmp_path: Path) -> None:
+    engine: Engine = offline_engine(tmp_path, partitions=4)
+    task = Task(2, Step(2, PartitionDB(tmp_path / "p2.rocksdb", 2)), None)  # type: ignore[arg-type]
+    task.ready = True
+    engine.tasks[2] = task
+    engine.rebalancing = False  # assigned
+    tp = TopicPartition("t.orders", 2)
+    handled: list[int] = []
+    reset: list[int] = []
+
+    async def handle(task: Task, logical: str, record: Any) -> None:
+        if record.offset == 10:
+            raise TypeError("Recursion limit reached")  # as writing the letter about it did
+        handled.append(record.offset)
+
+    async def fake_reset(task: Task, *, fenced: bool = False) -> None:
+        reset.append(task.partition)
+        task.backlog.clear()
+
+    engine._handle = handle  # type: ignore[method-assign]
+    engine._reset = fake_reset  # type: ignore[method-assign]
+    records = [_record("t.orders", b"{}", offset) for offset in (10, 11, 12)]
+    asyncio.run(engine._cycle({tp: records}))
+    assert reset == [2]  # read again from the last commit, not skipped
+    assert handled == []
+    assert tp not in task.position  # nothing past offset 10 counts as handled
