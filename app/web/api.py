@@ -291,7 +291,11 @@ def _refuse_duplicate_keys(raw: bytes) -> None:
 
     try:
         json.loads(raw, object_pairs_hook=pairs, parse_float=str, parse_int=str, parse_constant=str)
-    except (ValueError, RecursionError):
+    except RecursionError:
+        # orjson reads 1,024 levels, the standard library fewer: what it cannot check is refused
+        # (no request nests more than four levels; a duplicate could hide in it).
+        raise ApiError(400, "bad_json", "the body nests too deeply") from None
+    except ValueError:
         pass  # orjson read it: only duplicates matter here
 
 

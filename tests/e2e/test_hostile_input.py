@@ -694,6 +694,11 @@ def test_a_body_naming_a_member_twice_is_400_and_places_nothing(cluster: Cluster
         assert resp.status == 400 and resp.body["error"] == "bad_json" and "user_id" in resp.body["message"], resp
         nested = http("PUT", url + f"/inventory/{uid('p')}", raw=b'{"on_hand": 1, "on_hand": 9}', headers=ADMIN)
         assert nested.status == 400, nested
+        # Nested past what the standard library's parser checks (orjson reads 1,024 levels): the
+        # duplicate hid behind it and the order was placed for user_b (probe 17).
+        deep = twice.replace(f'"user_id": "{user_a}"', '"user_id": ' + "[" * 1000 + "]" * 1000)
+        resp = http("POST", url + "/orders", raw=deep.encode())
+        assert resp.status == 400 and resp.body["error"] == "bad_json", resp
     for user in (user_a, user_b):
         assert cluster.get(f"/orders?user_id={user}").body["orders"] == []
     assert http("POST", cluster.urls[0] + "/orders", raw=body.encode()).status == 202  # the same body, once each
