@@ -203,7 +203,12 @@ def _flags(argv: Sequence[str]) -> dict[str, str]:
     i = 0
     while i < len(args):
         arg = args[i]
-        name, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+        elif len(arg) > 2 and arg[0] == "-" and (arg[:2] in _GLOBAL_WITH_VALUE or arg[:2] in WORKER_FLAGS):
+            name, eq, value = arg[:2], "=", arg[2:]  # click's attached short form: -b0.0.0.0
+        else:
+            name, eq, value = arg, "", ""
         if not eq and i + 1 < len(args):
             value = args[i + 1]
         takes_value = False
@@ -395,9 +400,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def startup_problem(s: Settings) -> str | None:
-    """Return why a worker with these settings must not start, in one sentence, or None."""
-    exposed = [h for h in dict.fromkeys((bind_host(s), s.web_host)) if not is_loopback(h)]
+def startup_problem(s: Settings, bound: str | None = None) -> str | None:
+    """Return why a worker with these settings must not start, in one sentence, or None.
+
+    ``bound``: the interface faust will listen on, as it resolved it (its own ``WEB_BIND``
+    variable or a flag spelled in a way the settings did not read could differ from them).
+    """
+    hosts = (bind_host(s), s.web_host, *((bound,) if bound else ()))
+    exposed = [h for h in dict.fromkeys(hosts) if not is_loopback(h)]
     if exposed and not s.admin_token:
         return (
             f"the web server would be reachable beyond loopback ({', '.join(exposed)}) without an admin token, "

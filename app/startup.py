@@ -194,7 +194,9 @@ class OrderstreamWorker(faust.Worker):
         """Check that this worker may and can start, then run it."""
         settings = _settings()
         problem = (
-            startup_problem(settings) or datadir_problem(Path(self.app.conf.datadir)) or broker_problem(settings.broker)
+            startup_problem(settings, bound=str(self.app.conf.web_bind))
+            or datadir_problem(Path(self.app.conf.datadir))
+            or broker_problem(settings.broker)
         )
         if problem:
             refuse(problem)

@@ -249,6 +249,15 @@ def test_a_data_directory_whose_engine_folder_is_unusable_is_one_sentence(tmp_pa
     assert f"cannot keep the partition databases in {engine}" in line and "--datadir" in line
 
 
-def test_beyond_loopback_without_admin_token_refuses(tmp_path: Path) -> None:
-    line = refused(["-b", "0.0.0.0"], worker_env("kafka://127.0.0.1:1"), tmp_path)
+@pytest.mark.parametrize(
+    ("flags", "env"),
+    [
+        (["-b", "0.0.0.0"], {}),
+        (["-b0.0.0.0"], {}),  # click's attached short form, which faust applies (probe 17)
+        ([], {"WEB_BIND": "0.0.0.0"}),  # faust's own variable, which overrides the settings' bind
+    ],
+    ids=["flag", "attached-flag", "faust-env"],
+)
+def test_beyond_loopback_without_admin_token_refuses(flags: list[str], env: dict[str, str], tmp_path: Path) -> None:
+    line = refused(flags, {**worker_env("kafka://127.0.0.1:1"), **env}, tmp_path)
     assert "without an admin token" in line and "ORDERSTREAM_ADMIN_TOKEN" in line

@@ -99,6 +99,9 @@ def test_each_layer_only_overrides_what_it_sets(ini: Callable[[str], Path]) -> N
         ([*WORKER, "-h", "worker1"], "web_host", "worker1"),
         ([*WORKER, "-b", "0.0.0.0"], "web_bind", "0.0.0.0"),
         ([*WORKER, "--web-bind", "0.0.0.0"], "web_bind", "0.0.0.0"),
+        ([*WORKER, "-b0.0.0.0"], "web_bind", "0.0.0.0"),  # click's attached short form (probe 17)
+        ([*WORKER, "-p7001"], "web_port", 7001),
+        (["-D/tmp/w1", *WORKER], "datadir", "/tmp/w1"),
         ([*WORKER, "-p", "7001"], "web_port", 7001),
         ([*WORKER, "-l", "debug"], "log_level", "debug"),
         ([*WORKER, "--loglevel=warn"], "log_level", "warn"),
@@ -276,6 +279,13 @@ def test_a_worker_beyond_loopback_needs_an_admin_token(changes: dict[str, str]) 
 
 def test_a_loopback_worker_needs_no_token() -> None:
     assert startup_problem(Settings()) is None
+
+
+def test_the_interface_faust_resolved_counts_too() -> None:
+    # faust's own WEB_BIND variable overrides the settings' bind: what it will listen on decides.
+    problem = startup_problem(Settings(), bound="0.0.0.0")
+    assert problem is not None and "0.0.0.0" in problem
+    assert startup_problem(Settings(), bound="127.0.0.1") is None
 
 
 def test_internal_token_is_derived_unless_set() -> None:
