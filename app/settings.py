@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import configparser
 import dataclasses
-import hashlib
 import ipaddress
 import math
 import os
@@ -109,7 +108,7 @@ class Settings:
         repr=False,
         metadata=_doc(
             "Shared secret of worker-to-worker calls; every worker of a cluster needs the same. "
-            "Empty = derived from `app_id` and `admin_token` (see `internal_token()`)."
+            "Empty = derived from `admin_token`, `app_id` and the Kafka cluster's id."
         ),
     )
     notifier: str = field(default="log", metadata=_doc("`log` (record and log) or `smtp` (deliver to `smtp_url`)."))
@@ -375,13 +374,6 @@ def validate(s: Settings) -> list[str]:
 
 
 # --- derived values and start-up rules -------------------------------------------------
-
-
-def internal_token(s: Settings) -> str:
-    """Return the worker-to-worker secret: ``internal_token``, else derived from app id and admin token."""
-    if s.internal_token:
-        return s.internal_token
-    return hashlib.sha256(f"orderstream-internal\0{s.app_id}\0{s.admin_token}".encode()).hexdigest()
 
 
 def bind_host(s: Settings) -> str:

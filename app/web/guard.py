@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -72,7 +71,7 @@ def require_admin(request: web.Request) -> None:
 
 
 def internal_token() -> str:
-    """The token workers of one app show each other: ``ORDERSTREAM_INTERNAL_TOKEN``, else derived.
+    """The token workers of one app show each other: the ``internal_token`` setting, else derived.
 
     Derived from the admin token, the app id and the Kafka cluster's id, so workers
     configured alike agree without a new setting. With no admin token it keeps out every
@@ -80,9 +79,8 @@ def internal_token() -> str:
     ``/metrics``; the cluster id nowhere in the API); set either token wherever clients
     can reach the workers.
     """
-    given = os.environ.get("ORDERSTREAM_INTERNAL_TOKEN")
-    if given:
-        return given
+    if settings.internal_token:  # faust.ini < ORDERSTREAM_INTERNAL_TOKEN < --orderstream-internal-token
+        return settings.internal_token
     key = (settings.admin_token or "").encode()
     scope = f"orderstream-internal/{settings.app_id}/{engine.cluster_id}"
     return hmac.new(key, scope.encode(), hashlib.sha256).hexdigest()

@@ -12,7 +12,6 @@ from app.settings import (
     INI_PATH,
     Settings,
     SettingsError,
-    internal_token,
     is_loopback,
     load,
     markdown_table,
@@ -108,6 +107,7 @@ def test_each_layer_only_overrides_what_it_sets(ini: Callable[[str], Path]) -> N
         ([*WORKER, "--orderstream-processing-guarantee=at_least_once"], "processing_guarantee", "at_least_once"),
         ([*WORKER, "--orderstream-payment-timeout", "5"], "payment_timeout", 5.0),
         ([*WORKER, "--orderstream-admin-token=s3cret"], "admin_token", "s3cret"),
+        ([*WORKER, "--orderstream-internal-token", "shared"], "internal_token", "shared"),
     ],
 )
 def test_faust_cli_flags_and_orderstream_flags_are_read(tmp_path: Path, argv: list[str], name: str, value: str) -> None:
@@ -286,15 +286,6 @@ def test_the_interface_faust_resolved_counts_too() -> None:
     problem = startup_problem(Settings(), bound="0.0.0.0")
     assert problem is not None and "0.0.0.0" in problem
     assert startup_problem(Settings(), bound="127.0.0.1") is None
-
-
-def test_internal_token_is_derived_unless_set() -> None:
-    a, b = Settings(admin_token="x"), Settings(admin_token="y")
-
-    assert internal_token(a) != internal_token(b)
-    assert internal_token(a) == internal_token(Settings(admin_token="x"))
-    assert len(internal_token(a)) == 64
-    assert internal_token(Settings(internal_token="shared")) == "shared"
 
 
 def test_redacted_hides_every_secret() -> None:
