@@ -243,6 +243,9 @@ class Engine:
         self.cluster_id = ""
         self.rebalancing = True
         self.assigned = False
+        #: The consumer group generation of the last assignment: a gap means this worker missed a
+        #: rebalance (frozen past its session), and what it held may have been owned elsewhere meanwhile.
+        self.generation: int | None = None
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -1257,8 +1260,21 @@ class Engine:
         """After the group rebalanced: close lost tasks, open and recover new ones."""
         async with self._lock:
             numbers = {tp.partition for tp in assigned}
+            generation = self._group_generation()
+            missed = generation is not None and self.generation is not None and generation != self.generation + 1
+            self.generation = generation
+            if missed and self.tasks:
+                # Frozen past the session, this worker was left out of a rebalance: another worker
+                # may have owned these partitions meanwhile (its producers fenced ours, its commits
+                # moved the offsets and changelogs past this task's). Nothing held is kept.
+                log.warning(
+                    "rejoined the group after missing a rebalance (generation %s): partitions %s are "
+                    "restored from their changelogs and read from their committed offsets",
+                    generation,
+                    sorted(self.tasks),
+                )
             for p, task in list(self.tasks.items()):
-                if p not in numbers or not task.ready:
+                if p not in numbers or not task.ready or missed:
                     await self._close_task(task)
             new = [p for p in sorted(numbers) if p not in self.tasks]
             opened = await asyncio.gather(*(self._open_task(p) for p in new))
@@ -1275,6 +1291,12 @@ class Engine:
             self.rebalancing = False
             log.info("serving partitions %s", sorted(numbers))
         self._wakeup.set()
+
+    def _group_generation(self) -> int | None:
+        """The consumer group generation this assignment belongs to (aiokafka's coordinator holds it)."""
+        coordinator = getattr(self.consumer, "_coordinator", None)
+        generation = getattr(coordinator, "generation", None)
+        return generation if isinstance(generation, int) and generation >= 0 else None
 
     async def _open_task(self, partition: int) -> Task:
         db = self.dbs.get(partition)

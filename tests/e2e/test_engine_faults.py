@@ -416,3 +416,58 @@ def test_a_worker_whose_disk_fills_gives_its_partitions_up_and_no_order_is_stuck
     finally:
         cluster.stop()
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_a_worker_paused_while_idle_gets_its_partitions_back_serves_them_and_repeats_nothing(
+    broker_url: str, tmp_path: Path, guarantee: str
+) -> None:
+    """Frozen with nothing in flight until its partitions moved, then resumed, the worker got the
+    same partitions back and kept their tasks as they were before the pause: their producers were
+    fenced by the other worker's takeover (exactly-once: the partitions stayed unready for good,
+    their orders 503) and their positions were stale (at-least-once: the confirmations the other
+    worker sent meanwhile went out again; probe 18)."""
+    import re
+    import signal
+
+    app_id = uid("idle")
+    env = {"ORDERSTREAM_PROCESSING_GUARANTEE": guarantee}
+    workers = [Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / f"w{i}", env=env) for i in range(2)]
+    cluster = Cluster([w.start() for w in workers]).wait_ready()
+    frozen = workers[1]
+    try:
+        product = uid("p")
+        cluster.set_stock(product, 1000)
+        before = [cluster.place(order_body([(product, 1, "1.00")], user_id=uid("u"))) for _ in range(16)]
+        assert {cluster.final(o)["status"] for o in before} == {"confirmed"}
+        assert frozen.proc is not None
+        frozen.proc.send_signal(signal.SIGSTOP)  # idle: no commit in flight
+        try:
+            eventually(
+                lambda: len(http("GET", workers[0].url + "/cluster", timeout=5).body.get("workers", [])) == 1,
+                60,
+                0.5,
+                what="the frozen worker's partitions moved",
+            )
+            during = [cluster.place(order_body([(product, 1, "1.00")], user_id=uid("u"))) for _ in range(16)]
+            assert {cluster.final(o)["status"] for o in during} == {"confirmed"}
+        finally:
+            frozen.proc.send_signal(signal.SIGCONT)
+        cluster.wait_ready(timeout=60)  # both ready again, agreeing on the membership
+        after = [cluster.place(order_body([(product, 1, "1.00")], user_id=uid("u")), i=n % 2) for n in range(16)]
+        assert {cluster.final(o, i=n % 2)["status"] for n, o in enumerate(after)} == {"confirmed"}
+        assert cluster.get(f"/inventory/{product}").body["sold"] == 48
+        logs = "\n".join(w.log_text() for w in workers)
+        sent: dict[str, list[str]] = {}
+        for notification, order_id in re.findall(r"orderstream\.notifier: notification (\S+) .*? order=(\S+)", logs):
+            sent.setdefault(order_id, []).append(notification)
+        assert set(sent) == {*before, *during, *after}
+        assert all(len(set(ids)) == 1 for ids in sent.values())  # one confirmation (one id) per order
+        # A confirmation whose commit the pause caught in flight is sent again under its id, the
+        # message's idempotency key (SPEC); nothing handled while the worker was frozen or after it
+        # rejoined is sent twice.
+        twice = {o: ids for o, ids in sent.items() if len(ids) > 1 and o not in before}
+        assert not twice, twice
+    finally:
+        for w in workers:
+            w.stop()
