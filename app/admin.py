@@ -1,8 +1,10 @@
-"""Create every topic the app uses before the consumer subscribes.
+"""Create every topic the app uses before the consumer subscribes; check the ones that exist.
 
 Faust declares internal topics only after the first assignment, so a fresh
 cluster's first worker would join with "missing" topics, own no partitions and
-wait minutes for a metadata refresh. Creating them up front avoids that.
+wait minutes for a metadata refresh. Creating them up front avoids that. A worker
+whose ``partitions`` setting differs from the topics its app already has would hash
+keys to partitions the others do not: it refuses to start instead.
 """
 
 from __future__ import annotations
@@ -58,3 +60,28 @@ async def ensure_topics(
         log.info("created topics: %s", ", ".join(missing))
     finally:
         await client.close()
+
+
+async def partitions_problem(broker_url: str, names: Iterable[str], partitions: int) -> str | None:
+    """One sentence when topics of ``names`` already exist with another partition count than ``partitions``."""
+    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(broker_url))
+    await client.start()
+    try:
+        existing = sorted(set(await client.list_topics()) & set(names))
+        described = await client.describe_topics(existing) if existing else []
+    finally:
+        await client.close()
+    wrong = {
+        t["topic"]: len(t["partitions"])
+        for t in described
+        if t.get("error_code") == 0 and len(t["partitions"]) != partitions
+    }
+    if not wrong:
+        return None
+    topic, count = min(wrong.items())
+    others = f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""
+    return (
+        f"the app's topics exist with another partition count ({topic}{others}: {count}) than this worker's "
+        f"partitions={partitions}, and a key would hash to another partition than the other workers use: "
+        f"set ORDERSTREAM_PARTITIONS={count} (every worker of an app the same), or use a new app id."
+    )

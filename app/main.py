@@ -37,6 +37,13 @@ codec.register()
 log = logging.getLogger("orderstream.main")
 
 
+def app_topics() -> tuple[list[str], set[str]]:
+    """Every Kafka topic of the app (inputs, their dead-letter topics, changelogs), and the changelogs."""
+    dead_letter_topics = {f"{name}.dlq" for name in engine.topics if not name.endswith(".dlq")}
+    changelogs = {store.changelog for store in engine.stores.values()}
+    return sorted(set(engine.topics) | dead_letter_topics | changelogs), changelogs
+
+
 class OrderstreamApp(faust.App):
     """The Faust app: starts the engine once the worker is up, stops it first on the way down."""
 
@@ -44,14 +51,9 @@ class OrderstreamApp(faust.App):
         """Create every topic and changelog up front (a fresh cluster's first worker would own nothing)."""
         from app.admin import ensure_topics
 
-        dead_letter_topics = {f"{name}.dlq" for name in engine.topics if not name.endswith(".dlq")}
-        changelogs = {store.changelog for store in engine.stores.values()}
+        names, changelogs = app_topics()
         await ensure_topics(
-            settings.broker,
-            sorted(set(engine.topics) | dead_letter_topics | changelogs),
-            settings.partitions,
-            settings.replication_factor,
-            compacted=changelogs,
+            settings.broker, names, settings.partitions, settings.replication_factor, compacted=changelogs
         )
         await super().on_first_start()
 

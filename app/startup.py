@@ -171,6 +171,24 @@ def store_dir_problem(path: Path) -> str | None:
     return None
 
 
+def topics_problem(settings: Settings) -> str | None:
+    """One sentence when the app's topics exist with another partition count than the settings'."""
+    import asyncio
+
+    from app.admin import partitions_problem
+    from app.main import app_topics
+
+    names, _ = app_topics()
+    loop = asyncio.new_event_loop()  # not the current loop: faust's worker sets up its own next
+    try:
+        return loop.run_until_complete(partitions_problem(settings.broker, names, settings.partitions))
+    except Exception as exc:  # noqa: BLE001 - the broker answered ApiVersions just now: the worker's own start says more
+        log.warning("could not check the topics' partition counts: %s", exc)
+        return None
+    finally:
+        loop.close()
+
+
 def refuse(sentence: str) -> NoReturn:
     """Stop the process with one sentence on stderr and exit status 1."""
     print(f"orderstream: {sentence}", file=sys.stderr, flush=True)
@@ -198,6 +216,7 @@ class OrderstreamWorker(faust.Worker):
             or datadir_problem(Path(self.app.conf.datadir))
             or broker_problem(settings.broker)
         )
+        problem = problem or topics_problem(settings)
         if problem:
             refuse(problem)
         from app.main import engine

@@ -261,3 +261,28 @@ def test_a_data_directory_whose_engine_folder_is_unusable_is_one_sentence(tmp_pa
 def test_beyond_loopback_without_admin_token_refuses(flags: list[str], env: dict[str, str], tmp_path: Path) -> None:
     line = refused(flags, {**worker_env("kafka://127.0.0.1:1"), **env}, tmp_path)
     assert "without an admin token" in line and "ORDERSTREAM_ADMIN_TOKEN" in line
+
+
+def test_a_worker_set_to_another_partition_count_than_its_app_s_topics_refuses(
+    broker_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """It joined, took partitions and hashed keys modulo its own count: stock commands dead-lettered
+    as on the wrong partition, forwarded reads bounced between workers (probe 18)."""
+    import asyncio
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    app_id = uid("pc")
+
+    async def create() -> None:
+        client = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await client.start()
+        try:
+            await client.create_topics([NewTopic(f"{app_id}.orders", num_partitions=8, replication_factor=1)])
+        finally:
+            await client.close()
+
+    asyncio.run(create())
+    env = {**worker_env(broker_url), "ORDERSTREAM_APP_ID": app_id, "ORDERSTREAM_PARTITIONS": "4"}
+    line = refused([], env, tmp_path)
+    assert f"{app_id}.orders" in line and "partitions=4" in line and "ORDERSTREAM_PARTITIONS=8" in line, line
