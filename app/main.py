@@ -65,6 +65,9 @@ class OrderstreamApp(faust.App):
     async def on_stop(self) -> None:
         """Commit and leave the group before Faust stops its services."""
         await engine.stop()
+        from app.web import routing
+
+        await routing.close()  # an open client session is reported on stderr when the process exits
         await super().on_stop()
 
 
