@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from app.engine.store import LAYOUT, PartitionDB, checkpoint, decode_record
+from app.engine.topic_ids import topic_ids
 
 if TYPE_CHECKING:
     from app.engine.runtime import Engine, Task
@@ -32,7 +33,16 @@ log = logging.getLogger("orderstream.recovery")
 STALL_TIMEOUT = 60.0
 
 
-def verdict(cp: dict[str, Any] | None, has_records: bool, *, cluster: str, topic: str, start: int, end: int) -> str:
+def verdict(
+    cp: dict[str, Any] | None,
+    has_records: bool,
+    *,
+    cluster: str,
+    topic: str,
+    start: int,
+    end: int,
+    topic_id: str | None = None,
+) -> str:
     """Why a store partition's local state cannot be trusted, or ``""`` when it can."""
     if cp is None:
         return "it has records but no checkpoint" if has_records else ""
@@ -42,6 +52,10 @@ def verdict(cp: dict[str, Any] | None, has_records: bool, *, cluster: str, topic
         return f"it was written in local layout {cp.get('layout', 1)}, this worker keeps layout {LAYOUT}"
     if cp.get("topic") != topic:
         return f"it was written from changelog {cp.get('topic')!r}"
+    if topic_id and cp.get("topic_id") and cp["topic_id"] != topic_id:
+        # Deleted and created again under its name: offsets start at 0 again, and once the new
+        # copy grows past the checkpoint no offset check can tell the copies apart.
+        return f"its changelog was created again (topic id {topic_id}; it was written against {cp['topic_id']})"
     offset = int(cp.get("offset", -1))
     if offset > end:
         return f"it is ahead of its changelog (checkpoint {offset}, changelog ends at {end})"
@@ -76,11 +90,19 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
     consumer.assign(tps)
     starts = await consumer.beginning_offsets(tps)
     ends = await consumer.end_offsets(tps)
+    ids = await topic_ids(consumer._client, sorted({tp.topic for tp in tps}))
+    engine.topic_ids.update(ids)  # the commits' checkpoints name them from now on
     todo: dict[TopicPartition, int] = {}
     for tp, (db, store) in by_tp.items():
         cp = db.checkpoint(store)
         reason = verdict(
-            cp, db.has_records(store), cluster=engine.cluster_id, topic=tp.topic, start=starts[tp], end=ends[tp]
+            cp,
+            db.has_records(store),
+            cluster=engine.cluster_id,
+            topic=tp.topic,
+            start=starts[tp],
+            end=ends[tp],
+            topic_id=ids.get(tp.topic),
         )
         if reason:
             log.warning(
@@ -94,7 +116,7 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
             consumer.seek(tp, position)
         elif cp is None and ends[tp] > 0:
             # Nothing to read, but record that this (empty) state matches the changelog.
-            db.apply({}, {store: checkpoint(ends[tp], engine.cluster_id, tp.topic)})
+            db.apply({}, {store: checkpoint(ends[tp], engine.cluster_id, tp.topic, ids.get(tp.topic))})
     if not todo:
         return
     consumer.pause(*[tp for tp in tps if tp not in todo])
@@ -109,14 +131,14 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
             for r in records:
                 writes[r.key.decode()] = (None if r.value is None else decode_record(r.value), r.value)
             position = await consumer.position(tp)
-            db.apply({store: writes}, {store: checkpoint(position, engine.cluster_id, tp.topic)})
+            db.apply({store: writes}, {store: checkpoint(position, engine.cluster_id, tp.topic, ids.get(tp.topic))})
             total += len(records)
             last_progress = time.monotonic()
         for tp in list(todo):
             position = await consumer.position(tp)
             if position >= ends[tp]:
                 db, store = by_tp[tp]
-                db.apply({}, {store: checkpoint(position, engine.cluster_id, tp.topic)})
+                db.apply({}, {store: checkpoint(position, engine.cluster_id, tp.topic, ids.get(tp.topic))})
                 del todo[tp]
                 consumer.pause(tp)
         if todo and time.monotonic() - last_progress > STALL_TIMEOUT:

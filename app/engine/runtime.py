@@ -241,6 +241,8 @@ class Engine:
         #: ``{event id: error}``, the last :data:`REFUSALS_KEPT`.
         self.refusals: dict[str, BaseException] = {}
         self.cluster_id = ""
+        #: Each changelog's Kafka topic id (:mod:`app.engine.topic_ids`), learnt at recovery.
+        self.topic_ids: dict[str, str] = {}
         self.rebalancing = True
         self.assigned = False
         #: The consumer group generation of the last assignment: a gap means this worker missed a
@@ -1027,7 +1029,12 @@ class Engine:
                 )
             task.in_txn = False
             checkpoints = {
-                store: checkpoint(offset + 1, self.cluster_id, self.stores[store].changelog)
+                store: checkpoint(
+                    offset + 1,
+                    self.cluster_id,
+                    self.stores[store].changelog,
+                    self.topic_ids.get(self.stores[store].changelog),
+                )
                 for store, offset in last.items()
             }
             step.db.apply(writes, checkpoints)

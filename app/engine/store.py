@@ -96,9 +96,16 @@ def decode_record(raw: bytes) -> Any:
 LAYOUT = 2
 
 
-def checkpoint(offset: int, cluster: str, topic: str) -> dict[str, Any]:
-    """What a store partition records with each commit it applies (see :func:`app.engine.recovery.verdict`)."""
-    return {"offset": offset, "cluster": cluster, "topic": topic, "layout": LAYOUT}
+def checkpoint(offset: int, cluster: str, topic: str, topic_id: str | None = None) -> dict[str, Any]:
+    """What a store partition records with each commit it applies (see :func:`app.engine.recovery.verdict`).
+
+    ``topic_id``: the changelog's Kafka topic id, when the broker has them (which copy of a
+    topic deleted and created again under its name the state came from).
+    """
+    cp = {"offset": offset, "cluster": cluster, "topic": topic, "layout": LAYOUT}
+    if topic_id:
+        cp["topic_id"] = topic_id
+    return cp
 
 
 class IndexReader(Protocol):

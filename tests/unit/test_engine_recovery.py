@@ -8,8 +8,10 @@ from app.engine.store import LAYOUT
 CP = {"cluster": "c1", "topic": "app-s-changelog", "offset": 50, "layout": LAYOUT}
 
 
-def judge(cp: dict[str, object] | None, *, has_records: bool = True, start: int = 0, end: int = 80) -> str:
-    return verdict(cp, has_records, cluster="c1", topic="app-s-changelog", start=start, end=end)
+def judge(
+    cp: dict[str, object] | None, *, has_records: bool = True, start: int = 0, end: int = 80, topic_id: str = ""
+) -> str:
+    return verdict(cp, has_records, cluster="c1", topic="app-s-changelog", start=start, end=end, topic_id=topic_id)
 
 
 def test_a_checkpoint_within_the_changelog_is_kept() -> None:
@@ -42,3 +44,11 @@ def test_another_local_layout_is_discarded() -> None:
     # A database from before the order state moved into the index (no layout: 1) is rebuilt.
     old = {k: v for k, v in CP.items() if k != "layout"}
     assert "layout 1" in judge(old)
+
+
+def test_a_changelog_created_again_under_its_name_is_discarded() -> None:
+    # Offsets start at 0 again: past the checkpoint, only the topic id tells the copies apart.
+    assert "created again" in judge({**CP, "topic_id": "id-1"}, topic_id="id-2")
+    assert judge({**CP, "topic_id": "id-1"}, topic_id="id-1") == ""
+    assert judge(CP, topic_id="id-2") == ""  # written before topic ids were kept: the other checks decide
+    assert judge({**CP, "topic_id": "id-1"}) == ""  # a broker without topic ids
