@@ -1,8 +1,11 @@
 """Tracing: OpenTelemetry spans per stage, linked by a W3C ``traceparent`` in Kafka headers.
 
-Off by default (``trace_exporter=none``): then ``stage_span`` returns one shared no-op
-context manager and ``inject``/``extract`` return at once (a few hundred nanoseconds, see
-``tests/unit/test_tracing.py``). With an exporter, each stage's handling of an event is a
+The exporter is off by default (``trace_exporter=none``): no span is recorded, but the
+``traceparent`` still rides the Kafka headers from the HTTP edge through every stage
+(SPEC), unchanged from hop to hop, as the OpenTelemetry API without an SDK propagates a
+context it does not record: ``stage_span`` notes the incoming one (a new trace at the edge,
+or for an input that carries none) and ``inject`` copies it onto each output, about a
+microsecond per event (``tests/unit/test_tracing.py``). With an exporter, each stage's handling of an event is a
 span named ``<stage> <event type>``, the child of the span that produced the event, so one
 order is one trace from the HTTP edge through every stage::
 
@@ -18,7 +21,10 @@ The edge does the same with ``stage_span("http", env, request_headers_as_pairs)`
 from __future__ import annotations
 
 import contextlib
+import random
+import re
 from collections.abc import Iterable, Iterator, Mapping
+from contextvars import ContextVar, Token
 from typing import Any
 
 from opentelemetry import trace
@@ -32,7 +38,6 @@ from app.settings import Settings
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 _PROPAGATOR = TraceContextTextMapPropagator()
-_NOOP: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
 _EMPTY = Context()
 
 #: The tracer while tracing is on, else None (the fast path tests only this).
@@ -40,6 +45,58 @@ _tracer: trace.Tracer | None = None
 _provider: TracerProvider | None = None
 
 Headers = list[tuple[str, bytes]]
+
+#: Exporter off: the ``traceparent`` of the input being handled (what its outputs carry on).
+_passing: ContextVar[bytes | None] = ContextVar("orderstream_traceparent", default=None)
+#: A W3C traceparent as this version writes it: version 00, trace id, parent id, flags.
+_TRACEPARENT = re.compile(rb"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACEPARENT_BYTES = 55
+
+
+class _Passthrough:
+    """Exporter off: no span, the input's ``traceparent`` is what ``inject`` copies while handling it."""
+
+    __slots__ = ("token", "value")
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+        self.token: Token[bytes | None] | None = None
+
+    def __enter__(self) -> None:
+        self.token = _passing.set(self.value)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.token is not None:
+            _passing.reset(self.token)
+
+
+def _carried(headers: Any) -> bytes | None:
+    """The valid ``traceparent`` among ``headers`` (Kafka pairs or a mapping), else None.
+
+    Checked before it is passed on: a producer's header could be anything (a megabyte of it
+    would be copied onto every output).
+    """
+    if not headers:
+        return None
+    if type(headers) is list:  # a Kafka record's: the engine's every event
+        for key, value in headers:
+            if key == "traceparent":
+                ok = type(value) is bytes and len(value) == _TRACEPARENT_BYTES and _TRACEPARENT.fullmatch(value)
+                return value if ok else None  # a header's value may be null, or anything
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    for key, value in pairs:
+        name = key.decode("latin-1") if isinstance(key, bytes) else key
+        if isinstance(name, str) and name.lower() == "traceparent":
+            raw = value.encode("latin-1", "replace") if isinstance(value, str) else value
+            if isinstance(raw, bytes) and len(raw) == _TRACEPARENT_BYTES and _TRACEPARENT.fullmatch(raw):
+                return raw
+            return None
+    return None
+
+
+def new_traceparent() -> bytes:
+    """A new trace's ``traceparent`` (flags 00: nothing of it is recorded)."""
+    return b"00-%032x-%016x-00" % (random.getrandbits(128) or 1, random.getrandbits(64) or 1)
 
 
 class TracingError(RuntimeError):
@@ -94,6 +151,11 @@ def shutdown() -> None:
 def inject(headers: Headers) -> None:
     """Add the current span's ``traceparent`` (and ``tracestate``) to Kafka ``headers``, in place."""
     if _tracer is None:
+        passing = _passing.get()
+        if passing is not None:
+            if headers:
+                headers[:] = [(k, v) for k, v in headers if k not in TRACE_HEADERS]
+            headers.append(("traceparent", passing))
         return
     carrier: dict[str, str] = {}
     _PROPAGATOR.inject(carrier)
@@ -124,9 +186,13 @@ def stage_span(
     partition: int | None = None,
     offset: int | None = None,
 ) -> contextlib.AbstractContextManager[Any]:
-    """Return a context manager: the span ``<stage> <event type>``, child of the headers' traceparent."""
+    """Return a context manager: the span ``<stage> <event type>``, child of the headers' traceparent.
+
+    Exporter off: no span; the headers' ``traceparent`` (a new one when they carry none)
+    is what :func:`inject` passes on inside it.
+    """
     if _tracer is None:
-        return _NOOP
+        return _Passthrough(_carried(headers) or new_traceparent())
     return _stage_span(_tracer, stage, env, headers, partition, offset)
 
 

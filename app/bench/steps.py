@@ -57,10 +57,12 @@ async def run(orders: int, batch: int, *, mixed: bool = False) -> dict[str, Any]
     card, declined = gateway.tokenize("4242424242424242"), gateway.tokenize("4000000000000002")
     offsets = 0
 
-    def record(topic: str, key: bytes | None, value: bytes | None) -> Any:
+    def record(
+        topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None = None
+    ) -> Any:
         nonlocal offsets
         offsets += 1
-        return _Record(topic, 0, offsets, key, value, [])
+        return _Record(topic, 0, offsets, key, value, headers or [])
 
     products = [f"sku-{n:04d}" for n in range(100)] if mixed else ["p"]
     for n, product in enumerate(products):
@@ -101,7 +103,7 @@ async def run(orders: int, batch: int, *, mixed: bool = False) -> dict[str, Any]
             await engine._handle(task, engine.topics.get(r.topic, r.topic), r)
             handled += 1
             for out in task.step.outputs:
-                queue.append(record(out.topic, out.key, out.value))
+                queue.append(record(out.topic, out.key, out.value, out.headers))
             task.step.outputs = []
             if handled % batch == 0:
                 writes, _ = task.step.freeze()
@@ -111,7 +113,7 @@ async def run(orders: int, batch: int, *, mixed: bool = False) -> dict[str, Any]
             logical, env, _, _, headers = task.local.popleft()
             await engine._handle_local(task, logical, env, headers)
             for out in task.step.outputs:
-                queue.append(record(out.topic, out.key, out.value))
+                queue.append(record(out.topic, out.key, out.value, out.headers))
             task.step.outputs = []
     writes, _ = task.step.freeze()
     db.apply(writes, {})

@@ -55,3 +55,49 @@ def test_an_order_is_one_trace_across_every_stage(make_cluster: Any) -> None:
     assert all(s["parent_id"] in ids for s in spans if s.get("parent_id") is not None)
     types = {s["attributes"]["orderstream.event_type"] for s in spans}
     assert {"order.placed", "inventory.reserve", "payment.charge", "payment.processed", "order.confirmed"} <= types
+
+
+def test_with_the_exporter_off_every_message_of_an_order_carries_its_trace(
+    make_cluster: Any, kafka_bootstrap: str
+) -> None:
+    """SPEC: a W3C traceparent in Kafka headers from the HTTP edge through every stage, the exporter
+    off by default — while it was off, no message carried one (probe 19)."""
+    import asyncio
+
+    import orjson
+    from aiokafka import AIOKafkaConsumer
+
+    cluster = make_cluster(1)
+    app_id = cluster.workers[0].app_id
+    product = uid("p")
+    cluster.set_stock(product, 5)
+    order_id = cluster.place(order_body([(product, 1, "4.00")]))
+    assert cluster.final(order_id)["status"] == "confirmed"
+    topics = [f"{app_id}.{name}" for name in ("orders", "inventory", "payments", "notifications", "analytics")]
+
+    async def messages() -> list[tuple[str, dict[str, Any], dict[str, bytes]]]:
+        consumer = AIOKafkaConsumer(*topics, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            out = []
+            for _ in range(20):
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    for r in records:
+                        env = orjson.loads(r.value)
+                        if env.get("correlation_id") == order_id:
+                            out.append((r.topic, env, dict(r.headers)))
+            return out
+        finally:
+            await consumer.stop()
+
+    def all_of_them() -> list[tuple[str, dict[str, Any], dict[str, bytes]]] | None:
+        found = asyncio.run(messages())
+        types = {env["type"] for _, env, _ in found}
+        return found if {"order.confirmed", "notification.sent", "analytics.order_recorded"} <= types else None
+
+    found = eventually(all_of_them, 60, 1, what="the order's messages on every topic")
+    assert {topic for topic, _, _ in found} >= {topics[0], topics[1], topics[2]}
+    missing = [env["type"] for _, env, headers in found if "traceparent" not in headers]
+    assert not missing, missing
+    traces = {headers["traceparent"][3:35] for _, _, headers in found}
+    assert len(traces) == 1, traces
