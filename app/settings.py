@@ -140,8 +140,9 @@ class Settings:
     trace_exporter: str = field(
         default="none",
         metadata=_doc(
-            "OpenTelemetry span exporter: `none` (tracing off, the default), `console` (spans as JSON on "
-            "stderr) or `otlp` (OTLP/HTTP to `otlp_endpoint`; needs the `otlp` extra)."
+            "OpenTelemetry span exporter: `none` (the default: no span recorded, the W3C traceparent "
+            "still carried in the Kafka headers from the edge through every stage), `console` (spans as "
+            "JSON on stderr) or `otlp` (OTLP/HTTP to `otlp_endpoint`; needs the `otlp` extra)."
         ),
     )
     otlp_endpoint: str = field(
