@@ -317,6 +317,13 @@ def payment_answered(
             return Decision(
                 order, [Emit(PAYMENTS, order["order_id"], "payment.refund", "payment", p["payment_id"], refund)]
             )
+        pay = state["payment"]
+        if env["type"] == "payment.failed" and pay["status"] in ("charging", "cancelled") and "answer" not in pay:
+            # Failed after the order ended or began ending (the gateway timed out past the
+            # payment timeout): nothing to undo, but the event is the order's: kept in its history, once.
+            order = _copy(state)
+            order["payment"]["answer"] = str(p.get("reason") or "payment_failed")
+            return Decision(order)
         return Decision(None)
     order = _copy(state)
     order["deadline"] = None

@@ -176,7 +176,23 @@ def test_the_causes_of_http_commands_resolve_in_the_history_too(cluster2: Cluste
     cancelled = cluster2.place(order_body([(product, 1, "1.00")], card=HANGING_CARD))
     eventually(lambda: cluster2.get(f"/orders/{cancelled}").body["status"] == "reserved", 20, what="reserved")
     assert cluster2.post(f"/orders/{cancelled}/cancel", i=1).status == 202
-    for order_id, command_types in ((shipped, {"order.ship", "order.deliver"}), (cancelled, {"order.cancel"})):
+    # The gateway's failure comes 2 s later, after the order ended: it is the order's event too
+    # (it was dropped from the history; probe 19), and the order reads as it did.
+    eventually(
+        lambda: "payment.failed" in {e["type"] for e in events_of(cluster2, cancelled)},
+        30,
+        what="the gateway's late failure in the history",
+    )
+    view = cluster2.get(f"/orders/{cancelled}").body
+    assert (view["status"], view["reason"], view["payment"]["status"]) == (
+        "cancelled",
+        "customer_cancelled",
+        "cancelled",
+    )
+    for order_id, command_types in (
+        (shipped, {"order.ship", "order.deliver"}),
+        (cancelled, {"order.cancel", "payment.failed"}),
+    ):
         for i in (0, 1):
             events = events_of(cluster2, order_id, i)
             assert command_types <= {e["type"] for e in events}, [e["type"] for e in events]
