@@ -248,9 +248,14 @@ class Engine:
         #: The consumer group generation of the last assignment: a gap means this worker missed a
         #: rebalance (frozen past its session), and what it held may have been owned elsewhere meanwhile.
         self.generation: int | None = None
+        #: The loop stood still past what the group's session allows (:meth:`_check_frozen`).
+        self.frozen = False
+        self._hold_until = 0.0
+        self._last_tick = time.monotonic()  # the ticker's (:meth:`_tick`): a gap is a frozen process
         self.producer: AIOKafkaProducer | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
         self._lock = asyncio.Lock()
         self._stopping = False
@@ -337,6 +342,7 @@ class Engine:
         await self.consumer.start()
         self.consumer.subscribe(sorted(self.topics), listener=_Listener(self))
         self._loop_task = asyncio.create_task(self._run(), name="orderstream-engine")
+        self._ticker = asyncio.create_task(self._tick(), name="orderstream-engine-ticker")
         for store, fn in self._replicas:
             self._replica_tasks.append(asyncio.create_task(self._tail(self.stores[store].changelog, fn)))
 
@@ -366,6 +372,8 @@ class Engine:
         self._wakeup.set()
         for job in self._replica_tasks:
             job.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -548,6 +556,7 @@ class Engine:
             if wake.done():
                 wake = None
                 self._wakeup.clear()
+            self._check_frozen()  # before anything fetched is handled, whichever task wakes first
             try:
                 cycle_started = time.monotonic()
                 async with self._lock:
@@ -561,6 +570,36 @@ class Engine:
             except Exception:
                 log.exception("engine step failed")
                 await asyncio.sleep(0.1)
+
+    async def _tick(self) -> None:
+        """Note the time twice a second: a gap means the whole process stood still."""
+        while not self._stopping:
+            self._check_frozen()
+            await asyncio.sleep(0.5)
+
+    def _check_frozen(self) -> None:
+        """Hold every step a moment when the loop stood still long enough for the group to expire
+        this member (the process frozen: SIGSTOP, a suspended VM, a stalled host).
+
+        Its partitions may belong to another worker already, and what it fetched before the
+        freeze would be handled at once: under at-least-once a confirmation sent again after the
+        new owner sent it. The overdue heartbeat finds out within milliseconds: an expired member
+        rejoins (the revocation takes nothing of the held work, the assignment restores what it
+        gets), and one that was not expired goes on after the hold, nothing lost.
+        """
+        now = time.monotonic()
+        seconds, self._last_tick = now - self._last_tick, now
+        heartbeat_ms = max(500, self.session_timeout_ms // 5)
+        if not self.assigned or seconds * 1000 < self.session_timeout_ms - heartbeat_ms:
+            return
+        log.warning(
+            "the event loop stood still for %.1f s (session %.0f s): holding every partition until the group "
+            "says whether this worker still has them",
+            seconds,
+            self.session_timeout_ms / 1000,
+        )
+        self.frozen = True
+        self._hold_until = time.monotonic() + 3 * heartbeat_ms / 1000
 
     async def _abandon_step(self, task: Task) -> None:
         """Drop a failed step's work and read its inputs again (a commit in flight ends first).
@@ -598,7 +637,9 @@ class Engine:
         now = time.monotonic()
         # Between a revocation and the assignment that follows, no task steps or commits: a task
         # may be about to close, and a commit it started could race the close's abort.
-        working = not self.rebalancing
+        if self.frozen and now >= self._hold_until and not self.rebalancing:
+            self.frozen = False  # the member outlived the freeze: go on
+        working = not self.rebalancing and not self.frozen
         for task in list(self.tasks.values()):
             if working and task.ready and (task.backlog or task.local) and task.retry_at <= now:
                 try:
@@ -1261,6 +1302,12 @@ class Engine:
         """Before the group rebalances: commit what is handled, stop the effects of every task."""
         async with self._lock:
             self.rebalancing = True
+            self._check_frozen()
+            if self.frozen:
+                # Expired while frozen: the partitions are another worker's by now, and so is the
+                # work held since (handled and committed here, it would be done twice).
+                log.info("revoked after a freeze: nothing held is handled or committed here")
+                return
             await self._commit_all()
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -1296,6 +1343,7 @@ class Engine:
                     task.fetched[tp] = task.position[tp]
             self.assigned = True
             self.rebalancing = False
+            self.frozen = False
             log.info("serving partitions %s", sorted(numbers))
         self._wakeup.set()
 

@@ -89,3 +89,41 @@ def test_closing_waits_for_the_commit_in_flight_and_a_revoked_task_is_not_reset(
     assert log[1:] == ["abort", "stop"]
     assert started == []  # the revoked task was not reset: no new producer for its partition
     assert 2 not in engine.tasks
+
+
+def test_after_a_freeze_past_the_session_nothing_is_stepped_until_the_group_answers(tmp_path: Path) -> None:
+    """Frozen (SIGSTOP) long enough for the group to expire it, a worker handled what it had fetched
+    before the freeze at once: under at-least-once confirmations the new owner had sent went out
+    again (CI). It now holds every partition until the overdue heartbeat tells: revoked, it hands
+    nothing on; not expired, it goes on after the hold."""
+    import time
+
+    engine = _engine(tmp_path)
+    log: list[str] = []
+    task = _task(tmp_path, log)
+    engine.tasks[2] = task
+    engine.assigned, engine.rebalancing = True, False
+    stepped: list[int] = []
+
+    async def step(task: Task) -> None:
+        stepped.append(task.partition)
+        task.backlog.clear()
+
+    async def commit_all() -> None:
+        log.append("commit_all")
+
+    engine._step = step  # type: ignore[method-assign]
+    engine._commit_all = commit_all  # type: ignore[method-assign]
+    engine._last_tick = time.monotonic() - engine.session_timeout_ms / 1000  # the process stood still
+    engine._check_frozen()
+    assert engine.frozen
+    task.backlog.append(("tp", ["fetched before the freeze"]))  # type: ignore[arg-type]
+    asyncio.run(engine._cycle({}))
+    assert stepped == []  # held
+    asyncio.run(engine.on_revoked())  # expired: the rejoin revokes
+    assert "commit_all" not in log and stepped == []
+
+    engine.rebalancing, engine.frozen = False, True  # not expired after all: the hold ends
+    engine._hold_until = time.monotonic() - 1
+    asyncio.run(engine._cycle({}))
+    assert not engine.frozen and stepped == [2]
