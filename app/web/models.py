@@ -120,7 +120,8 @@ def _stripped(value: Any) -> Any:
     return value.strip() if isinstance(value, str) else value
 
 
-Email = Annotated[str, AfterValidator(_visible), Field(pattern=EMAIL_PATTERN, max_length=254)]
+# The pattern before the validator: after it, pydantic leaves it out of the JSON schema (the OpenAPI document).
+Email = Annotated[str, Field(pattern=EMAIL_PATTERN, max_length=254), AfterValidator(_visible)]
 Name = Annotated[str, BeforeValidator(_stripped), AfterValidator(_visible), Field(min_length=1, max_length=200)]
 Money = Annotated[
     str,
@@ -275,6 +276,17 @@ class CreateUserAtOwner(Model):
 
 class UpdateUser(Model):
     """``PATCH /users/{id}``: email and/or name."""
+
+    # The document says what ``_something`` checks: at least one of them, not null.
+    model_config = ConfigDict(
+        **Model.model_config,
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["email"], "properties": {"email": {"type": "string"}}},
+                {"required": ["name"], "properties": {"name": {"type": "string"}}},
+            ]
+        },
+    )
 
     email: Email | None = None
     name: Name | None = None
