@@ -94,6 +94,26 @@ def _carried(headers: Any) -> bytes | None:
     return None
 
 
+#: The ``traceparent`` a client sent with the HTTP request being answered (valid, else None).
+_request: ContextVar[bytes | None] = ContextVar("orderstream_request_traceparent", default=None)
+
+
+@contextlib.contextmanager
+def request_parent(value: str | None) -> Iterator[None]:
+    """While answering a request: its ``traceparent`` header, which the edge's span continues."""
+    token = _request.set(_carried([("traceparent", value.encode("latin-1", "replace"))]) if value else None)
+    try:
+        yield
+    finally:
+        _request.reset(token)  # one connection answers its requests one after another in one task
+
+
+def request_headers() -> Headers:
+    """The current request's ``traceparent`` as Kafka-style headers (none when it sent none)."""
+    value = _request.get()
+    return [("traceparent", value)] if value is not None else []
+
+
 def new_traceparent() -> bytes:
     """A new trace's ``traceparent`` (flags 00: nothing of it is recorded)."""
     return b"00-%032x-%016x-00" % (random.getrandbits(128) or 1, random.getrandbits(64) or 1)

@@ -110,7 +110,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         await _read_body(request)
         _no_unknown_query(request, route)
-        response = await _capped(request, handler)
+        with tracing.request_parent(request.headers.get("traceparent")):  # a client's trace goes on
+            response = await _capped(request, handler)
     except ClientGone:
         # No one to answer: the client closed the connection while sending its body. Not a
         # server error: recorded as 499 (as nginx does), logged only at debug.
@@ -358,7 +359,7 @@ async def produce(topic: str, key: str, env: Envelope) -> None:
     order once.
     """
     headers: list[tuple[str, bytes]] = []
-    with tracing.stage_span("http", env):
+    with tracing.stage_span("http", env, tracing.request_headers()):
         tracing.inject(headers)
         try:
             await engine.produce(topic, key, codec.dumps(env), headers)
