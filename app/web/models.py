@@ -134,8 +134,24 @@ Money = Annotated[
     AfterValidator(_money),
 ]
 Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
+
+
+def _payable_currencies(schema: dict[str, Any]) -> None:
+    """The document lists the codes ``_currency`` accepts (``^[A-Z]{3}$`` alone took ``XXX``)."""
+    import pycountry
+
+    schema["enum"] = sorted(c.alpha_3 for c in pycountry.currencies if c.alpha_3 not in NOT_PAYABLE)
+
+
 Currency = Annotated[
-    str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 currency code", examples=["USD"]), AfterValidator(_currency)
+    str,
+    Field(
+        pattern=r"^[A-Z]{3}$",
+        description="ISO 4217 currency code in circulation",
+        examples=["USD"],
+        json_schema_extra=_payable_currencies,
+    ),
+    AfterValidator(_currency),
 ]
 Status = Literal["pending", "reserved", "paid", "confirmed", "shipped", "delivered", "rejected", "cancelled"]
 
