@@ -110,6 +110,10 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
             )
             db.wipe_store(store)
             cp = None
+        elif tp.topic not in ids and cp and cp.get("topic_id"):
+            # The ids could not be read this time: keep the checkpoint's, or the next commits'
+            # checkpoints would drop the only record of which copy of the topic this state is from.
+            ids[tp.topic] = engine.topic_ids.setdefault(tp.topic, str(cp["topic_id"]))
         position = int(cp["offset"]) if cp else starts[tp]
         if position < ends[tp]:
             todo[tp] = position

@@ -601,7 +601,7 @@ class Engine:
         self.frozen = True
         self._hold_until = time.monotonic() + 3 * heartbeat_ms / 1000
 
-    async def _abandon_step(self, task: Task) -> None:
+    async def _abandon_step(self, task: Task, error: BaseException) -> None:
         """Drop a failed step's work and read its inputs again (a commit in flight ends first).
 
         A handler's failure dead-letters its input; what fails outside a handler (writing a dead
@@ -612,7 +612,11 @@ class Engine:
             with contextlib.suppress(Exception):
                 await task.committing
         if not task.closed and self.tasks.get(task.partition) is task:
-            await self._reset(task)
+            # A fenced producer (the partition moved: its new owner started one with the same
+            # transactional id) must not be replaced here: a new one would fence the new owner.
+            txn = getattr(task.producer, "_txn_manager", None)
+            fenced = isinstance(error, ProducerFenced) or (txn is not None and txn.is_fatal_error())
+            await self._reset(task, fenced=fenced)
 
     def _until_timer(self) -> float:
         return max(0.0, min(self._next_timer - time.monotonic(), 0.25))
@@ -646,13 +650,13 @@ class Engine:
                     await self._step(task)
                 except StoreError as exc:
                     self.report_damage(task.partition, exc)
-                except Exception:  # the engine's own fault: the inputs are read again, never skipped
+                except Exception as exc:  # the engine's own fault: the inputs are read again, never skipped
                     log.exception(
                         "partition %s: a step failed: its uncommitted work is dropped and its inputs are read "
                         "again from the last commit",
                         task.partition,
                     )
-                    await self._abandon_step(task)
+                    await self._abandon_step(task, exc)
         if now >= self._next_timer:
             self._next_timer = now + 1.0
             for p, db in list(self.dbs.items()):
@@ -1183,7 +1187,10 @@ class Engine:
         # read-your-writes wait (:meth:`settled`) must not take them for handled meanwhile.
         task.rewinding = True
         try:
-            for tp in list(task.position):
+            # Every input of the partition, not only those it handled since it was assigned: a
+            # fetched batch of another was dropped with the backlog and must be read again.
+            mine = {tp for tp in self.consumer.assignment() if tp.partition == task.partition}
+            for tp in sorted(mine | set(task.position)):
                 task.rewind[tp] = await self.consumer.committed(tp)
                 await self._rewind(task, tp)
         finally:
@@ -1275,7 +1282,9 @@ class Engine:
     async def _rewind(self, task: Task, tp: TopicPartition) -> None:
         """Point the consumer at ``tp``'s last committed offset (the beginning when none)."""
         assert self.consumer is not None
-        committed = task.rewind.get(tp)
+        # Not looked up yet (an input this task had not read when it was reset): ask, never assume
+        # "nothing committed" and read the whole log again.
+        committed = task.rewind[tp] if tp in task.rewind else await self.consumer.committed(tp)
         if committed is None:
             await self.consumer.seek_to_beginning(tp)
             task.position.pop(tp, None)
@@ -1341,6 +1350,9 @@ class Engine:
                 if tp in task.position:
                     self.consumer.seek(tp, task.position[tp])  # a kept task goes on where it was
                     task.fetched[tp] = task.position[tp]
+                    # Read again from there: what was fetched and not handled (held through a freeze,
+                    # whose revocation drained nothing) would be handled twice.
+                    task.backlog = deque((btp, records) for btp, records in task.backlog if btp != tp)
             self.assigned = True
             self.rebalancing = False
             self.frozen = False

@@ -101,3 +101,92 @@ def test_a_step_that_fails_outside_its_handlers_reads_its_inputs_again(tmp_path:
     assert reset == [2]  # read again from the last commit, not skipped
     assert handled == []
     assert tp not in task.position  # nothing past offset 10 counts as handled
+
+
+def test_a_failed_step_sends_every_input_of_the_partition_back_to_its_committed_offset(tmp_path: Path) -> None:
+    """Review: the reset rewound only the inputs the task had handled since its assignment; a
+    fetched batch of another was dropped unread (and a stale fetch of it sent that input to the
+    beginning of its log, read whole again)."""
+    from aiokafka.structs import ConsumerRecord
+
+    class Producer:
+        async def stop(self) -> None:
+            pass
+
+    orders, payments = TopicPartition("t.orders", 2), TopicPartition("t.payments", 2)
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.log: list[tuple[str, str, int | None]] = []
+
+        def assignment(self) -> set[TopicPartition]:
+            return {orders, payments, TopicPartition("t.orders", 3)}
+
+        async def committed(self, tp: TopicPartition) -> int:
+            return 10
+
+        def seek(self, tp: TopicPartition, offset: int) -> None:
+            self.log.append(("seek", tp.topic, offset))
+
+        async def seek_to_beginning(self, tp: TopicPartition) -> None:
+            self.log.append(("seek_to_beginning", tp.topic, None))
+
+    engine: Engine = offline_engine(tmp_path, partitions=4)
+    consumer = Consumer()
+    engine.consumer = consumer  # type: ignore[assignment]
+    engine._next_timer = 1e18
+
+    async def producer(partition: int) -> Any:
+        return Producer()
+
+    async def recover(tasks: list[Task]) -> None:
+        for task in tasks:
+            task.ready = True
+
+    def unwritable(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the dead letter could not be written")
+
+    def refuse(step: Any, env: Any) -> None:
+        raise ValueError("the handler refuses it")
+
+    engine._transactional_producer = producer  # type: ignore[method-assign]
+    engine._recover = recover  # type: ignore[method-assign]
+    engine.dead_letter = unwritable
+    engine.route("s", "orders", {"x"}, refuse)
+    engine.route("s", "payments", {"x"}, lambda step, env: None)
+    task = Task(2, Step(2, PartitionDB(tmp_path / "p2.rocksdb", 2)), Producer())  # type: ignore[arg-type]
+    task.ready = True
+    engine.tasks[2] = task
+    engine.assigned, engine.rebalancing = True, False
+
+    def record(tp: TopicPartition, offset: int) -> Any:
+        value = b'{"type": "x", "id": "e%d"}' % offset
+        return ConsumerRecord(tp.topic, 2, offset, 0, 0, None, value, None, 0, 0, [])
+
+    batch = {payments: [record(payments, 10), record(payments, 11)], orders: [record(orders, 10), record(orders, 11)]}
+    asyncio.run(engine._cycle(batch, fetched_at=0.0))
+    assert sorted(consumer.log) == [("seek", "t.orders", 10), ("seek", "t.payments", 10)]
+    task.retry_at = 0
+    asyncio.run(engine._cycle({orders: [record(orders, 12)]}, fetched_at=task.reset_at - 0.001))  # fetched before it
+    assert ("seek_to_beginning", "t.orders", None) not in consumer.log
+
+
+def test_a_step_that_fails_on_a_fenced_producer_starts_no_new_one(tmp_path: Path) -> None:
+    """Review: the partition had moved and its new owner's producer fenced this one; a new producer
+    with the same transactional id would have fenced the new owner in turn."""
+    from types import SimpleNamespace
+
+    from aiokafka.errors import IllegalStateError
+
+    engine: Engine = offline_engine(tmp_path, partitions=4)
+    fenced = SimpleNamespace(_txn_manager=SimpleNamespace(is_fatal_error=lambda: True))
+    task = Task(2, Step(2, PartitionDB(tmp_path / "p2.rocksdb", 2)), fenced)  # type: ignore[arg-type]
+    engine.tasks[2] = task
+    resets: list[bool] = []
+
+    async def reset(task: Task, *, fenced: bool = False) -> None:
+        resets.append(fenced)
+
+    engine._reset = reset  # type: ignore[method-assign]
+    asyncio.run(engine._abandon_step(task, IllegalStateError("begin_transaction on a fenced producer")))
+    assert resets == [True]

@@ -127,3 +127,51 @@ def test_after_a_freeze_past_the_session_nothing_is_stepped_until_the_group_answ
     engine._hold_until = time.monotonic() - 1
     asyncio.run(engine._cycle({}))
     assert not engine.frozen and stepped == [2]
+
+
+def test_what_a_kept_partition_held_through_a_freeze_is_read_again_once(tmp_path: Path) -> None:
+    """Review: frozen but not expired, the worker's revocation drained nothing; the partition was
+    kept, the consumer sent back to where the task stood, and the held records were handled from
+    the backlog and again from the fetch."""
+    import time
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+    from aiokafka.structs import ConsumerRecord
+
+    class Consumer:
+        def __init__(self) -> None:
+            self._coordinator = SimpleNamespace(generation=5)
+
+        def seek(self, tp: TopicPartition, offset: int) -> None:
+            pass
+
+    def record(offset: int) -> Any:
+        value = b'{"type": "x", "id": "e%d"}' % offset
+        return ConsumerRecord("t.orders", 2, offset, 0, 0, None, value, None, 0, 0, [])
+
+    engine = _engine(tmp_path)
+    engine.consumer = Consumer()  # type: ignore[assignment]
+    engine._next_timer = 1e18
+    seen: list[str] = []
+    engine.route("s", "orders", {"x"}, lambda step, env: seen.append(env["id"]))
+    task = _task(tmp_path, [])
+    engine.tasks[2] = task
+    engine.assigned, engine.rebalancing, engine.generation = True, False, 4
+    orders = TopicPartition("t.orders", 2)
+
+    async def scenario() -> None:
+        await engine._cycle({orders: [record(8), record(9)]})
+        if task.committing is not None:
+            task.committing.cancel()
+        engine._last_tick = time.monotonic() - 9.0  # 9 s of a 10 s session: maybe expired
+        engine._check_frozen()
+        await engine._cycle({orders: [record(10), record(11)]})  # taken in, held
+        await engine.on_revoked()
+        await engine.on_assigned({orders})  # not expired: generation 5, the partition kept
+        await engine._cycle({orders: [record(10), record(11)]}, fetched_at=time.monotonic())
+        if task.committing is not None:
+            task.committing.cancel()
+
+    asyncio.run(scenario())
+    assert seen == ["e8", "e9", "e10", "e11"]
