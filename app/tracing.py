@@ -78,7 +78,7 @@ def _carried(headers: Any) -> bytes | None:
     """
     if not headers:
         return None
-    if type(headers) is list:  # a Kafka record's: the engine's every event
+    if type(headers) is list or type(headers) is tuple:  # a Kafka record's (a tuple): the engine's every event
         for key, value in headers:
             if key == "traceparent":
                 ok = type(value) is bytes and len(value) == _TRACEPARENT_BYTES and _TRACEPARENT.fullmatch(value)

@@ -135,3 +135,13 @@ def test_otlp_without_its_package_is_one_sentence() -> None:
         with contextlib.suppress(Exception):
             tracing.configure(Settings(trace_exporter="otlp"))
         tracing.shutdown()
+
+
+def test_off_the_traceparent_of_a_kafka_record_s_header_tuple_is_carried() -> None:
+    # aiokafka gives a record's headers as a tuple of pairs.
+    tracing.configure(Settings())
+    parent = tracing.new_traceparent()
+    out: list[tuple[str, bytes]] = []
+    with tracing.stage_span("inventory", env("inventory.reserve", "t"), (("traceparent", parent),)):
+        tracing.inject(out)
+    assert out == [("traceparent", parent)]
