@@ -608,15 +608,19 @@ class Engine:
         letter, the engine itself) must not leave the rest of the step's records unhandled while
         later offsets commit over them.
         """
-        if task.committing is not None:
-            with contextlib.suppress(Exception):
-                await task.committing
-        if not task.closed and self.tasks.get(task.partition) is task:
+        if await self._still_held(task):
             # A fenced producer (the partition moved: its new owner started one with the same
             # transactional id) must not be replaced here: a new one would fence the new owner.
             txn = getattr(task.producer, "_txn_manager", None)
             fenced = isinstance(error, ProducerFenced) or (txn is not None and txn.is_fatal_error())
             await self._reset(task, fenced=fenced)
+
+    async def _still_held(self, task: Task) -> bool:
+        """Let the task's commit in flight end; whether the task is still its partition's afterwards."""
+        if task.committing is not None:
+            with contextlib.suppress(Exception):
+                await task.committing
+        return not task.closed and self.tasks.get(task.partition) is task
 
     def _until_timer(self) -> float:
         return max(0.0, min(self._next_timer - time.monotonic(), 0.25))
@@ -1210,10 +1214,7 @@ class Engine:
 
     async def _rebuild(self, task: Task, why: str) -> None:
         """Set the task's damaged database aside, restore it from the changelogs, read its inputs again."""
-        if task.committing is not None:
-            with contextlib.suppress(Exception):
-                await task.committing
-        if task.closed or self.tasks.get(task.partition) is not task:
+        if not await self._still_held(task):
             return
         task.ready = False  # steps nothing and answers no read until it is restored
         try:
