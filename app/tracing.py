@@ -70,27 +70,31 @@ class _Passthrough:
             _passing.reset(self.token)
 
 
-def _carried(headers: Any) -> bytes | None:
-    """The valid ``traceparent`` among ``headers`` (Kafka pairs or a mapping), else None.
+def _valid(value: object) -> bytes | None:
+    """``value`` as a traceparent's bytes if it is one, else None (a header's value may be null, or anything).
 
     Checked before it is passed on: a producer's header could be anything (a megabyte of it
     would be copied onto every output).
     """
+    raw = value.encode("latin-1", "replace") if isinstance(value, str) else value
+    if isinstance(raw, bytes) and len(raw) == _TRACEPARENT_BYTES and _TRACEPARENT.fullmatch(raw):
+        return raw
+    return None
+
+
+def _carried(headers: Any) -> bytes | None:
+    """The valid ``traceparent`` among ``headers`` (Kafka pairs or a mapping), else None."""
     if not headers:
         return None
     if type(headers) is list or type(headers) is tuple:  # a Kafka record's (a tuple): the engine's every event
         for key, value in headers:
             if key == "traceparent":
-                ok = type(value) is bytes and len(value) == _TRACEPARENT_BYTES and _TRACEPARENT.fullmatch(value)
-                return value if ok else None  # a header's value may be null, or anything
+                return _valid(value)
     pairs = headers.items() if isinstance(headers, Mapping) else headers
     for key, value in pairs:
         name = key.decode("latin-1") if isinstance(key, bytes) else key
         if isinstance(name, str) and name.lower() == "traceparent":
-            raw = value.encode("latin-1", "replace") if isinstance(value, str) else value
-            if isinstance(raw, bytes) and len(raw) == _TRACEPARENT_BYTES and _TRACEPARENT.fullmatch(raw):
-                return raw
-            return None
+            return _valid(value)
     return None
 
 
@@ -101,7 +105,7 @@ _request: ContextVar[bytes | None] = ContextVar("orderstream_request_traceparent
 @contextlib.contextmanager
 def request_parent(value: str | None) -> Iterator[None]:
     """While answering a request: its ``traceparent`` header, which the edge's span continues."""
-    token = _request.set(_carried([("traceparent", value.encode("latin-1", "replace"))]) if value else None)
+    token = _request.set(_valid(value))
     try:
         yield
     finally:
