@@ -24,7 +24,9 @@ from typing import Any, NamedTuple
 import orjson
 
 
-class _Record(NamedTuple):
+class PlainRecord(NamedTuple):
+    """What the engine reads of aiokafka's ``ConsumerRecord`` (a record made without a broker)."""
+
     topic: str
     partition: int
     offset: int
@@ -62,7 +64,7 @@ async def run(orders: int, batch: int, *, mixed: bool = False) -> dict[str, Any]
     ) -> Any:
         nonlocal offsets
         offsets += 1
-        return _Record(topic, 0, offsets, key, value, headers or [])
+        return PlainRecord(topic, 0, offsets, key, value, headers or [])
 
     products = [f"sku-{n:04d}" for n in range(100)] if mixed else ["p"]
     for n, product in enumerate(products):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 import pytest
 from aiokafka.structs import TopicPartition
 
+from app.bench.steps import PlainRecord
 from app.engine.dead_letters import dead_letter
 from app.engine.runtime import Engine, Task
 from app.engine.step import Step
@@ -27,17 +28,8 @@ from tests.support import offline_engine
 DEEP = b"[" * 300 + b"]" * 300
 
 
-class _Record(NamedTuple):  # what the engine reads of aiokafka's ConsumerRecord
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-
-
 def _record(topic: str, value: bytes, offset: int = 7) -> Any:
-    return _Record(topic, 3, offset, b"k", value, [])
+    return PlainRecord(topic, 3, offset, b"k", value, [])
 
 
 def test_a_message_too_deep_to_write_again_is_kept_as_text() -> None:
