@@ -30,6 +30,15 @@ def _place_confirmed(cluster: Cluster, n: int) -> list[str]:
     return ids
 
 
+def _confirm_then_stop(worker: Worker, n: int) -> list[str]:
+    """Start ``worker``, place ``n`` orders it confirms, stop it: their ids."""
+    worker.start().wait_ready()
+    try:
+        return _place_confirmed(Cluster([worker]), n)
+    finally:
+        worker.stop()
+
+
 def _summary(worker: Worker) -> dict[str, Any]:
     resp = eventually(lambda: (r := http("GET", worker.url + "/analytics/summary")).status == 200 and r, 60)
     assert resp
@@ -77,11 +86,8 @@ def test_a_fresh_cluster_under_an_old_data_directory_serves_an_empty_system(brok
 
 def test_a_recreated_changelog_discards_its_store(broker_url: str, kafka_bootstrap: str, tmp_path: Path) -> None:
     app_id = uid("ls")
-    worker = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "w").start().wait_ready()
-    try:
-        ids = _place_confirmed(Cluster([worker]), 3)
-    finally:
-        worker.stop()
+    worker = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "w")
+    ids = _confirm_then_stop(worker, 3)
     changelog = f"{app_id}-order_records-changelog"
     asyncio.run(_recreate(kafka_bootstrap, changelog))
     worker.start().wait_ready()
@@ -102,17 +108,11 @@ def test_a_recreated_changelog_that_grew_past_the_checkpoint_discards_its_store(
     the old checkpoint, the old state was served (orders of the deleted copy read 200, the new
     copy's 404; probe 18). The topic id tells the copies apart."""
     app_id = uid("ls")
-    old = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "old").start().wait_ready()
-    try:
-        gone = _place_confirmed(Cluster([old]), 3)
-    finally:
-        old.stop()
+    old = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "old")
+    gone = _confirm_then_stop(old, 3)
     asyncio.run(_recreate(kafka_bootstrap, f"{app_id}-order_records-changelog"))
-    new = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "new").start().wait_ready()
-    try:
-        kept = _place_confirmed(Cluster([new]), 24)  # every partition's changelog past its old checkpoint
-    finally:
-        new.stop()
+    new = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "new")
+    kept = _confirm_then_stop(new, 24)  # every partition's changelog past its old checkpoint
     old.start().wait_ready()
     try:
         for order_id in gone:
@@ -127,11 +127,8 @@ def test_a_recreated_changelog_that_grew_past_the_checkpoint_discards_its_store(
 
 
 def test_a_data_directory_copied_to_another_app_is_not_served(broker_url: str, tmp_path: Path) -> None:
-    first = Worker(app_id=uid("ls"), broker=broker_url, datadir=tmp_path / "w1").start().wait_ready()
-    try:
-        ids = _place_confirmed(Cluster([first]), 2)
-    finally:
-        first.stop()
+    first = Worker(app_id=uid("ls"), broker=broker_url, datadir=tmp_path / "w1")
+    ids = _confirm_then_stop(first, 2)
     shutil.copytree(tmp_path / "w1", tmp_path / "w2")
     other = Worker(app_id=uid("ls"), broker=broker_url, datadir=tmp_path / "w2").start()
     try:
@@ -143,11 +140,8 @@ def test_a_data_directory_copied_to_another_app_is_not_served(broker_url: str, t
 
 
 def test_a_clean_restart_keeps_its_state_without_reading_the_changelogs_again(broker_url: str, tmp_path: Path) -> None:
-    worker = Worker(app_id=uid("ls"), broker=broker_url, datadir=tmp_path / "w").start().wait_ready()
-    try:
-        ids = _place_confirmed(Cluster([worker]), 3)
-    finally:
-        worker.stop()
+    worker = Worker(app_id=uid("ls"), broker=broker_url, datadir=tmp_path / "w")
+    ids = _confirm_then_stop(worker, 3)
     worker.start().wait_ready()
     try:
         assert sorted(o["order_id"] for o in _orders(worker)) == sorted(ids)
