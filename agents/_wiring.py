@@ -50,9 +50,15 @@ def send(step: Step, outs: Iterable[Out]) -> None:
         step.send(f"{engine.app_id}.{topic}", key.encode(), orjson.dumps(env), headers)
 
 
-def send_raw(step: Step, topic: str, key: str | None, value: bytes) -> None:
-    """Queue bytes exactly as given (a redriven original) to a logical topic."""
-    step.send(f"{engine.app_id}.{topic}", key.encode() if key is not None else None, value, [])
+def send_raw(step: Step, topic: str, key: str | None, value: bytes, traceparent: str | None = None) -> None:
+    """Queue bytes exactly as given (a redriven original) to a logical topic.
+
+    ``traceparent``: the trace it continues (the original's); else the handling span's.
+    """
+    headers = tracing.headers_of(traceparent)
+    if not headers:
+        tracing.inject(headers)
+    step.send(f"{engine.app_id}.{topic}", key.encode() if key is not None else None, value, headers)
 
 
 def order_id_of(env: Envelope) -> str:

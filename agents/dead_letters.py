@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from agents._wiring import send_raw
-from app import metrics
+from app import metrics, tracing
 from app.engine.dead_letters import redrivable
 from app.engine.step import Step
 from app.main import engine
@@ -52,6 +52,8 @@ def handle(step: Step, env: Envelope) -> None:
                     "dead_lettered_at": env["timestamp"],
                     "status": "dead",
                     "redriven_at": None,
+                    # The failed message's trace (the letter carries it on): its redrive continues it.
+                    "traceparent": tracing.current_traceparent(),
                 },
             )
         return
@@ -75,7 +77,7 @@ def handle(step: Step, env: Envelope) -> None:
     if source is None:
         log.warning("dead letter %s names an unknown source topic %s: not redriven", dlq_id, letter["source_topic"])
         return
-    send_raw(step, source, letter.get("key"), original_bytes(letter))
+    send_raw(step, source, letter.get("key"), original_bytes(letter), letter.get("traceparent"))
     step.put(STORE, key, {**letter, "status": "redriven", "redriven_at": env["timestamp"]})
     metrics.REDRIVEN.inc()
     log.info("redrove dead letter %s to %s", dlq_id, letter["source_topic"])

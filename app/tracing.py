@@ -189,6 +189,36 @@ def inject(headers: Headers) -> None:
     headers.extend((k, v.encode()) for k, v in carrier.items())
 
 
+def continued(headers: Any) -> Headers:
+    """Kafka headers that carry on the trace of a message's ``headers`` (a new trace when none).
+
+    For what the engine writes about a message outside any span (its dead letter): the
+    letter joins the trace of the message that failed.
+    """
+    if _tracer is not None:
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier, context=extract(headers))
+        if carrier:
+            return [(k, v.encode()) for k, v in carrier.items()]
+    return [("traceparent", _carried(headers) or new_traceparent())]
+
+
+def headers_of(traceparent: str | None) -> Headers:
+    """``traceparent`` (text kept from a message) as Kafka headers, if it is a valid one; else none."""
+    value = _valid(traceparent)
+    return [("traceparent", value)] if value is not None else []
+
+
+def current_traceparent() -> str | None:
+    """The ``traceparent`` that :func:`inject` would pass on here, as text (None outside any span)."""
+    headers: Headers = []
+    inject(headers)
+    for key, value in headers:
+        if key == "traceparent":
+            return value.decode("latin-1")
+    return None
+
+
 def extract(headers: Iterable[tuple[str | bytes, bytes | str]] | Mapping[Any, Any] | None) -> Context:
     """Return the trace context carried by Kafka ``headers`` (an empty context when there is none)."""
     if _tracer is None or not headers:

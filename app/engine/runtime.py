@@ -941,7 +941,7 @@ class Engine:
             log.error("not dead-lettering %s[%s]@%s again: %s", record.topic, record.partition, record.offset, error)
             return
         topic, key, value = self.dead_letter(stage or logical, record, error)
-        task.step.send(topic, key, value, [])
+        task.step.send(topic, key, value, tracing.continued(record.headers))  # the letter joins the message's trace
         if not stage:  # unreadable: no stage saw it (a handler's failure is counted by its stage)
             self.counters[(logical, "_unreadable", "dead_lettered")] += 1
 

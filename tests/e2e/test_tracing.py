@@ -107,3 +107,78 @@ def test_with_the_exporter_off_every_message_of_an_order_carries_its_trace(
     assert not missing, missing
     traces = {headers["traceparent"][3:35] for _, _, headers in found}
     assert traces == {client_trace.encode()}, traces
+
+
+def test_a_dead_letter_and_its_redrive_carry_on_the_trace_of_the_message_that_failed(
+    make_cluster: Any, kafka_bootstrap: str
+) -> None:
+    """Letters went out with no header at all, and a redriven original with none (the trace ended
+    at the failure): now the letter and the redriven message carry the failed message's trace."""
+    import asyncio
+
+    import orjson
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    from schemas.envelope import make
+
+    cluster = make_cluster(1)
+    app_id = cluster.workers[0].app_id
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    traceparent = f"00-{trace}-b7ad6b7169203331-01".encode()
+    order_id = uid("o")
+    # No stage knows this type: the orders stage dead-letters it; redriven, it fails again (and
+    # is kept again), which is enough to see what the re-injected copy carries.
+    bad = dict(make("order.unheard_of", "order", order_id, {"order_id": order_id}, correlation_id=order_id))
+    orders, letters = f"{app_id}.orders", f"{app_id}.orders.dlq"
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                orders, orjson.dumps(bad), order_id.encode(), headers=[("traceparent", traceparent)]
+            )
+        finally:
+            await producer.stop()
+
+    async def read(topic: str) -> list[tuple[dict[str, Any], dict[str, bytes]]]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            out = []
+            for _ in range(6):
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    out.extend((orjson.loads(r.value), dict(r.headers)) for r in records)
+            return out
+        finally:
+            await consumer.stop()
+
+    asyncio.run(produce())
+
+    def letter() -> tuple[dict[str, Any], dict[str, bytes]] | None:
+        found = [
+            (env, headers)
+            for env, headers in asyncio.run(read(letters))
+            if env.get("type") == "event.processing.failed" and env["payload"].get("original_id") == bad["id"]
+        ]
+        return found[0] if found else None
+
+    env, headers = eventually(letter, 60, 1, what="the dead letter on the orders dead-letter topic")
+    assert headers.get("traceparent", b"")[3:35] == trace.encode(), headers
+    listed = eventually(
+        lambda: [m for m in cluster.get("/dlq?limit=500").body["messages"] if m["id"] == env["entity_id"]],
+        30,
+        what="the letter listed",
+    )
+    assert listed[0]["traceparent"][3:35] == trace, listed
+
+    resp = cluster.post("/dlq/redrive", {"ids": [env["entity_id"]]})
+    assert resp.status == 202 and resp.body["redriven"] == 1, resp
+
+    def copies() -> list[dict[str, bytes]] | None:
+        found = [headers for e, headers in asyncio.run(read(orders)) if e.get("id") == bad["id"]]
+        return found if len(found) == 2 else None
+
+    original, redriven = eventually(copies, 60, 1, what="the redriven copy on the orders topic")
+    assert original["traceparent"] == traceparent
+    assert redriven.get("traceparent", b"")[3:35] == trace.encode(), redriven

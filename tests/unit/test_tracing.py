@@ -145,3 +145,20 @@ def test_off_the_traceparent_of_a_kafka_record_s_header_tuple_is_carried() -> No
     with tracing.stage_span("inventory", env("inventory.reserve", "t"), (("traceparent", parent),)):
         tracing.inject(out)
     assert out == [("traceparent", parent)]
+
+
+def test_what_is_written_about_a_message_outside_a_span_continues_its_trace(exporter: InMemorySpanExporter) -> None:
+    # A dead letter (written outside any span) joins the failed message's trace, exporter on or off.
+    parent = b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01"
+    [(name, value)] = tracing.continued((("traceparent", parent),))
+    assert name == "traceparent" and value[3:35] == b"a" * 32
+    tracing.shutdown()
+    assert tracing.continued((("traceparent", parent),)) == [("traceparent", parent)]
+    [(_, fresh)] = tracing.continued((("traceparent", b"garbage"),))
+    assert fresh != b"garbage" and len(fresh) == 55
+    assert tracing.current_traceparent() is None  # outside any span
+    with tracing.stage_span("dead_letters", env("event.processing.failed", "l"), [("traceparent", parent)]):
+        kept = tracing.current_traceparent()
+    assert kept == parent.decode()
+    assert tracing.headers_of(kept) == [("traceparent", parent)]
+    assert tracing.headers_of("garbage") == [] and tracing.headers_of(None) == []
