@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from agents._wiring import envelopes, on_partition, order_id_of, send
-from app import metrics
+from app import metrics, tracing
 from app.domain import orders as domain
 from app.domain.common import FINAL_STATUSES, ORDERS
 from app.engine.runtime import Engine
@@ -51,6 +51,10 @@ def handle(step: Step, env: Envelope) -> None:
     new_state = decision.state if decision.state is not None else state
     if new_state is None or (decision.state is None and not decision.emits):
         return  # unknown order, or nothing changes (a duplicate, a late answer)
+    if state is None:
+        # The trace the order was placed in: what its deadline later starts (a timeout's cancel,
+        # when no message of the order arrives) carries it on.
+        new_state = {**new_state, "trace": tracing.current_traceparent()}
     outs = envelopes(decision.emits, env)
     events: list[dict[str, Any]] = [dict(env), *(dict(e) for _, _, e in outs)]
     append_order(step, order_id, latest, events, new_state)
@@ -77,7 +81,9 @@ def expire_due(eng: Engine) -> None:
         if not task.ready:
             continue
         for order_id, status in due_deadlines(task.step.db, now):
-            task.local.append((ORDERS, domain.deadline_cancel(order_id, status), None, -1, []))
+            latest = latest_order(task.step, order_id)
+            trace = tracing.headers_of(latest[1].get("trace") if latest else None)
+            task.local.append((ORDERS, domain.deadline_cancel(order_id, status), None, -1, trace))
     eng.wake()
 
 

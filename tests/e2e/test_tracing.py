@@ -7,6 +7,7 @@ shares the HTTP edge's trace id, with parent links.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -15,6 +16,9 @@ import pytest
 from tests.support import eventually, order_body, uid
 
 pytestmark = [pytest.mark.e2e]
+
+#: The app's topics an order's messages go through.
+ORDER_TOPICS = ("orders", "inventory", "payments", "notifications", "analytics")
 
 STAGES = {"http", "orders", "inventory", "payments", "notifications", "analytics"}
 
@@ -31,6 +35,28 @@ def _spans(log: str, order_id: str) -> list[dict[str, Any]]:
         if span.get("attributes", {}).get("orderstream.order_id") == order_id:
             spans.append(span)
     return spans
+
+
+async def _messages_of(
+    order_id: str, topics: list[str], bootstrap: str
+) -> list[tuple[str, dict[str, Any], dict[str, bytes]]]:
+    """``(topic, envelope, headers)`` of every message on ``topics`` whose correlation id is ``order_id``."""
+    import orjson
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        out = []
+        for _ in range(20):
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for r in records:
+                    env = orjson.loads(r.value)
+                    if env.get("correlation_id") == order_id:
+                        out.append((r.topic, env, dict(r.headers)))
+        return out
+    finally:
+        await consumer.stop()
 
 
 def test_an_order_is_one_trace_across_every_stage(make_cluster: Any) -> None:
@@ -62,11 +88,6 @@ def test_with_the_exporter_off_every_message_of_an_order_carries_its_trace(
 ) -> None:
     """SPEC: a W3C traceparent in Kafka headers from the HTTP edge through every stage, the exporter
     off by default — while it was off, no message carried one (probe 19)."""
-    import asyncio
-
-    import orjson
-    from aiokafka import AIOKafkaConsumer
-
     cluster = make_cluster(1)
     app_id = cluster.workers[0].app_id
     product = uid("p")
@@ -79,25 +100,10 @@ def test_with_the_exporter_off_every_message_of_an_order_carries_its_trace(
     assert resp.status == 202, resp
     order_id = resp.body["order_id"]
     assert cluster.final(order_id)["status"] == "confirmed"
-    topics = [f"{app_id}.{name}" for name in ("orders", "inventory", "payments", "notifications", "analytics")]
-
-    async def messages() -> list[tuple[str, dict[str, Any], dict[str, bytes]]]:
-        consumer = AIOKafkaConsumer(*topics, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest")
-        await consumer.start()
-        try:
-            out = []
-            for _ in range(20):
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    for r in records:
-                        env = orjson.loads(r.value)
-                        if env.get("correlation_id") == order_id:
-                            out.append((r.topic, env, dict(r.headers)))
-            return out
-        finally:
-            await consumer.stop()
+    topics = [f"{app_id}.{name}" for name in ORDER_TOPICS]
 
     def all_of_them() -> list[tuple[str, dict[str, Any], dict[str, bytes]]] | None:
-        found = asyncio.run(messages())
+        found = asyncio.run(_messages_of(order_id, topics, kafka_bootstrap))
         types = {env["type"] for _, env, _ in found}
         return found if {"order.confirmed", "notification.sent", "analytics.order_recorded"} <= types else None
 
@@ -114,8 +120,6 @@ def test_a_dead_letter_and_its_redrive_carry_on_the_trace_of_the_message_that_fa
 ) -> None:
     """Letters went out with no header at all, and a redriven original with none (the trace ended
     at the failure): now the letter and the redriven message carry the failed message's trace."""
-    import asyncio
-
     import orjson
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
@@ -182,3 +186,32 @@ def test_a_dead_letter_and_its_redrive_carry_on_the_trace_of_the_message_that_fa
     original, redriven = eventually(copies, 60, 1, what="the redriven copy on the orders topic")
     assert original["traceparent"] == traceparent
     assert redriven.get("traceparent", b"")[3:35] == trace.encode(), redriven
+
+
+def test_a_cancel_started_by_a_deadline_carries_on_the_order_s_trace(make_cluster: Any, kafka_bootstrap: str) -> None:
+    """A payment timeout's cancel (no message of the order arrives: the gateway hangs) started a
+    new trace; now it carries on the one the order was placed in."""
+    cluster = make_cluster(1, env={"ORDERSTREAM_PAYMENT_TIMEOUT": "1", "ORDERSTREAM_GATEWAY_TIMEOUT": "30"})
+    app_id = cluster.workers[0].app_id
+    product = uid("p")
+    cluster.set_stock(product, 5)
+    client_trace = "5bf92f3577b34da6a3ce929d0e0e4737"
+    resp = cluster.post(
+        "/orders",
+        order_body([(product, 1, "4.00")], card="4000000000000341"),  # the gateway never answers
+        headers={"traceparent": f"00-{client_trace}-00f067aa0ba902b7-01"},
+    )
+    assert resp.status == 202, resp
+    order_id = resp.body["order_id"]
+    final = cluster.final(order_id)
+    assert (final["status"], final.get("reason")) == ("cancelled", "payment_timeout"), final
+    topics = [f"{app_id}.{name}" for name in ORDER_TOPICS]
+
+    def ended() -> list[tuple[str, dict[str, Any], dict[str, bytes]]] | None:
+        found = asyncio.run(_messages_of(order_id, topics, kafka_bootstrap))
+        types = {env["type"] for _, env, _ in found}
+        return found if {"order.cancelled", "inventory.released"} <= types else None
+
+    found = eventually(ended, 60, 1, what="the order's cancel and release")
+    traces = {env["type"]: headers.get("traceparent", b"")[3:35] for _, env, headers in found}
+    assert set(traces.values()) == {client_trace.encode()}, traces
