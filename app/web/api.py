@@ -41,7 +41,7 @@ from app.topics import BY_NAME, LOGICAL, kafka_name
 from app.web import guard, models, openapi, routing, validation
 from app.web.guard import is_admin, require_admin, require_peer
 from app.web.models import MAX_LIMIT
-from app.web.routing import FORWARDED, Unavailable
+from app.web.routing import FORWARDED, LONG_POLL_METHODS, Unavailable
 from app.web.validation import parse
 from schemas.envelope import Envelope, make, parse_ts
 from schemas.registry import order_placed, set_stock_command
@@ -245,7 +245,7 @@ async def _capped(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Serve within the caps: long-polls count as waiters (in :func:`get_order`), peers on their own gauge."""
     resource = request.match_info.route.resource
     long_poll = resource is not None and resource.canonical == "/orders/{order_id}" and "wait" in request.query
-    if request.path in UNCAPPED or (request.method == "GET" and long_poll):
+    if request.path in UNCAPPED or (request.method in LONG_POLL_METHODS and long_poll):
         return await handler(request)
     gauge = guard.PEER_IN_FLIGHT if guard.is_peer(request) else guard.IN_FLIGHT
     with gauge.hold():

@@ -34,6 +34,10 @@ RETRY_AFTER = "1"
 PEER_POOL = 200
 #: Connections for forwarded long-polls: their own pool, so they cannot starve the one above.
 LONG_POLL_POOL = 2_000
+#: The methods of a long-poll (``?wait=``): aiohttp answers HEAD with the GET handler, waits included.
+LONG_POLL_METHODS = frozenset({"GET", "HEAD"})
+#: A client's headers a forwarded request keeps (its trace goes on at the owner).
+FORWARDED_HEADERS = frozenset({"content-type", "authorization", "idempotency-key", "traceparent", "tracestate"})
 _sessions: dict[str, aiohttp.ClientSession] = {}
 
 
@@ -104,11 +108,7 @@ async def forward(request: web.Request, owner: str, *, path: str | None = None) 
     body = await request.read()
     # Every value, as sent: two Authorization headers must reach the owner as two (no token
     # there either), not as the last one alone.
-    headers = CIMultiDict(
-        (k, v)
-        for k, v in request.headers.items()
-        if k.lower() in ("content-type", "authorization", "idempotency-key") and _utf8(v)
-    )
+    headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() in FORWARDED_HEADERS and _utf8(v))
     headers[FORWARDED] = my_url()
     headers.update(guard.internal_headers())
     # The raw, still-encoded target: %3F stays in the path, %2F adds no segment. An
@@ -117,7 +117,7 @@ async def forward(request: web.Request, owner: str, *, path: str | None = None) 
     if not target.startswith("/"):
         target = request.rel_url.raw_path_qs
     url = yarl.URL(owner + target, encoded=True)
-    kind = "long_poll" if request.method == "GET" and "wait" in request.query else "peer"
+    kind = "long_poll" if request.method in LONG_POLL_METHODS and "wait" in request.query else "peer"
     try:
         async with session(kind).request(request.method, url, data=body or None, headers=headers) as resp:
             payload = await resp.read()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import eventually, order_body, uid
+from tests.support import eventually, order_body, partition_of, uid
 
 pytestmark = [pytest.mark.e2e]
 
@@ -215,3 +215,31 @@ def test_a_cancel_started_by_a_deadline_carries_on_the_order_s_trace(make_cluste
     found = eventually(ended, 60, 1, what="the order's cancel and release")
     traces = {env["type"]: headers.get("traceparent", b"")[3:35] for _, env, headers in found}
     assert set(traces.values()) == {client_trace.encode()}, traces
+
+
+def test_a_request_forwarded_to_the_owner_of_its_key_keeps_the_client_s_trace(
+    make_cluster: Any, kafka_bootstrap: str
+) -> None:
+    """A command sent to the worker that does not own the order was proxied without its
+    ``traceparent`` (probe 21): its message started a new trace."""
+    cluster = make_cluster(2, env={"ORDERSTREAM_GATEWAY_TIMEOUT": "30"})
+    app_id = cluster.workers[0].app_id
+    product = uid("p")
+    cluster.set_stock(product, 5)
+    order_id = cluster.place(order_body([(product, 1, "4.00")], card="4000000000000341"))  # stays reserved
+    eventually(lambda: cluster.get(f"/orders/{order_id}").body.get("status") == "reserved", 30, what="reserved")
+    partition = partition_of(order_id, 8)
+    owners = {w["url"].rstrip("/"): w["partitions"] for w in cluster.get("/cluster").body["workers"]}
+    other = next(i for i, url in enumerate(cluster.urls) if partition not in owners[url.rstrip("/")])
+    client_trace = "6cf92f3577b34da6a3ce929d0e0e4738"
+    resp = cluster.post(
+        f"/orders/{order_id}/cancel", {}, other, headers={"traceparent": f"00-{client_trace}-00f067aa0ba902b7-01"}
+    )
+    assert resp.status == 202, resp
+
+    def cancel() -> dict[str, bytes] | None:
+        found = asyncio.run(_messages_of(order_id, [f"{app_id}.orders"], kafka_bootstrap))
+        return next((headers for _, env, headers in found if env["type"] == "order.cancel"), None)
+
+    headers = eventually(cancel, 60, 1, what="the order.cancel on the orders topic")
+    assert headers.get("traceparent", b"")[3:35] == client_trace.encode(), headers

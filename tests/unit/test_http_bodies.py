@@ -32,10 +32,15 @@ def _serve(monkeypatch: pytest.MonkeyPatch, check: Check) -> None:
         body = await api.read_json(request)
         return api.json_response({"keys": sorted(body)})
 
+    async def poll(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("wait", 0)))  # a long-poll that finds nothing
+        return api.json_response({"order_id": request.match_info["order_id"]})
+
     async def main() -> None:
         app = web.Application(middlewares=[api.errors_middleware], client_max_size=64 * 1024)
         app.router.add_post("/echo", echo)
         app.router.add_get("/only-get", echo)
+        app.router.add_get("/orders/{order_id}", poll)  # HEAD too, as aiohttp adds it to a GET route
         runner = web.AppRunner(app, access_log=None)  # as faust's web driver runs it
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -162,5 +167,21 @@ def test_a_body_in_a_coding_the_edge_does_not_decode_is_a_415_not_read_as_json(m
             assert status == 415 and '"error":"unsupported_encoding"' in answer, (coding, answer)
         status, answer = await _request(host, port, _post("/echo", 8, "Content-Encoding: Identity\r\n"), b'{"a": 1}')
         assert status == 200, answer
+
+    _serve(monkeypatch, check)
+
+
+def test_head_long_polls_hold_no_slot_of_the_in_flight_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HEAD ``?wait=`` polls took a slot each for their whole wait (only GET counted as a long-poll):
+    a thousand idle ones refused every other request of the worker 503 (probe 21)."""
+
+    async def check(host: str, port: int) -> None:
+        head = "HEAD /orders/o{}?wait=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        polls = [asyncio.create_task(_request(host, port, head.format(n))) for n in range(3)]  # the cap is 2
+        await asyncio.sleep(0.2)
+        status, answer = await _request(host, port, _post("/echo", 8), b'{"a": 1}')
+        assert status == 200, answer
+        for status, answer in await asyncio.gather(*polls):
+            assert status == 200, answer
 
     _serve(monkeypatch, check)
