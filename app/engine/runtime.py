@@ -1344,7 +1344,7 @@ class Engine:
             opened = await asyncio.gather(*(self._open_task(p) for p in new))
             for task in opened:
                 self.tasks[task.partition] = task
-            await self._recover([self.tasks[p] for p in sorted(numbers)])
+            await self._recover_assigned([self.tasks[p] for p in sorted(numbers)])
             assert self.consumer is not None
             for tp in assigned:
                 task = self.tasks[tp.partition]
@@ -1359,6 +1359,33 @@ class Engine:
             self.frozen = False
             log.info("serving partitions %s", sorted(numbers))
         self._wakeup.set()
+
+    async def _recover_assigned(self, tasks: list[Task]) -> None:
+        """Recover what was assigned, trying again for :attr:`give_up_after` s; then stop this worker.
+
+        aiokafka does not call the listener again when it fails: a restore that raised (a broker
+        hiccup, a stalled read) would leave the partitions assigned here and never served.
+        """
+        began = time.monotonic()
+        for attempt in itertools.count(1):
+            try:
+                await self._recover(tasks)
+                return
+            except Exception as exc:
+                if self._stopping or time.monotonic() - began >= self.give_up_after:
+                    self._stop_for(
+                        f"partitions {[t.partition for t in tasks]}: restoring them from their changelogs failed "
+                        f"{attempt} times in {time.monotonic() - began:.0f} s ({exc})"
+                    )
+                    raise
+                log.error(
+                    "partitions %s: restoring them from their changelogs failed (attempt %d, trying again): %s",
+                    [t.partition for t in tasks],
+                    attempt,
+                    exc,
+                    exc_info=attempt == 1,
+                )
+                await asyncio.sleep(RETRY_AFTER)
 
     def _group_generation(self) -> int | None:
         """The consumer group generation this assignment belongs to (aiokafka's coordinator holds it)."""

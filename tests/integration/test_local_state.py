@@ -171,3 +171,42 @@ async def _recreate(bootstrap: str, topic: str) -> None:
                 await asyncio.sleep(0.2)
     finally:
         await admin.close()
+
+
+def test_records_written_by_hand_on_a_changelog_never_stop_its_restore(
+    broker_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """One junk record on a changelog made every restore of its partition raise, in the rebalance
+    listener that aiokafka never calls again: the partition was never served, on this worker or on
+    any that took it over (probe 21). Such records are skipped, each with a log line."""
+    from aiokafka import AIOKafkaProducer
+
+    app_id = uid("ls")
+    worker = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "w")
+    ids = _confirm_then_stop(worker, 3)
+
+    async def junk() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for store, key, value in (
+                ("order_records", b"log/junk/1", b"\xff\xfenot json"),
+                ("order_records", b"log/junk/2", b"[1, 2, 3]"),  # JSON the order index cannot fold
+                ("stock_records", b"\xff\xfe", b"{}"),  # a key that is not text
+            ):
+                topic = f"{app_id}-{store}-changelog"
+                for p in await producer.partitions_for(topic):
+                    await producer.send_and_wait(topic, value, key, partition=p)
+        finally:
+            await producer.stop()
+
+    asyncio.run(junk())
+    shutil.rmtree(tmp_path / "w")  # every partition restored from its changelogs
+    worker.start().wait_ready(60)
+    try:
+        for order_id in ids:
+            assert http("GET", f"{worker.url}/orders/{order_id}").body["status"] == "confirmed"
+        assert _place_confirmed(Cluster([worker]), 1)
+        assert worker.log_text().count("a changelog record this app cannot have written is skipped") >= 3
+    finally:
+        worker.stop()
