@@ -47,10 +47,16 @@ def handle(step: Step, env: Envelope) -> None:
     order_id = on_partition(step, order_id_of(env))
     latest = latest_order(step, order_id)
     state = latest[1] if latest else None
-    decision = domain.decide(state, env, settings.payment_timeout, settings.pending_timeout, time.time())
+    if state is None and env["type"] != "order.placed":
+        decision = domain.orphan(env)  # refused (dead-lettered) unless it holds stock to give back
+    else:
+        decision = domain.decide(state, env, settings.payment_timeout, settings.pending_timeout, time.time())
     new_state = decision.state if decision.state is not None else state
-    if new_state is None or (decision.state is None and not decision.emits):
-        return  # unknown order, or nothing changes (a duplicate, a late answer)
+    if new_state is None:
+        send(step, envelopes(decision.emits, env))  # an unknown order's reservation given back
+        return
+    if decision.state is None and not decision.emits:
+        return  # nothing changes (a duplicate, a late answer)
     if state is None:
         # The trace the order was placed in: what its deadline later starts (a timeout's cancel,
         # when no message of the order arrives) carries it on.

@@ -109,9 +109,8 @@ def handle_result(step: Step, env: Envelope) -> None:
 def handle_refund(step: Step, env: Envelope) -> None:
     """Give back a charge the order could not use (paid after it was cancelled)."""
     order_id = str(env["payload"]["order_id"])
-    record = payment_record(step, order_id) or {}
-    charge_id = env["payload"].get("charge_id")
-    if record.get("refunded") or not charge_id:
+    charge_id = domain.refund_of(payment_record(step, order_id), env)
+    if charge_id is None:
         return
 
     async def refund() -> Envelope:

@@ -126,6 +126,28 @@ def offline_engine(datadir: Path, partitions: int) -> Any:
     )
 
 
+async def messages_of(
+    order_id: str, topics: list[str], bootstrap: str
+) -> list[tuple[str, dict[str, Any], dict[str, bytes]]]:
+    """``(topic, envelope, headers)`` of every message on ``topics`` whose correlation id is ``order_id``."""
+    import orjson
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        out = []
+        for _ in range(20):
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for r in records:
+                    env = orjson.loads(r.value)
+                    if env.get("correlation_id") == order_id:
+                        out.append((r.topic, env, dict(r.headers)))
+        return out
+    finally:
+        await consumer.stop()
+
+
 def uid(prefix: str = "t") -> str:
     """Return a short unique id for products, users and apps."""
     return f"{prefix}{uuid.uuid4().hex[:10]}"

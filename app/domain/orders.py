@@ -94,6 +94,30 @@ def _event(order: OrderState, type_: str, **payload: Any) -> Emit:
     )
 
 
+class NotThisOrders(ValueError):
+    """An input no order of this partition can have caused (dead-lettered: nothing it could apply to)."""
+
+
+def orphan(env: Envelope) -> Decision:
+    """An input about an order this partition never saw placed (written by hand, or from another app's history).
+
+    A reservation is given back (stock must not stay held for no order); its release's answer
+    is taken as it comes. Anything else is refused, so that it is dead-lettered, not acked unseen.
+    """
+    type_ = env["type"]
+    p = env["payload"]
+    if type_ == "inventory.reserved":
+        line = {"order_id": p["order_id"], "product_id": p["product_id"], "quantity": int(p["quantity"])}
+        return Decision(
+            None, [Emit(INVENTORY, line["product_id"], "inventory.release", "product", line["product_id"], line)]
+        )
+    if type_ == "inventory.released":
+        return Decision(None)  # the answer to the release above (a release of nothing reserved changes nothing)
+    raise NotThisOrders(
+        f"no order {p.get('order_id') or env.get('correlation_id')!r} was placed here: {type_} has nothing to apply to"
+    )
+
+
 def _line_command(order: OrderState, type_: str, product_id: str, quantity: int) -> Emit:
     payload = {"order_id": order["order_id"], "product_id": product_id, "quantity": quantity}
     return Emit(INVENTORY, product_id, type_, "product", product_id, payload)
@@ -306,6 +330,11 @@ def payment_answered(
 ) -> Decision:
     """Confirm on ``payment.processed``; cancel and release on ``payment.failed``."""
     p = env["payload"]
+    if p.get("payment_id") != state["payment"].get("payment_id") or p.get("payment_id") is None:
+        # The saga names the payment when it asks for the charge: an answer for another one (or
+        # before any was asked for) is none of this order's, and refunding its charge would give
+        # back someone else's money.
+        raise NotThisOrders(f"{env['type']} for payment {p.get('payment_id')!r}, which this order never asked for")
     ending = closing(state)
     if state["status"] != "reserved" or ending is not None:
         if env["type"] == "payment.processed" and state["payment"]["status"] not in ("charged", "refunded"):

@@ -41,9 +41,26 @@ def charge_requested(record: PaymentRecord | None, env: Envelope) -> Decision:
             "command": env,
         }
         return Decision(new, start_charge=True)
-    if record["status"] in ("processed", "failed"):
+    if record.get("status") in ("processed", "failed"):
         return Decision(None, emits=[forward(record["result"])])
     return Decision()
+
+
+def refund_of(record: PaymentRecord | None, env: Envelope) -> str | None:
+    """The charge ``payment.refund`` gives back, or ``None`` (refunded already, or no charge named).
+
+    The charge recorded for the order when there is one: a refund naming another charge is
+    refused (raises), as giving it back would return someone else's money. Without a recorded
+    result yet (at least once, a refund can overtake the record of the charge it answers) the
+    saga's word is taken.
+    """
+    charge_id = env["payload"].get("charge_id")
+    if (record or {}).get("refunded") or not charge_id:
+        return None
+    recorded = record.get("result") if record is not None and record.get("status") == "processed" else None
+    if recorded is not None and recorded["payload"].get("charge_id") != charge_id:
+        raise ValueError(f"payment.refund names charge {charge_id!r}, not the one this order's payment made")
+    return str(charge_id)
 
 
 def forward(result: Envelope) -> Emit:
@@ -54,7 +71,7 @@ def forward(result: Envelope) -> Emit:
 
 def result_arrived(record: PaymentRecord | None, env: Envelope) -> Decision:
     """Record the first result of a charge and forward it; later copies are ignored."""
-    if record is not None and record["status"] in ("processed", "failed"):
+    if record is not None and record.get("status") in ("processed", "failed"):
         return Decision()
     status = "processed" if env["type"] == "payment.processed" else "failed"
     base = record or {"order_id": env["payload"]["order_id"], "payment_id": env["payload"]["payment_id"]}

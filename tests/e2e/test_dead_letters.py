@@ -27,7 +27,7 @@ import orjson
 import pytest
 
 from scripts.kafka_local import free_port
-from tests.support import Cluster, eventually, order_body, uid
+from tests.support import Cluster, eventually, messages_of, order_body, uid
 
 pytestmark = [pytest.mark.e2e]
 
@@ -920,3 +920,118 @@ def test_letters_written_by_hand_onto_a_dead_letter_topic_never_break_listing_or
     resp = cluster.post("/dlq/redrive", {})
     assert resp.status == 202, resp
     assert_serving(cluster)
+
+
+def test_messages_about_orders_never_placed_are_dead_lettered_and_their_reservations_given_back(
+    make_cluster: Any, kafka_bootstrap: str
+) -> None:
+    """Probe 21: answers and commands for orders no one placed were acked with no effect and no
+    dead letter; a reservation for one held its stock for ever (not even a PUT could clear it); a
+    payment.processed read before the order asked for a charge made the saga refund whatever charge
+    it named, and the refund's record then broke the real charge."""
+    from app.bench.kafka import placed_orders
+    from schemas.envelope import make
+    from schemas.registry import order_placed
+
+    cluster = make_cluster(1)
+    held, bought = uid("p"), uid("p")
+    cluster.set_stock(held, 10)
+    ghost, ghost2 = uid("ghost"), uid("ghost")
+    reserve = make(
+        "inventory.reserve",
+        "product",
+        held,
+        {"order_id": ghost, "product_id": held, "quantity": 7},
+        correlation_id=ghost,
+    )
+    paid_ghost = make(
+        "payment.processed",
+        "payment",
+        f"pay_{ghost2}",
+        {
+            "order_id": ghost2,
+            "payment_id": f"pay_{ghost2}",
+            "amount_cents": 100,
+            "currency": "USD",
+            "charge_id": "ch_x",
+        },
+        correlation_id=ghost2,
+    )
+    ship_ghost = make(
+        "order.ship",
+        "order",
+        ghost2,
+        {"order_id": ghost2, "carrier": "ups", "tracking_number": "1"},
+        correlation_id=ghost2,
+    )
+    cluster.set_stock(bought, 10)
+    [order] = placed_orders(uid("x"), 0, 1, products=1, lines=1)
+    order.payload["items"][0]["product_id"] = bought
+    placed = order_placed(order.order_id, order.payload)
+    forged = make(
+        "payment.processed",
+        "payment",
+        f"pay_{order.order_id}",
+        {
+            "order_id": order.order_id,
+            "payment_id": f"pay_{order.order_id}",
+            "amount_cents": order.payload["total_cents"],
+            "currency": "USD",
+            "charge_id": "ch_forged",
+        },
+        correlation_id=order.order_id,
+    )
+    asyncio.run(
+        _produce_all(
+            kafka_bootstrap,
+            [
+                (topic(cluster, "inventory"), held, reserve),
+                (topic(cluster, "orders"), ghost2, paid_ghost),
+                (topic(cluster, "orders"), ghost2, ship_ghost),
+                (topic(cluster, "orders"), order.order_id, placed),  # then, at once, a payment it never asked for
+                (topic(cluster, "orders"), order.order_id, forged),
+            ],
+        )
+    )
+    # The ghost's reservation is given back; the order placed goes its way, charged once, for real.
+    eventually(
+        lambda: any(
+            env["type"] == "inventory.released"
+            for _, env, _ in asyncio.run(messages_of(ghost, [topic(cluster, "orders")], kafka_bootstrap))
+        ),
+        60,
+        1,
+        what="the ghost's units given back",
+    )
+    assert cluster.get(f"/inventory/{held}").body == {
+        "product_id": held,
+        "on_hand": 10,
+        "reserved": 0,
+        "sold": 0,
+        "available": 10,
+    }
+    assert cluster.final(order.order_id)["status"] == "confirmed"
+    refunds = [
+        e for e in cluster.get(f"/orders/{order.order_id}/events").body["events"] if e["type"] == "payment.refund"
+    ]
+    assert refunds == []
+    letters = eventually(
+        lambda: (found := {m["original"]["id"]: m for m in all_dead_letters(cluster)}) and len(found) >= 3 and found,
+        60,
+        what="three dead letters",
+    )
+    assert set(letters) == {paid_ghost["id"], ship_ghost["id"], forged["id"]}, letters
+    assert "was placed here" in letters[ship_ghost["id"]]["error"]
+    assert "never asked for" in letters[forged["id"]]["error"]
+
+
+async def _produce_all(bootstrap: str, records: list[tuple[str, str, Any]]) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=50)
+    await producer.start()
+    try:
+        sent = [await producer.send(name, orjson.dumps(value), key.encode()) for name, key, value in records]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import eventually, order_body, partition_of, uid
+from tests.support import eventually, messages_of, order_body, partition_of, uid
 
 pytestmark = [pytest.mark.e2e]
 
@@ -35,28 +35,6 @@ def _spans(log: str, order_id: str) -> list[dict[str, Any]]:
         if span.get("attributes", {}).get("orderstream.order_id") == order_id:
             spans.append(span)
     return spans
-
-
-async def _messages_of(
-    order_id: str, topics: list[str], bootstrap: str
-) -> list[tuple[str, dict[str, Any], dict[str, bytes]]]:
-    """``(topic, envelope, headers)`` of every message on ``topics`` whose correlation id is ``order_id``."""
-    import orjson
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        out = []
-        for _ in range(20):
-            for records in (await consumer.getmany(timeout_ms=500)).values():
-                for r in records:
-                    env = orjson.loads(r.value)
-                    if env.get("correlation_id") == order_id:
-                        out.append((r.topic, env, dict(r.headers)))
-        return out
-    finally:
-        await consumer.stop()
 
 
 def test_an_order_is_one_trace_across_every_stage(make_cluster: Any) -> None:
@@ -103,7 +81,7 @@ def test_with_the_exporter_off_every_message_of_an_order_carries_its_trace(
     topics = [f"{app_id}.{name}" for name in ORDER_TOPICS]
 
     def all_of_them() -> list[tuple[str, dict[str, Any], dict[str, bytes]]] | None:
-        found = asyncio.run(_messages_of(order_id, topics, kafka_bootstrap))
+        found = asyncio.run(messages_of(order_id, topics, kafka_bootstrap))
         types = {env["type"] for _, env, _ in found}
         return found if {"order.confirmed", "notification.sent", "analytics.order_recorded"} <= types else None
 
@@ -208,7 +186,7 @@ def test_a_cancel_started_by_a_deadline_carries_on_the_order_s_trace(make_cluste
     topics = [f"{app_id}.{name}" for name in ORDER_TOPICS]
 
     def ended() -> list[tuple[str, dict[str, Any], dict[str, bytes]]] | None:
-        found = asyncio.run(_messages_of(order_id, topics, kafka_bootstrap))
+        found = asyncio.run(messages_of(order_id, topics, kafka_bootstrap))
         types = {env["type"] for _, env, _ in found}
         return found if {"order.cancelled", "inventory.released"} <= types else None
 
@@ -238,7 +216,7 @@ def test_a_request_forwarded_to_the_owner_of_its_key_keeps_the_client_s_trace(
     assert resp.status == 202, resp
 
     def cancel() -> dict[str, bytes] | None:
-        found = asyncio.run(_messages_of(order_id, [f"{app_id}.orders"], kafka_bootstrap))
+        found = asyncio.run(messages_of(order_id, [f"{app_id}.orders"], kafka_bootstrap))
         return next((headers for _, env, headers in found if env["type"] == "order.cancel"), None)
 
     headers = eventually(cancel, 60, 1, what="the order.cancel on the orders topic")

@@ -226,6 +226,44 @@ def test_inputs_for_an_order_never_placed_are_ignored(env: Envelope) -> None:
     assert decision.emits == []
 
 
+def test_a_reservation_for_an_order_never_placed_is_given_back_and_its_answer_taken() -> None:
+    """It held the stock for ever (probe 21): nothing would ever release it, not even a PUT."""
+    decision = orders.orphan(reserved("p1", 2))
+
+    assert decision.state is None
+    assert releases(decision.emits) == [("p1", 2)]
+    assert decision.emits[0].payload["order_id"] == ORDER_ID
+    assert orders.orphan(released("p1", 2)) == orders.Decision(None)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [rejected("p1", 2, 0), committed("p1", 2), processed(), failed("card_declined"), cancel(), ship(), deliver()],
+    ids=lambda e: e["type"],
+)
+def test_any_other_input_for_an_order_never_placed_is_refused(env: Envelope) -> None:
+    """Acked with no effect and no dead letter before (probe 21): refused, it is dead-lettered."""
+    with pytest.raises(orders.NotThisOrders, match="was placed here"):
+        orders.orphan(env)
+
+
+def test_a_payment_answer_before_the_order_asked_for_a_charge_is_refused() -> None:
+    """A payment.processed while pending was refunded, naming whatever charge it carried (probe 21)."""
+    with pytest.raises(orders.NotThisOrders, match="never asked for"):
+        orders.decide(run(placed()), processed(), TIMEOUT)
+    with pytest.raises(orders.NotThisOrders):
+        orders.decide(run(placed()), failed("card_declined"), TIMEOUT)
+
+
+def test_a_payment_answer_for_another_payment_is_refused() -> None:
+    state = run(*HISTORIES["reserved"])
+    other = processed()
+    other = {**other, "payload": {**other["payload"], "payment_id": "pay_someone_else"}}
+
+    with pytest.raises(orders.NotThisOrders):
+        orders.decide(state, other, TIMEOUT)
+
+
 # --- inventory.reserved / inventory.rejected ---------------------------------------------------
 
 

@@ -258,3 +258,39 @@ def test_tokens_never_contain_the_card_number() -> None:
 
     assert "4242424242424242" not in card.token
     assert card.last4 == "4242"
+
+
+# --- refund_of ------------------------------------------------------------------------------
+
+
+def refund(charge_id: str | None) -> Envelope:
+    payload = {"order_id": ORDER_ID, "payment_id": PAYMENT_ID, "charge_id": charge_id}
+    return make("payment.refund", "payment", PAYMENT_ID, payload, correlation_id=ORDER_ID)
+
+
+def test_a_refund_gives_back_the_charge_the_order_made_once() -> None:
+    record = payments.result_arrived(None, result("payment.processed", charge_id="ch_1")).record
+    assert payments.refund_of(record, refund("ch_1")) == "ch_1"
+    assert payments.refund_of({**(record or {}), "refunded": True}, refund("ch_1")) is None
+    assert payments.refund_of(record, refund(None)) is None
+
+
+def test_a_refund_naming_another_charge_than_the_order_s_is_refused() -> None:
+    """A forged payment.processed made the saga refund whatever charge it named (probe 21)."""
+    record = payments.result_arrived(None, result("payment.processed", charge_id="ch_1")).record
+    with pytest.raises(ValueError, match="not the one this order's payment made"):
+        payments.refund_of(record, refund("ch_forged"))
+
+
+def test_a_refund_that_overtook_the_record_of_its_charge_is_given_back() -> None:
+    # At least once, the saga's refund can be read before the charge's result is recorded again.
+    assert payments.refund_of(None, refund("ch_1")) == "ch_1"
+    charging = payments.charge_requested(None, charge_cmd()).record
+    assert payments.refund_of(charging, refund("ch_1")) == "ch_1"
+
+
+def test_a_record_holding_only_a_refund_does_not_break_the_charge_or_its_result() -> None:
+    """A record written by a refund has no status: the charge then failed on it (KeyError; probe 21)."""
+    record = {"order_id": ORDER_ID, "refunded": True}
+    assert payments.charge_requested(record, charge_cmd()) == payments.Decision()
+    assert payments.result_arrived(record, result("payment.processed", charge_id="ch_1")).record is not None
