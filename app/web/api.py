@@ -259,6 +259,9 @@ async def read_json(request: web.Request, *, empty: Any = ...) -> Any:
     """
     if request.content_type != "application/json" and (request.body_exists or empty is ...):
         raise ApiError(415, "unsupported_media_type", "the body must be JSON with Content-Type: application/json")
+    if request.charset is not None and request.charset.lower() not in ("utf-8", "utf8"):
+        # JSON is UTF-8 (RFC 8259 §8.1): a body declared in another charset would be read as what it is not.
+        raise ApiError(415, "unsupported_media_type", "a JSON body is UTF-8: charset must be utf-8 or absent")
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise ApiError(413, "too_large", f"the body is larger than {settings.max_body_bytes} bytes")
     try:
