@@ -191,7 +191,7 @@ def test_a_json_body_declared_in_a_charset_other_than_utf_8_is_a_415(monkeypatch
     """``charset=utf-16`` (or latin-1) was ignored and the body read as UTF-8 (probe 21)."""
 
     async def check(host: str, port: int) -> None:
-        head = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json; charset={}\r\nContent-Length: 8\r\nConnection: close\r\n"
+        head = _post("/echo", 8).replace("application/json", "application/json; charset={}")
         for charset in ("utf-16", "latin-1", "ascii"):
             status, answer = await _request(host, port, head.format(charset), b'{"a": 1}')
             assert status == 415 and '"error":"unsupported_media_type"' in answer, (charset, answer)
