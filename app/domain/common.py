@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -20,6 +21,33 @@ FINAL_STATUSES = frozenset({"confirmed", "rejected", "cancelled", "shipped", "de
 #: The currency of an order that names none, and the one analytics reports revenue in
 #: (orders in other currencies are totalled apart, never added to it).
 DEFAULT_CURRENCY = "USD"
+
+#: An order's bounds: the HTTP edge's models and the saga (an ``order.placed`` written on the
+#: topic by hand goes through no model) hold every order to them.
+MAX_ITEMS = 100
+MAX_QUANTITY = 10_000
+MAX_PRICE_CENTS = 100_000_000  # 1,000,000.00
+MAX_TOTAL_CENTS = 10**11  # 1,000,000,000.00
+
+#: ISO 4217 codes that are not money one pays with: precious metals, fund and accounting units,
+#: the testing and "no currency" codes.
+NOT_PAYABLE = frozenset(
+    {"XAG", "XAU", "XPD", "XPT", "XBA", "XBB", "XBC", "XBD", "XDR", "XSU", "XUA", "XTS", "XXX", "XAD"}
+    | {"BOV", "CHE", "CHW", "CLF", "COU", "MXV", "USN", "UYI", "UYW"}
+)
+
+
+@functools.cache
+def payable_codes() -> frozenset[str]:
+    """The ISO 4217 currencies in circulation (pycountry's copy of the standard: it follows its amendments)."""
+    import pycountry
+
+    return frozenset(c.alpha_3 for c in pycountry.currencies if c.alpha_3 not in NOT_PAYABLE)
+
+
+def payable(code: object) -> bool:
+    """Whether ``code`` is an ISO 4217 currency in circulation (pycountry's copy of the standard)."""
+    return isinstance(code, str) and code in payable_codes()
 
 
 @dataclass(frozen=True)

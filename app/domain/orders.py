@@ -33,10 +33,15 @@ from app.domain.common import (
     DEFAULT_CURRENCY,
     FINAL_STATUSES,
     INVENTORY,
+    MAX_ITEMS,
+    MAX_PRICE_CENTS,
+    MAX_QUANTITY,
+    MAX_TOTAL_CENTS,
     ORDERS,
     PAYMENTS,
     Emit,
     from_cents,
+    payable,
 )
 from schemas.envelope import Envelope, derived_id, make, parse_ts
 
@@ -233,6 +238,16 @@ def place(env: Envelope, pending_timeout: float = 30.0, now: float | None = None
         raise ValueError("order.placed needs at least one line with positive quantity and non-negative price")
     if len({i["product_id"] for i in items}) != len(items):
         raise ValueError("order.placed lists a product twice")
+    # The HTTP edge's bounds, for an order.placed that did not come through it.
+    if len(items) > MAX_ITEMS or any(i["quantity"] > MAX_QUANTITY or i["price_cents"] > MAX_PRICE_CENTS for i in items):
+        raise ValueError(
+            f"order.placed is past the bounds: at most {MAX_ITEMS} lines of at most {MAX_QUANTITY} units "
+            f"at most {from_cents(MAX_PRICE_CENTS)} each"
+        )
+    if sum(i["price_cents"] * i["quantity"] for i in items) > MAX_TOTAL_CENTS:
+        raise ValueError(f"order.placed totals more than {from_cents(MAX_TOTAL_CENTS)}")
+    if not payable(p.get("currency", DEFAULT_CURRENCY)):
+        raise ValueError("order.placed names no ISO 4217 currency in circulation")
     payment = p.get("payment") or {}
     order: OrderState = {
         "order_id": p["order_id"],

@@ -29,14 +29,20 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from app.domain.cards import expiry_valid, luhn_valid, normalize_number
-from app.domain.common import DEFAULT_CURRENCY, MoneyError, parse_money
+from app.domain.common import (
+    DEFAULT_CURRENCY,
+    MAX_ITEMS,
+    MAX_PRICE_CENTS,
+    MAX_QUANTITY,
+    MAX_TOTAL_CENTS,
+    MoneyError,
+    parse_money,
+    payable,
+    payable_codes,
+)
 from app.domain.inventory import MAX_ON_HAND
 from schemas.envelope import parse_ts
 
-MAX_ITEMS = 100
-MAX_QUANTITY = 10_000
-MAX_PRICE_CENTS = 100_000_000  # 1,000,000.00
-MAX_TOTAL_CENTS = 10**11  # 1,000,000,000.00
 MAX_STOCK = MAX_ON_HAND
 MAX_LIMIT = 500
 MAX_WAIT = 30.0
@@ -74,14 +80,6 @@ def _money(value: str) -> str:
     return value
 
 
-#: ISO 4217 codes that are not money one pays with: precious metals, fund and accounting units,
-#: the testing and "no currency" codes.
-NOT_PAYABLE = frozenset(
-    {"XAG", "XAU", "XPD", "XPT", "XBA", "XBB", "XBC", "XBD", "XDR", "XSU", "XUA", "XTS", "XXX", "XAD"}
-    | {"BOV", "CHE", "CHW", "CLF", "COU", "MXV", "USN", "UYI", "UYW"}
-)
-
-
 #: ISO 4217 currencies whose minor unit is 0 (no cents): their prices are whole amounts.
 #: (Three-decimal currencies, BHD or KWD, are priced to two decimals: a subset of their amounts.)
 NO_MINOR_UNIT = frozenset(
@@ -91,9 +89,7 @@ NO_MINOR_UNIT = frozenset(
 
 def _currency(value: str) -> str:
     """An ISO 4217 currency in circulation (pycountry's copy of the standard: it follows its amendments)."""
-    import pycountry
-
-    if value in NOT_PAYABLE or pycountry.currencies.get(alpha_3=value) is None:
+    if not payable(value):
         raise PydanticCustomError("currency", "must be an ISO 4217 currency code, e.g. USD or EUR")
     return value
 
@@ -138,9 +134,7 @@ Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
 
 def _payable_currencies(schema: dict[str, Any]) -> None:
     """The document lists the codes ``_currency`` accepts (``^[A-Z]{3}$`` alone took ``XXX``)."""
-    import pycountry
-
-    schema["enum"] = sorted(c.alpha_3 for c in pycountry.currencies if c.alpha_3 not in NOT_PAYABLE)
+    schema["enum"] = sorted(payable_codes())
 
 
 Currency = Annotated[

@@ -207,11 +207,31 @@ def test_a_second_order_placed_for_the_same_order_is_ignored() -> None:
         pytest.param((("p1", 0, 100),), id="zero-quantity"),
         pytest.param((("p1", 1, -1),), id="negative-price"),
         pytest.param((("p1", 1, 100), ("p1", 2, 100)), id="product-twice"),
+        # The edge's bounds, for an order.placed written on the topic by hand (probe 21: a price
+        # of 2**64 - 1 was confirmed, and its analytics record then dead-lettered).
+        pytest.param((("p1", 1, 2**64 - 1),), id="price-past-64-bits"),
+        pytest.param((("p1", 1, 100_000_001),), id="price-past-the-bound"),
+        pytest.param((("p1", 10_001, 100),), id="quantity-past-the-bound"),
+        pytest.param(tuple((f"p{n}", 1, 100) for n in range(101)), id="101-lines"),
+        pytest.param(tuple((f"p{n}", 10_000, 100_000_000) for n in range(2)), id="total-past-the-bound"),
     ],
 )
 def test_place_refuses_a_malformed_order(lines: tuple[tuple[str, int, int], ...]) -> None:
     with pytest.raises(ValueError):
         orders.decide(None, placed(lines), TIMEOUT)
+
+
+@pytest.mark.parametrize("currency", ["<script>", "XXX", "usd", "", 840])
+def test_place_refuses_a_currency_not_in_circulation(currency: object) -> None:
+    env = placed()
+    env = {**env, "payload": {**env["payload"], "currency": currency}}
+    with pytest.raises(ValueError, match="currency"):
+        orders.decide(None, env, TIMEOUT)
+
+
+def test_place_takes_an_order_at_its_bounds() -> None:
+    lines = (("p0", 1_000, 100_000_000), *((f"p{n}", 10_000, 0) for n in range(1, 100)))  # 1,000,000,000.00
+    assert orders.decide(None, placed(lines), TIMEOUT).state is not None
 
 
 @pytest.mark.parametrize(
