@@ -736,7 +736,8 @@ async def local_orders(request: web.Request) -> web.Response:
 
 @_routed(INVENTORY, "product_id")
 async def get_stock(request: web.Request, product_id: str) -> web.Response:
-    """``GET /inventory/{id}``."""
+    """``GET /inventory/{id}``: zeros for a product never stocked; a 422 for an id no product can have."""
+    validation.product_id_ok(product_id)
     return json_response(inventory_domain.to_view(product_id, _stock(product_id)))
 
 

@@ -702,3 +702,18 @@ def test_a_body_naming_a_member_twice_is_400_and_places_nothing(cluster: Cluster
     for user in (user_a, user_b):
         assert cluster.get(f"/orders?user_id={user}").body["orders"] == []
     assert http("POST", cluster.urls[0] + "/orders", raw=body.encode()).status == 202  # the same body, once each
+
+
+def test_stock_reads_of_an_id_no_product_can_have_are_422_not_zeros(cluster: Cluster) -> None:
+    """``PUT`` refused these ids while ``GET`` answered 200 with zeros for them (probe 21)."""
+    for bad in ("%C3%A9", "a%20b", "x" * 129, "%2E%2E%2F_local"):
+        resp = cluster.get(f"/inventory/{bad}")
+        assert resp.status == 422 and resp.body["error"] == "invalid", (bad, resp)
+    never = uid("p")
+    assert cluster.get(f"/inventory/{never}").body == {
+        "product_id": never,
+        "on_hand": 0,
+        "reserved": 0,
+        "sold": 0,
+        "available": 0,
+    }
