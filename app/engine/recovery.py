@@ -42,6 +42,7 @@ def verdict(
     start: int,
     end: int,
     topic_id: str | None = None,
+    partition: int | None = None,
 ) -> str:
     """Why a store partition's local state cannot be trusted, or ``""`` when it can."""
     if cp is None:
@@ -52,6 +53,10 @@ def verdict(
         return f"it was written in local layout {cp.get('layout', 1)}, this worker keeps layout {LAYOUT}"
     if cp.get("topic") != topic:
         return f"it was written from changelog {cp.get('topic')!r}"
+    if partition is not None and cp.get("partition", partition) != partition:
+        # A partition's database under another's name (a directory copied or renamed by hand):
+        # its offsets may well lie within this partition's changelog, and would be trusted.
+        return f"it was written from partition {cp['partition']} of its changelog, not {partition}"
     if topic_id and cp.get("topic_id") and cp["topic_id"] != topic_id:
         # Deleted and created again under its name: offsets start at 0 again, and once the new
         # copy grows past the checkpoint no offset check can tell the copies apart.
@@ -103,6 +108,7 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
             start=starts[tp],
             end=ends[tp],
             topic_id=ids.get(tp.topic),
+            partition=tp.partition,
         )
         if reason:
             log.warning(
@@ -120,7 +126,7 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
             consumer.seek(tp, position)
         elif cp is None and ends[tp] > 0:
             # Nothing to read, but record that this (empty) state matches the changelog.
-            db.apply({}, {store: checkpoint(ends[tp], engine.cluster_id, tp.topic, ids.get(tp.topic))})
+            db.apply({}, {store: checkpoint(ends[tp], engine.cluster_id, tp.topic, ids.get(tp.topic), tp.partition)})
     if not todo:
         return
     consumer.pause(*[tp for tp in tps if tp not in todo])
@@ -141,7 +147,7 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
                 except Exception as exc:  # noqa: BLE001 - not one of ours (written by hand): never a stuck restore
                     _skip(tp, r.offset, exc)
             position = await consumer.position(tp)
-            cp = checkpoint(position, engine.cluster_id, tp.topic, ids.get(tp.topic))
+            cp = checkpoint(position, engine.cluster_id, tp.topic, ids.get(tp.topic), tp.partition)
             _apply(db, store, writes, cp, tp, offsets)
             total += len(records)
             last_progress = time.monotonic()
@@ -149,7 +155,9 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
             position = await consumer.position(tp)
             if position >= ends[tp]:
                 db, store = by_tp[tp]
-                db.apply({}, {store: checkpoint(position, engine.cluster_id, tp.topic, ids.get(tp.topic))})
+                db.apply(
+                    {}, {store: checkpoint(position, engine.cluster_id, tp.topic, ids.get(tp.topic), tp.partition)}
+                )
                 del todo[tp]
                 consumer.pause(tp)
         if todo and time.monotonic() - last_progress > STALL_TIMEOUT:

@@ -1083,6 +1083,7 @@ class Engine:
                     self.cluster_id,
                     self.stores[store].changelog,
                     self.topic_ids.get(self.stores[store].changelog),
+                    task.partition,
                 )
                 for store, offset in last.items()
             }

@@ -96,7 +96,9 @@ def decode_record(raw: bytes) -> Any:
 LAYOUT = 2
 
 
-def checkpoint(offset: int, cluster: str, topic: str, topic_id: str | None = None) -> dict[str, Any]:
+def checkpoint(
+    offset: int, cluster: str, topic: str, topic_id: str | None = None, partition: int | None = None
+) -> dict[str, Any]:
     """What a store partition records with each commit it applies (see :func:`app.engine.recovery.verdict`).
 
     ``topic_id``: the changelog's Kafka topic id, when the broker has them (which copy of a
@@ -105,6 +107,8 @@ def checkpoint(offset: int, cluster: str, topic: str, topic_id: str | None = Non
     cp = {"offset": offset, "cluster": cluster, "topic": topic, "layout": LAYOUT}
     if topic_id:
         cp["topic_id"] = topic_id
+    if partition is not None:
+        cp["partition"] = partition
     return cp
 
 

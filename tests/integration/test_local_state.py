@@ -210,3 +210,25 @@ def test_records_written_by_hand_on_a_changelog_never_stop_its_restore(
         assert worker.log_text().count("a changelog record this app cannot have written is skipped") >= 3
     finally:
         worker.stop()
+
+
+def test_a_partition_s_database_under_another_partition_s_name_is_discarded(broker_url: str, tmp_path: Path) -> None:
+    """Checkpoints did not name their partition: p4's database moved to p7 was trusted whenever its
+    offsets lay within p7's changelog, and p7's orders read 404 (probe 22)."""
+    worker = Worker(app_id=uid("ls"), broker=broker_url, datadir=tmp_path / "w")
+    ids = _confirm_then_stop(worker, 12)
+    dbs = sorted(tmp_path.glob("w/**/p*.rocksdb"))
+    assert len(dbs) >= 2, dbs
+    first, second = dbs[0], dbs[1]
+    aside = first.with_name("swap")
+    first.rename(aside)
+    second.rename(first)
+    aside.rename(second)
+    worker.start().wait_ready()
+    try:
+        for order_id in ids:
+            assert http("GET", f"{worker.url}/orders/{order_id}").body["status"] == "confirmed"
+        assert _summary(worker)["orders_by_status"] == {"confirmed": len(ids)}
+        assert "of its changelog, not" in worker.log_text()
+    finally:
+        worker.stop()

@@ -52,3 +52,16 @@ def test_a_changelog_created_again_under_its_name_is_discarded() -> None:
     assert judge({**CP, "topic_id": "id-1"}, topic_id="id-1") == ""
     assert judge(CP, topic_id="id-2") == ""  # written before topic ids were kept: the other checks decide
     assert judge({**CP, "topic_id": "id-1"}) == ""  # a broker without topic ids
+
+
+def test_another_partition_s_state_is_discarded() -> None:
+    """A partition's database under another's name (p4 copied over p7) was trusted when its
+    offsets lay within p7's changelog: 101 of 800 orders read 404 (probe 22)."""
+    mine = {**CP, "partition": 7}
+
+    def at(partition: int, cp: dict[str, object]) -> str:
+        return verdict(cp, True, cluster="c1", topic="app-s-changelog", start=0, end=80, partition=partition)
+
+    assert at(7, mine) == ""
+    assert "partition 7 of its changelog, not 4" in at(4, mine)
+    assert at(4, CP) == ""  # a checkpoint written before checkpoints named their partition
