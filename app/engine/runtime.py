@@ -669,7 +669,10 @@ class Engine:
                 except StoreError as exc:
                     self.report_damage(p, exc)
             self._log_stats(now)
-            await self._publish_metrics()
+            try:
+                await self._publish_metrics()
+            except Exception:  # the figures wait for the next second; the cycle goes on
+                log.warning("publishing the engine's metrics failed", exc_info=True)
             for _interval, fn in self._timers:
                 try:
                     result = fn(self)
@@ -707,7 +710,10 @@ class Engine:
         seen = set()
         for tp in self.consumer.assignment():
             task = self.tasks.get(tp.partition)
-            end = self.consumer.highwater(tp)
+            try:
+                end = self.consumer.highwater(tp)
+            except AssertionError:  # aiokafka's "Partition is not assigned": a rebalance began meanwhile
+                continue
             if task is None or end is None:
                 continue
             # Kafka's records-lag: the high watermark minus where the consumer stands (which is

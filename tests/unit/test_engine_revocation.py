@@ -14,6 +14,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from aiokafka import TopicPartition
+
 from app.engine.runtime import Engine, Task
 from app.engine.step import Step
 from app.engine.store import PartitionDB
@@ -136,7 +138,6 @@ def test_what_a_kept_partition_held_through_a_freeze_is_read_again_once(tmp_path
     import time
     from types import SimpleNamespace
 
-    from aiokafka import TopicPartition
     from aiokafka.structs import ConsumerRecord
 
     class Consumer:
@@ -175,3 +176,20 @@ def test_what_a_kept_partition_held_through_a_freeze_is_read_again_once(tmp_path
 
     asyncio.run(scenario())
     assert seen == ["e8", "e9", "e10", "e11"]
+
+
+def test_a_partition_unassigned_while_the_lag_is_sampled_breaks_no_cycle(tmp_path: Path) -> None:
+    """aiokafka's ``highwater`` asserts the partition is assigned: a rebalance starting while the
+    lag was sampled failed the whole cycle with a traceback (probe 22)."""
+
+    class Consumer:
+        def assignment(self) -> set[TopicPartition]:
+            return {TopicPartition("t.orders", 2)}
+
+        def highwater(self, tp: TopicPartition) -> int:
+            raise AssertionError("Partition is not assigned")
+
+    engine = _engine(tmp_path)
+    engine.consumer = Consumer()  # type: ignore[assignment]
+    engine.tasks[2] = _task(tmp_path, [])
+    asyncio.run(engine._publish_metrics())
