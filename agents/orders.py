@@ -23,7 +23,7 @@ from app.engine.runtime import Engine
 from app.engine.step import Step
 from app.main import engine, settings
 from schemas.envelope import Envelope, parse_ts
-from tables import append_order, due_deadlines, latest_order
+from tables import append_order, due_deadlines, last_input_id, latest_order
 
 STAGE = "orders"
 INPUTS = frozenset(
@@ -89,7 +89,9 @@ def expire_due(eng: Engine) -> None:
         for order_id, status in due_deadlines(task.step.db, now):
             latest = latest_order(task.step, order_id)
             trace = tracing.headers_of(latest[1].get("trace") if latest else None)
-            task.local.append((ORDERS, domain.deadline_cancel(order_id, status), None, -1, trace))
+            cause = last_input_id(task.step, order_id, latest[0]) if latest else None
+            command = domain.deadline_cancel(order_id, status, cause=cause)
+            task.local.append((ORDERS, command, None, -1, trace))
     eng.wake()
 
 

@@ -200,6 +200,13 @@ def latest_order(step: Step, order_id: str) -> tuple[int, dict[str, Any]] | None
     return latest["seq"], latest["state"]
 
 
+def last_input_id(step: Step, order_id: str, seq: int) -> str | None:
+    """The id of the input the order's entry ``seq`` (its latest: :func:`latest_order`) took."""
+    entry = step.get(ORDERS, f"{_log_prefix(order_id)}{seq:06d}")
+    events = entry.get("events") if isinstance(entry, dict) else None
+    return events[0].get("id") if events else None
+
+
 def append_order(
     step: Step,
     order_id: str,

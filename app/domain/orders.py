@@ -61,12 +61,13 @@ RELEASE_TIMEOUT = "release_timeout"
 CLOSING = "closing"
 
 
-def deadline_cancel(order_id: str, status: str, timestamp: str | None = None) -> Envelope:
+def deadline_cancel(order_id: str, status: str, timestamp: str | None = None, cause: str | None = None) -> Envelope:
     """The saga's own ``order.cancel`` for an order past its deadline in ``status``.
 
     ``reserved`` past ``payment_timeout`` is a ``payment_timeout``; an order :data:`CLOSING`
     (waiting for its releases) a :data:`RELEASE_TIMEOUT`; anything else (still ``pending``)
-    a ``pending_timeout``. Its id is derived, so a timer firing twice cancels once.
+    a ``pending_timeout``. Its id is derived, so a timer firing twice cancels once. ``cause``:
+    the last input the order took (what it waited on since), its ``causation_id``.
     """
     reason = {"reserved": "payment_timeout", CLOSING: RELEASE_TIMEOUT}.get(status, "pending_timeout")
     return make(
@@ -75,6 +76,7 @@ def deadline_cancel(order_id: str, status: str, timestamp: str | None = None) ->
         order_id,
         {"order_id": order_id, "reason": reason},
         correlation_id=order_id,
+        causation_id=cause,
         event_id=derived_id(f"{reason}/{order_id}", 0),
         timestamp=timestamp,
     )

@@ -193,6 +193,11 @@ def test_a_cancel_started_by_a_deadline_carries_on_the_order_s_trace(make_cluste
     found = eventually(ended, 60, 1, what="the order's cancel and release")
     traces = {env["type"]: headers.get("traceparent", b"")[3:35] for _, env, headers in found}
     assert set(traces.values()) == {client_trace.encode()}, traces
+    # And its history stays one causal chain: the cancel names the input the order waited on
+    # since (it named none; probe 22).
+    events = cluster.get(f"/orders/{order_id}/events").body["events"]
+    ids = {e["id"] for e in events}
+    assert [e["type"] for e in events if e["causation_id"] not in ids] == ["order.placed"], events
 
 
 def test_a_request_forwarded_to_the_owner_of_its_key_keeps_the_client_s_trace(
