@@ -7,7 +7,10 @@ worker owns, as batched steps with one transaction per commit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -63,12 +66,33 @@ class OrderstreamApp(faust.App):
         await engine.start(str(self.conf.canonical_url).rstrip("/"))
 
     async def on_stop(self) -> None:
-        """Commit and leave the group before Faust stops its services."""
+        """Commit and leave the group before Faust stops its services (within ``stop_timeout``)."""
+        _exit_if_still_stopping_after(settings.stop_timeout)
         await engine.stop()
         from app.web import routing
 
         await routing.close()  # an open client session is reported on stderr when the process exits
         await super().on_stop()
+
+
+def _exit_if_still_stopping_after(seconds: float) -> None:
+    """End the process if its stop has not ended it within ``seconds`` (a thread: the loop may be stuck).
+
+    With the broker unreachable a stop can wait for ever (a commit, a producer's flush, the
+    group's goodbye); what it did not commit is read again by the partitions' next owner, as
+    after a SIGKILL.
+    """
+
+    def give_up() -> None:
+        log.critical("the worker did not stop within %g s (stop_timeout): it exits now", seconds)
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True  # a stop that ends in time is not held up by it
+    timer.start()
 
 
 #: Seconds before faust's stall checks on its own consumer speak: never, in practice (ten years).

@@ -65,6 +65,13 @@ class Settings:
             "worker stops, as on SIGTERM, so that the group hands its partitions to the other workers."
         ),
     )
+    stop_timeout: float = field(
+        default=30.0,
+        metadata=_doc(
+            "Seconds a stopping worker (SIGTERM, Ctrl-C) may take to commit and leave the group; past them it "
+            "exits at once, as a SIGKILL would end it (with the broker unreachable, a stop waited for ever)."
+        ),
+    )
     payment_timeout: float = field(
         default=30.0, metadata=_doc("Seconds a reservation may wait for payment before the order is cancelled.")
     )
@@ -309,6 +316,7 @@ FLOAT_RANGES: dict[str, tuple[float, bool, float]] = {
     "gateway_timeout": (0, False, 3_600),
     "pending_timeout": (0, False, 86_400),
     "store_give_up": (1, True, 86_400),
+    "stop_timeout": (1, True, 3_600),
     "gateway_backoff": (0, True, 60),
     # Kafka's default group.min.session.timeout.ms is 6 s and group.max.session.timeout.ms 30 min.
     "session_timeout": (6, True, 1_800),

@@ -75,3 +75,41 @@ def test_state_survives_sigkill_and_a_wiped_data_directory(broker_url: str, tmp_
         _recovered(worker, product, order_id, before)  # from the changelog alone
     finally:
         cluster.stop()
+
+
+def test_a_worker_told_to_stop_while_the_broker_is_down_exits_within_its_stop_timeout(tmp_path: Path) -> None:
+    """With the broker unreachable a SIGTERM'd worker waited for ever (its commit, its producers'
+    flush, the group's goodbye) and only SIGKILL ended it (probe 22). It now exits within
+    ``stop_timeout``, as a SIGKILL would end it: the next owner reads what it did not commit."""
+    import os
+    import time
+
+    from scripts import kafka_local as kl
+
+    data = tmp_path / "kafka"
+    cluster = kl.start(port=kl.free_port(2), nodes=1, data_dir=data, owner_pid=os.getpid())
+    worker = Worker(
+        app_id=uid("st"),
+        broker=f"kafka://{cluster.bootstrap}",
+        datadir=tmp_path / "w",
+        env={"ORDERSTREAM_STOP_TIMEOUT": "5"},
+    )
+    try:
+        worker.start().wait_ready()
+        product = uid("p")
+        Cluster([worker]).set_stock(product, 5)
+    finally:
+        cluster.stop()
+    time.sleep(3)  # let its clients find the broker gone
+    assert worker.proc is not None
+    began = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    try:
+        code = worker.proc.wait(timeout=60)
+    finally:
+        worker.kill()  # never left behind
+    took = time.monotonic() - began
+    assert took < 20, f"took {took:.0f} s to exit"
+    assert code in (0, 1), worker.log_tail()
+    if code == 1:
+        assert "did not stop within 5 s (stop_timeout)" in worker.log_text()
