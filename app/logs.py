@@ -100,6 +100,40 @@ class EventFields(logging.Filter):
         return True
 
 
+class RepeatsCounted(logging.Filter):
+    """A library's warning or error said again within :attr:`window` seconds is counted, not written.
+
+    With the broker down, aiokafka logs each failed connection attempt of each client: about
+    3,000 lines a second per worker under load (probe 22), hundreds of megabytes an hour. The
+    first line of a kind goes out, the repeats of the next ``window`` seconds are counted, and
+    the next one written says how many there were. The app's own lines are never held back.
+    """
+
+    #: Loggers whose lines are counted when repeated (the app's own are ``orderstream.*``, ``app.*``).
+    LIBRARIES = ("aiokafka", "kafka", "asyncio", "faust", "mode", "aiohttp")
+
+    def __init__(self, window: float = 10.0) -> None:
+        super().__init__()
+        self.window = window
+        self._seen: dict[tuple[str, str], list[float]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Pass a line unless the same one (logger and message template) passed within ``window``."""
+        if record.levelno < logging.WARNING or not record.name.startswith(self.LIBRARIES):
+            return True
+        key = (record.name, str(record.msg))
+        seen = self._seen.get(key)
+        if seen is not None and record.created - seen[0] < self.window:
+            seen[1] += 1
+            return False
+        if seen is not None and seen[1]:
+            record.msg = f"{record.msg} [and {int(seen[1])} more like it in the {self.window:g} s before]"
+        if len(self._seen) >= 10_000:
+            self._seen.clear()
+        self._seen[key] = [record.created, 0]
+        return True
+
+
 class TextFormatter(logging.Formatter):
     """``2026-12-02 01:02:03,456 INFO orderstream.x: message [stage=... order_id=...]``."""
 
@@ -148,6 +182,7 @@ def configure(settings: Settings, stream: IO[str] | None = None, logfile: str | 
     handler = logging.FileHandler(logfile) if logfile else logging.StreamHandler(stream or sys.stderr)
     handler.set_name(HANDLER_NAME)
     handler.setFormatter(json_formatter() if settings.log_format == "json" else TextFormatter())
+    handler.addFilter(RepeatsCounted())
     handler.addFilter(EventFields())
     root = logging.getLogger()
     for old in list(root.handlers):

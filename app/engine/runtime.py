@@ -1431,7 +1431,14 @@ class Engine:
             linger_ms=self.linger_ms,
             max_batch_size=256 * 1024,
         )
-        await producer.start()
+        try:
+            await producer.start()
+        except BaseException:
+            # One that did not start still holds a client that keeps trying the broker (and
+            # logging each try): with the broker down, every refused request left one more.
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            raise
         return producer
 
     async def _close_task(self, task: Task) -> None:

@@ -149,3 +149,23 @@ def test_text_lines_escape_control_and_bidi_characters(captured: io.StringIO) ->
     (line,) = lines(captured)  # a newline in a value does not forge a second record
     assert "to=a\\x00b@x.co\\x0a2026-01-01 INFO forged: line" in line
     assert "order_id=o\\u202e9" in line and "\u202e" not in line
+
+
+def test_a_library_s_repeated_errors_are_counted_not_written(captured: io.StringIO) -> None:
+    """With the broker down aiokafka logged ~3,000 lines a second per worker (probe 22)."""
+    logs.configure(Settings(), stream=captured)
+    counted = next(f for h in logging.getLogger().handlers for f in h.filters if isinstance(f, logs.RepeatsCounted))
+    library = logging.getLogger("aiokafka.conn")
+    ours = logging.getLogger("orderstream.api")
+    for n in range(500):
+        library.error("Unable connect to node with id %s: %s", 1, f"refused {n}")
+        ours.warning("the broker did not take a %s", "order.placed")
+    library.info("a library's info line %s", 1)
+    library.info("a library's info line %s", 1)
+    written = lines(captured)
+    assert sum("Unable connect" in line for line in written) == 1
+    assert sum("did not take" in line for line in written) == 500  # the app's own lines all go out
+    assert sum("info line" in line for line in written) == 2
+    counted.window = 0.0  # the window has passed: the next one says how many were held back
+    library.error("Unable connect to node with id %s: %s", 1, "refused again")
+    assert "[and 499 more like it in the 0 s before]" in lines(captured)[-1]
