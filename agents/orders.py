@@ -50,6 +50,7 @@ def handle(step: Step, env: Envelope) -> None:
     if state is None and env["type"] != "order.placed":
         decision = domain.orphan(env)  # refused (dead-lettered) unless it holds stock to give back
     else:
+        domain.admit(state, env)  # a live input the saga must not take is dead-lettered
         decision = domain.decide(state, env, settings.payment_timeout, settings.pending_timeout, time.time())
     new_state = decision.state if decision.state is not None else state
     if new_state is None:

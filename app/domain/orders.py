@@ -125,6 +125,40 @@ def orphan(env: Envelope) -> Decision:
     )
 
 
+def admit(state: OrderState | None, env: Envelope) -> None:
+    """Refuse (raise) a live input the saga must not take, though :func:`decide` could fold it.
+
+    Checked on what arrives, never on a stored history (``as_of`` and the rebuild fold those
+    with :func:`decide` alone: an order placed before a rule, or a currency ISO 4217 has since
+    withdrawn, must still read back):
+
+    * an ``order.placed`` past the HTTP edge's bounds, or in no currency in circulation (one
+      written on the topic by hand went through no model);
+    * a payment answer for a payment the order never asked for: the saga names the payment
+      when it asks for the charge, and refunding another charge would give back someone
+      else's money.
+    """
+    type_ = env["type"]
+    p = env["payload"]
+    if type_ == "order.placed":
+        items = p.get("items") or []
+        if len(items) > MAX_ITEMS or any(
+            int(i["quantity"]) > MAX_QUANTITY or int(i["price_cents"]) > MAX_PRICE_CENTS for i in items
+        ):
+            raise ValueError(
+                f"order.placed is past the bounds: at most {MAX_ITEMS} lines of at most {MAX_QUANTITY} units "
+                f"at most {from_cents(MAX_PRICE_CENTS)} each"
+            )
+        if sum(int(i["price_cents"]) * int(i["quantity"]) for i in items) > MAX_TOTAL_CENTS:
+            raise ValueError(f"order.placed totals more than {from_cents(MAX_TOTAL_CENTS)}")
+        if not payable(p.get("currency", DEFAULT_CURRENCY)):
+            raise ValueError("order.placed names no ISO 4217 currency in circulation")
+    elif type_ in ("payment.processed", "payment.failed") and state is not None:
+        asked = state["payment"].get("payment_id")
+        if asked is None or p.get("payment_id") != asked:
+            raise NotThisOrders(f"{type_} for payment {p.get('payment_id')!r}, which this order never asked for")
+
+
 def _line_command(order: OrderState, type_: str, product_id: str, quantity: int) -> Emit:
     payload = {"order_id": order["order_id"], "product_id": product_id, "quantity": quantity}
     return Emit(INVENTORY, product_id, type_, "product", product_id, payload)
@@ -240,16 +274,6 @@ def place(env: Envelope, pending_timeout: float = 30.0, now: float | None = None
         raise ValueError("order.placed needs at least one line with positive quantity and non-negative price")
     if len({i["product_id"] for i in items}) != len(items):
         raise ValueError("order.placed lists a product twice")
-    # The HTTP edge's bounds, for an order.placed that did not come through it.
-    if len(items) > MAX_ITEMS or any(i["quantity"] > MAX_QUANTITY or i["price_cents"] > MAX_PRICE_CENTS for i in items):
-        raise ValueError(
-            f"order.placed is past the bounds: at most {MAX_ITEMS} lines of at most {MAX_QUANTITY} units "
-            f"at most {from_cents(MAX_PRICE_CENTS)} each"
-        )
-    if sum(i["price_cents"] * i["quantity"] for i in items) > MAX_TOTAL_CENTS:
-        raise ValueError(f"order.placed totals more than {from_cents(MAX_TOTAL_CENTS)}")
-    if not payable(p.get("currency", DEFAULT_CURRENCY)):
-        raise ValueError("order.placed names no ISO 4217 currency in circulation")
     payment = p.get("payment") or {}
     order: OrderState = {
         "order_id": p["order_id"],
@@ -347,11 +371,6 @@ def payment_answered(
 ) -> Decision:
     """Confirm on ``payment.processed``; cancel and release on ``payment.failed``."""
     p = env["payload"]
-    if p.get("payment_id") != state["payment"].get("payment_id") or p.get("payment_id") is None:
-        # The saga names the payment when it asks for the charge: an answer for another one (or
-        # before any was asked for) is none of this order's, and refunding its charge would give
-        # back someone else's money.
-        raise NotThisOrders(f"{env['type']} for payment {p.get('payment_id')!r}, which this order never asked for")
     ending = closing(state)
     if state["status"] != "reserved" or ending is not None:
         if env["type"] == "payment.processed" and state["payment"]["status"] not in ("charged", "refunded"):

@@ -1,9 +1,11 @@
-"""An order that makes a stage raise when it writes ends as a dead letter, never silently, and the partition goes on.
+"""An order that makes a stage raise ends as a dead letter, never silently, and the partition goes on.
 
 Real workers and broker. An ``order.placed`` put straight on the orders topic (the HTTP
-edge refuses such prices) whose total passes 64-bit integers: the saga's write of the
-order cannot be encoded, so the handler fails, its writes and outputs are rolled back,
-and the input is dead-lettered; orders after it on the same partition confirm.
+edge refuses such prices) whose total passes 64-bit integers: the saga refuses it (past the
+edge's bounds; before it checked them, its write of the order could not be encoded), so the
+handler fails, its writes and outputs are rolled back, and the input is dead-lettered;
+orders after it on the same partition confirm. (A write that cannot be encoded failing its
+handler, not the commit: ``tests/unit/test_engine_store.py``.)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tests.support import Cluster, eventually, http, partition_of, uid
 pytestmark = [pytest.mark.e2e]
 
 
-def test_an_order_whose_write_cannot_be_encoded_is_dead_lettered_and_the_partition_goes_on(
+def test_an_order_past_64_bit_totals_is_dead_lettered_and_the_partition_goes_on(
     make_cluster: Any, kafka_bootstrap: str
 ) -> None:
     cluster: Cluster = make_cluster(2)
@@ -46,7 +48,7 @@ def test_an_order_whose_write_cannot_be_encoded_is_dead_lettered_and_the_partiti
         what="the order.placed dead-lettered",
     )
     assert letter["stage"] == "orders" and letter["source_topic"] == topic(cluster, "orders")
-    assert "Integer exceeds 64-bit range" in letter["error"] or "64" in letter["error"], letter["error"]
+    assert "past the bounds" in letter["error"], letter["error"]
     assert http("GET", f"{cluster.urls[0]}/orders/{order_id}").status == 404  # nothing of it was kept
     assert cluster.get(f"/inventory/{product}").body["reserved"] == 0  # nor sent on
     # A good order on the same partition, after it, is handled as usual.
