@@ -85,6 +85,9 @@ STATS_EVERY = 5.0
 
 #: Seconds a task waits after a failed commit before it handles its inputs again.
 RETRY_AFTER = 1.0
+#: Restores of a new assignment tried in its rebalance listener before the worker stops (each
+#: may take up to the restore's stall timeout; the group waits for the listener meanwhile).
+RECOVER_ATTEMPTS = 3
 #: How many refusals of awaited commands the engine remembers for the HTTP edge.
 REFUSALS_KEPT = 1000
 #: How long closing a revoked task waits for its commit in flight to end before aborting it.
@@ -1368,31 +1371,35 @@ class Engine:
         self._wakeup.set()
 
     async def _recover_assigned(self, tasks: list[Task]) -> None:
-        """Recover what was assigned, trying again for :attr:`give_up_after` s; then stop this worker.
+        """Recover what was assigned, up to :data:`RECOVER_ATTEMPTS` times; then stop this worker.
 
         aiokafka does not call the listener again when it fails: a restore that raised (a broker
-        hiccup, a stalled read) would leave the partitions assigned here and never served.
+        hiccup, a stalled read) would leave the partitions assigned here and never served. A
+        database that cannot be replaced (``StoreError`` past :meth:`_recover`'s own attempts)
+        is not tried again: the worker stops at once.
         """
-        began = time.monotonic()
         for attempt in itertools.count(1):
             try:
                 await self._recover(tasks)
                 return
             except Exception as exc:
-                if self._stopping or time.monotonic() - began >= self.give_up_after:
-                    self._stop_for(
-                        f"partitions {[t.partition for t in tasks]}: restoring them from their changelogs failed "
-                        f"{attempt} times in {time.monotonic() - began:.0f} s ({exc})"
-                    )
+                partitions = [t.partition for t in tasks]
+                if self._stopping:
+                    raise
+                if isinstance(exc, StoreError) or attempt >= RECOVER_ATTEMPTS:
+                    self._stop_for(f"partitions {partitions}: restoring them from their changelogs failed ({exc})")
                     raise
                 log.error(
-                    "partitions %s: restoring them from their changelogs failed (attempt %d, trying again): %s",
-                    [t.partition for t in tasks],
+                    "partitions %s: restoring them from their changelogs failed (attempt %d of %d, trying again): %s",
+                    partitions,
                     attempt,
+                    RECOVER_ATTEMPTS,
                     exc,
                     exc_info=attempt == 1,
                 )
                 await asyncio.sleep(RETRY_AFTER)
+                if self._stopping:
+                    raise
 
     def _group_generation(self) -> int | None:
         """The consumer group generation this assignment belongs to (aiokafka's coordinator holds it)."""

@@ -14,6 +14,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 
 from app.engine.runtime import Engine, Task
@@ -193,3 +194,49 @@ def test_a_partition_unassigned_while_the_lag_is_sampled_breaks_no_cycle(tmp_pat
     engine.consumer = Consumer()  # type: ignore[assignment]
     engine.tasks[2] = _task(tmp_path, [])
     asyncio.run(engine._publish_metrics())
+
+
+def test_a_failed_restore_of_an_assignment_is_tried_again_then_stops_the_worker(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """aiokafka never calls a failed rebalance listener again: a restore that raised left the
+    partitions assigned and never served (probe 21). It is tried again a bounded number of times,
+    not once more after a stop began, and then the worker stops (review)."""
+    from app.engine import runtime
+
+    monkeypatch.setattr(runtime, "RETRY_AFTER", 0.0)
+    engine = _engine(tmp_path)
+    stopped: list[str] = []
+    engine._give_up = stopped.append  # type: ignore[method-assign]
+    calls: list[int] = []
+
+    def failing(times: int) -> Any:
+        async def recover(tasks: list[Task]) -> None:
+            calls.append(1)
+            if len(calls) <= times:
+                raise RuntimeError("restoring made no progress")
+
+        return recover
+
+    engine._recover = failing(2)  # type: ignore[method-assign]
+    asyncio.run(engine._recover_assigned([]))
+    assert len(calls) == 3 and stopped == []
+
+    calls.clear()
+    engine._recover = failing(99)  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        asyncio.run(engine._recover_assigned([]))
+    assert len(calls) == runtime.RECOVER_ATTEMPTS and len(stopped) == 1
+
+    calls.clear()
+    engine._gave_up = False
+
+    async def stop_meanwhile(tasks: list[Task]) -> None:
+        calls.append(1)
+        engine._stopping = True
+        raise RuntimeError("broker gone")
+
+    engine._recover = stop_meanwhile  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        asyncio.run(engine._recover_assigned([]))
+    assert len(calls) == 1 and len(stopped) == 1
