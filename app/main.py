@@ -84,10 +84,12 @@ def _exit_if_still_stopping_after(seconds: float) -> None:
     """
 
     def give_up() -> None:
-        log.critical("the worker did not stop within %g s (stop_timeout): it exits now", seconds)
-        for handler in logging.getLogger().handlers:
-            with contextlib.suppress(Exception):
-                handler.flush()
+        # Straight to the file descriptor: the logging handler's lock may be what is stuck (a
+        # full stderr pipe), and this line must not wait for it.
+        with contextlib.suppress(OSError):
+            os.write(
+                2, f"orderstream: the worker did not stop within {seconds:g} s (stop_timeout): it exits now\n".encode()
+            )
         os._exit(1)
 
     timer = threading.Timer(seconds, give_up)
