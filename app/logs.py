@@ -115,19 +115,21 @@ class RepeatsCounted(logging.Filter):
     def __init__(self, window: float = 10.0) -> None:
         super().__init__()
         self.window = window
+        #: ``(logger, template)`` -> [when the last one was written, repeats held back since]
         self._seen: dict[tuple[str, str], list[float]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Pass a line unless the same one (logger and message template) passed within ``window``."""
         if record.levelno < logging.WARNING or not record.name.startswith(self.LIBRARIES):
             return True
-        key = (record.name, str(record.msg))
+        failure = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else ""
+        key = (record.name, f"{record.msg}{failure}")  # another exception under one template is another line
         seen = self._seen.get(key)
         if seen is not None and record.created - seen[0] < self.window:
             seen[1] += 1
             return False
         if seen is not None and seen[1]:
-            record.msg = f"{record.msg} [and {int(seen[1])} more like it in the {self.window:g} s before]"
+            record.msg = f"{record.msg} [{int(seen[1])} more like it since the last one written]"
         if len(self._seen) >= 10_000:
             self._seen.clear()
         self._seen[key] = [record.created, 0]

@@ -168,4 +168,12 @@ def test_a_library_s_repeated_errors_are_counted_not_written(captured: io.String
     assert sum("info line" in line for line in written) == 2
     counted.window = 0.0  # the window has passed: the next one says how many were held back
     library.error("Unable connect to node with id %s: %s", 1, "refused again")
-    assert "[and 499 more like it in the 0 s before]" in lines(captured)[-1]
+    assert "[499 more like it since the last one written]" in lines(captured)[-1]
+    counted.window = 10.0
+    for error in (ValueError, ValueError, MemoryError):  # another failure under one template is written
+        try:
+            raise error("x")
+        except error:
+            logging.getLogger("aiohttp.server").exception("Error handling request")
+    assert sum("MemoryError" in line for line in lines(captured)) == 1
+    assert sum("ValueError" in line for line in lines(captured)) == 1
