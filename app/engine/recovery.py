@@ -21,13 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app.engine.store import LAYOUT, PartitionDB, StoreError, checkpoint, decode_record
+from app.engine.store import LAYOUT, PartitionDB, checkpoint, decode_record
 from app.engine.topic_ids import topic_ids
 
 if TYPE_CHECKING:
     from app.engine.runtime import Engine, Task
 
 log = logging.getLogger("orderstream.recovery")
+
+#: What folding a value of the wrong shape raises (anything else, a full memory, is not the record's fault).
+UNFOLDABLE = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 
 #: How long a restore may go without progress before it is retried from scratch.
 STALL_TIMEOUT = 60.0
@@ -197,15 +200,11 @@ def _apply(
     try:
         db.apply({store: writes}, {store: cp})
         return
-    except StoreError:
-        raise
-    except Exception:  # noqa: BLE001 - one record of a shape the indexer cannot fold: find it, keep the rest
+    except UNFOLDABLE:  # one record of a shape the indexer cannot fold: find it, keep the rest
         pass
     for key, write in writes.items():
         try:
             db.apply({store: {key: write}}, {})
-        except StoreError:
-            raise
-        except Exception as exc:  # noqa: BLE001
+        except UNFOLDABLE as exc:
             _skip(tp, offsets.get(key, -1), exc)
     db.apply({}, {store: cp})

@@ -252,6 +252,10 @@ async def _capped(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
 
 
+#: ``charset`` values a JSON body may declare (ASCII is a subset of UTF-8).
+UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
+
+
 async def read_json(request: web.Request, *, empty: Any = ...) -> Any:
     """Read and parse the JSON body: 415 unless ``application/json``, 413 when too large, 400 when not JSON.
 
@@ -259,7 +263,7 @@ async def read_json(request: web.Request, *, empty: Any = ...) -> Any:
     """
     if request.content_type != "application/json" and (request.body_exists or empty is ...):
         raise ApiError(415, "unsupported_media_type", "the body must be JSON with Content-Type: application/json")
-    if request.charset is not None and request.charset.lower() not in ("utf-8", "utf8"):
+    if request.body_exists and request.charset is not None and request.charset.lower() not in UTF8_CHARSETS:
         # JSON is UTF-8 (RFC 8259 §8.1): a body declared in another charset would be read as what it is not.
         raise ApiError(415, "unsupported_media_type", "a JSON body is UTF-8: charset must be utf-8 or absent")
     if request.content_length is not None and request.content_length > settings.max_body_bytes:

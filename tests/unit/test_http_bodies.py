@@ -192,10 +192,10 @@ def test_a_json_body_declared_in_a_charset_other_than_utf_8_is_a_415(monkeypatch
 
     async def check(host: str, port: int) -> None:
         head = _post("/echo", 8).replace("application/json", "application/json; charset={}")
-        for charset in ("utf-16", "latin-1", "ascii"):
+        for charset in ("utf-16", "latin-1", "utf-32"):
             status, answer = await _request(host, port, head.format(charset), b'{"a": 1}')
             assert status == 415 and '"error":"unsupported_media_type"' in answer, (charset, answer)
-        for charset in ("utf-8", "UTF-8", '"utf-8"'):
+        for charset in ("utf-8", "UTF-8", '"utf-8"', "us-ascii"):
             status, answer = await _request(host, port, head.format(charset), b'{"a": 1}')
             assert status == 200, (charset, answer)
 
