@@ -39,6 +39,8 @@ LONG_POLL_METHODS = frozenset({"GET", "HEAD"})
 #: A client's headers a forwarded request keeps (its trace goes on at the owner).
 FORWARDED_HEADERS = frozenset({"content-type", "authorization", "idempotency-key", "traceparent", "tracestate"})
 _sessions: dict[str, aiohttp.ClientSession] = {}
+#: Set by :func:`close`: no session opens after it.
+_stopping = False
 
 
 class Unavailable(Exception):
@@ -49,6 +51,9 @@ def session(kind: str = "peer") -> aiohttp.ClientSession:
     """Return the client session for worker-to-worker calls: ``"peer"`` or ``"long_poll"``, each its own pool."""
     current = _sessions.get(kind)
     if current is None or current.closed:
+        if _stopping:
+            # Closed on the way down (:func:`close`): one opened now would be left open at exit.
+            raise Unavailable("this worker is stopping")
         limit = LONG_POLL_POOL if kind == "long_poll" else PEER_POOL
         current = _sessions[kind] = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit),
@@ -190,7 +195,9 @@ async def _gather(path_qs: str) -> list[Any]:
 
 
 async def close() -> None:
-    """Close the client sessions."""
+    """Close the client sessions; a worker-to-worker call after this is a 503 (the worker is stopping)."""
+    global _stopping
+    _stopping = True
     for current in list(_sessions.values()):
         if not current.closed:
             await current.close()
