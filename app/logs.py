@@ -119,7 +119,7 @@ class RepeatsCounted(logging.Filter):
         self._seen: dict[tuple[str, str], list[float]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Pass a line unless the same one (logger and message template) passed within ``window``."""
+        """Pass a line unless the same one (logger, message template, exception type) passed within ``window``."""
         if record.levelno < logging.WARNING or not record.name.startswith(self.LIBRARIES):
             return True
         failure = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else ""

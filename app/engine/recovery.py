@@ -101,6 +101,10 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
     ids = await topic_ids(consumer._client, sorted({tp.topic for tp in tps}))
     engine.topic_ids.update(ids)  # the commits' checkpoints name them from now on
     todo: dict[TopicPartition, int] = {}
+
+    def checkpoint_at(tp: TopicPartition, offset: int) -> dict[str, Any]:
+        return checkpoint(offset, engine.cluster_id, tp.topic, ids.get(tp.topic), tp.partition)
+
     for tp, (db, store) in by_tp.items():
         cp = db.checkpoint(store)
         reason = verdict(
@@ -129,7 +133,7 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
             consumer.seek(tp, position)
         elif cp is None and ends[tp] > 0:
             # Nothing to read, but record that this (empty) state matches the changelog.
-            db.apply({}, {store: checkpoint(ends[tp], engine.cluster_id, tp.topic, ids.get(tp.topic), tp.partition)})
+            db.apply({}, {store: checkpoint_at(tp, ends[tp])})
     if not todo:
         return
     consumer.pause(*[tp for tp in tps if tp not in todo])
@@ -150,7 +154,7 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
                 except Exception as exc:  # noqa: BLE001 - not one of ours (written by hand): never a stuck restore
                     _skip(tp, r.offset, exc)
             position = await consumer.position(tp)
-            cp = checkpoint(position, engine.cluster_id, tp.topic, ids.get(tp.topic), tp.partition)
+            cp = checkpoint_at(tp, position)
             _apply(db, store, writes, cp, tp, offsets)
             total += len(records)
             last_progress = time.monotonic()
@@ -158,9 +162,7 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
             position = await consumer.position(tp)
             if position >= ends[tp]:
                 db, store = by_tp[tp]
-                db.apply(
-                    {}, {store: checkpoint(position, engine.cluster_id, tp.topic, ids.get(tp.topic), tp.partition)}
-                )
+                db.apply({}, {store: checkpoint_at(tp, position)})
                 del todo[tp]
                 consumer.pause(tp)
         if todo and time.monotonic() - last_progress > STALL_TIMEOUT:
