@@ -100,8 +100,7 @@ def test_a_worker_told_to_stop_while_the_broker_is_down_exits_within_its_stop_ti
         Cluster([worker]).set_stock(product, 5)
     finally:
         cluster.stop()
-    time.sleep(3)  # let its clients find the broker gone
-    assert worker.proc is not None
+    assert worker.proc is not None  # the broker's JVM has exited: the worker's every request to it fails
     began = time.monotonic()
     worker.proc.send_signal(signal.SIGTERM)
     try:

@@ -22,6 +22,9 @@ from app.web import api, guard
 
 Check = Callable[[str, int], Awaitable[None]]
 
+#: The long-polls the test app's ``/orders/{id}`` handler has begun (ids), in order.
+POLLING: list[str] = []
+
 
 def _serve(monkeypatch: pytest.MonkeyPatch, check: Check) -> None:
     """Run ``check(host, port)`` against an app with the edge's middleware, a cap of 2 and a 0.5 s body timeout."""
@@ -33,6 +36,7 @@ def _serve(monkeypatch: pytest.MonkeyPatch, check: Check) -> None:
         return api.json_response({"keys": sorted(body)})
 
     async def poll(request: web.Request) -> web.Response:
+        POLLING.append(request.match_info["order_id"])
         await asyncio.sleep(float(request.query.get("wait", 0)))  # a long-poll that finds nothing
         return api.json_response({"order_id": request.match_info["order_id"]})
 
@@ -177,8 +181,12 @@ def test_head_long_polls_hold_no_slot_of_the_in_flight_cap(monkeypatch: pytest.M
 
     async def check(host: str, port: int) -> None:
         head = "HEAD /orders/o{}?wait=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        POLLING.clear()
         polls = [asyncio.create_task(_request(host, port, head.format(n))) for n in range(3)]  # the cap is 2
-        await asyncio.sleep(0.2)
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(POLLING) < 3:  # every poll is waiting in its handler
+            assert asyncio.get_running_loop().time() < deadline, POLLING
+            await asyncio.sleep(0.01)
         status, answer = await _request(host, port, _post("/echo", 8), b'{"a": 1}')
         assert status == 200, answer
         for status, answer in await asyncio.gather(*polls):
