@@ -47,17 +47,13 @@ def handle(step: Step, env: Envelope) -> None:
     order_id = on_partition(step, order_id_of(env))
     latest = latest_order(step, order_id)
     state = latest[1] if latest else None
-    if state is None and env["type"] != "order.placed":
-        decision = domain.orphan(env)  # refused (dead-lettered) unless it holds stock to give back
-    else:
-        domain.admit(state, env)  # a live input the saga must not take is dead-lettered
-        decision = domain.decide(state, env, settings.payment_timeout, settings.pending_timeout, time.time())
+    domain.admit(env)  # an order.placed past the edge's bounds is dead-lettered
+    if state is not None and env["type"] in PAYMENT_ANSWERS and not domain.asked_for(state, env):
+        return  # an answer for a payment this order did not ask for (yet): never refunded
+    decision = domain.decide(state, env, settings.payment_timeout, settings.pending_timeout, time.time())
     new_state = decision.state if decision.state is not None else state
-    if new_state is None:
-        send(step, envelopes(decision.emits, env))  # an unknown order's reservation given back
-        return
-    if decision.state is None and not decision.emits:
-        return  # nothing changes (a duplicate, a late answer)
+    if new_state is None or (decision.state is None and not decision.emits):
+        return  # unknown order, or nothing changes (a duplicate, a late answer)
     if state is None:
         # The trace the order was placed in: what its deadline later starts (a timeout's cancel,
         # when no message of the order arrives) carries it on.
@@ -95,6 +91,8 @@ def expire_due(eng: Engine) -> None:
             task.local.append((ORDERS, command, None, -1, trace))
     eng.wake()
 
+
+PAYMENT_ANSWERS = frozenset({"payment.processed", "payment.failed"})
 
 engine.route(STAGE, ORDERS, INPUTS, handle)
 engine.every(1.0, expire_due)

@@ -101,62 +101,39 @@ def _event(order: OrderState, type_: str, **payload: Any) -> Emit:
     )
 
 
-class NotThisOrders(ValueError):
-    """An input no order of this partition can have caused (dead-lettered: nothing it could apply to)."""
+def admit(env: Envelope) -> None:
+    """Refuse (raise) a live ``order.placed`` past the HTTP edge's bounds or in no currency in circulation.
 
-
-def orphan(env: Envelope) -> Decision:
-    """An input about an order this partition never saw placed (written by hand, or from another app's history).
-
-    A reservation is given back (stock must not stay held for no order); its release's answer
-    is taken as it comes. Anything else is refused, so that it is dead-lettered, not acked unseen.
+    One written on the topic by hand went through no model. Checked on what arrives, never
+    on a stored history (``as_of`` and the rebuild fold those with :func:`decide` alone: an
+    order placed before the rule, or in a currency ISO 4217 has since withdrawn, must still
+    read back).
     """
-    type_ = env["type"]
-    p = env["payload"]
-    if type_ == "inventory.reserved":
-        line = {"order_id": p["order_id"], "product_id": p["product_id"], "quantity": int(p["quantity"])}
-        return Decision(
-            None, [Emit(INVENTORY, line["product_id"], "inventory.release", "product", line["product_id"], line)]
+    if env["type"] != "order.placed":
+        return
+    items = env["payload"].get("items") or []
+    if len(items) > MAX_ITEMS or any(
+        int(i["quantity"]) > MAX_QUANTITY or int(i["price_cents"]) > MAX_PRICE_CENTS for i in items
+    ):
+        raise ValueError(
+            f"order.placed is past the bounds: at most {MAX_ITEMS} lines of at most {MAX_QUANTITY} units "
+            f"at most {from_cents(MAX_PRICE_CENTS)} each"
         )
-    if type_ == "inventory.released":
-        return Decision(None)  # the answer to the release above (a release of nothing reserved changes nothing)
-    raise NotThisOrders(
-        f"no order {p.get('order_id') or env.get('correlation_id')!r} was placed here: {type_} has nothing to apply to"
-    )
+    if sum(int(i["price_cents"]) * int(i["quantity"]) for i in items) > MAX_TOTAL_CENTS:
+        raise ValueError(f"order.placed totals more than {from_cents(MAX_TOTAL_CENTS)}")
+    if not payable(env["payload"].get("currency", DEFAULT_CURRENCY)):
+        raise ValueError("order.placed names no ISO 4217 currency in circulation")
 
 
-def admit(state: OrderState | None, env: Envelope) -> None:
-    """Refuse (raise) a live input the saga must not take, though :func:`decide` could fold it.
+def asked_for(state: OrderState, env: Envelope) -> bool:
+    """Whether a payment answer is for the payment this order asked for (the saga names it then).
 
-    Checked on what arrives, never on a stored history (``as_of`` and the rebuild fold those
-    with :func:`decide` alone: an order placed before a rule, or a currency ISO 4217 has since
-    withdrawn, must still read back):
-
-    * an ``order.placed`` past the HTTP edge's bounds, or in no currency in circulation (one
-      written on the topic by hand went through no model);
-    * a payment answer for a payment the order never asked for: the saga names the payment
-      when it asks for the charge, and refunding another charge would give back someone
-      else's money.
+    One that is not is left alone, never refunded: refunding its charge would give back
+    someone else's money. Not refused either: under at least once, an answer can be read
+    again before the input that asked for it is (after a failed commit), and is sent again.
     """
-    type_ = env["type"]
-    p = env["payload"]
-    if type_ == "order.placed":
-        items = p.get("items") or []
-        if len(items) > MAX_ITEMS or any(
-            int(i["quantity"]) > MAX_QUANTITY or int(i["price_cents"]) > MAX_PRICE_CENTS for i in items
-        ):
-            raise ValueError(
-                f"order.placed is past the bounds: at most {MAX_ITEMS} lines of at most {MAX_QUANTITY} units "
-                f"at most {from_cents(MAX_PRICE_CENTS)} each"
-            )
-        if sum(int(i["price_cents"]) * int(i["quantity"]) for i in items) > MAX_TOTAL_CENTS:
-            raise ValueError(f"order.placed totals more than {from_cents(MAX_TOTAL_CENTS)}")
-        if not payable(p.get("currency", DEFAULT_CURRENCY)):
-            raise ValueError("order.placed names no ISO 4217 currency in circulation")
-    elif type_ in ("payment.processed", "payment.failed") and state is not None:
-        asked = state["payment"].get("payment_id")
-        if asked is None or p.get("payment_id") != asked:
-            raise NotThisOrders(f"{type_} for payment {p.get('payment_id')!r}, which this order never asked for")
+    asked = state["payment"].get("payment_id")
+    return asked is not None and env["payload"].get("payment_id") == asked
 
 
 def _line_command(order: OrderState, type_: str, product_id: str, quantity: int) -> Emit:
