@@ -17,6 +17,9 @@ from tests.support import Cluster, Worker, eventually, http, order_body, uid
 
 pytestmark = [pytest.mark.e2e]
 
+#: The simulated gateway never answers this card (SPEC's table).
+HANGING_CARD = "4000000000000341"
+
 TOKEN = "hostile-s3cret"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -311,7 +314,9 @@ def test_an_order_is_there_straight_after_its_202_on_either_worker(cluster: Clus
         assert read.status == 200 and read.body["order_id"] == placed.body["order_id"], read
         events = cluster.get(location + "/events", n % 2)
         assert events.status == 200 and events.body["events"][0]["type"] == "order.placed", events
-    placed = cluster.post("/orders", order_body([(product, 1, "2.00")], user_id=user), 0)
+    # A card whose charge never answers: the order cannot be paid before the cancel lands (it
+    # could with a good card, and the cancel was then a 409).
+    placed = cluster.post("/orders", order_body([(product, 1, "2.00")], user_id=user, card=HANGING_CARD), 0)
     cancelled = cluster.post(placed.headers["Location"] + "/cancel", None, 1)
     assert cancelled.status == 202, cancelled
     assert cluster.final(placed.body["order_id"])["status"] == "cancelled"
