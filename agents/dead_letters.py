@@ -63,11 +63,7 @@ def handle(step: Step, env: Envelope) -> None:
         log.warning(
             "dead letter %s cannot be redriven (%s; the message is at %s[%s]@%s)",
             dlq_id,
-            "its command was answered 409 to the client that sent it"
-            if letter.get("answered") == 409
-            else "an unreadable message on a dead-letter topic"
-            if letter.get("original_kind") != "truncated"
-            else f"it kept only a prefix of its {letter.get('original_bytes')}-byte original",
+            _why_not_redrivable(letter),
             letter["source_topic"],
             letter["partition"],
             letter["offset"],
@@ -81,6 +77,16 @@ def handle(step: Step, env: Envelope) -> None:
     step.put(STORE, key, {**letter, "status": "redriven", "redriven_at": env["timestamp"]})
     metrics.REDRIVEN.inc()
     log.info("redrove dead letter %s to %s", dlq_id, letter["source_topic"])
+
+
+def _why_not_redrivable(letter: dict[str, Any]) -> str:
+    if letter.get("answered") == 409:
+        return "its command was answered 409 to the client that sent it"
+    if letter.get("original_kind") == "truncated":
+        return f"it kept only a prefix of its {letter.get('original_bytes')}-byte original"
+    if letter.get("key_truncated"):
+        return "its key was too long or not UTF-8 and is not kept whole"
+    return "an unreadable message on a dead-letter topic"
 
 
 for _source in SOURCES:

@@ -167,5 +167,7 @@ COMMAND_TYPES = frozenset(name for name, t in CATALOGUE.items() if t.kind == "co
 CURRENT_VERSION = {name: t.version for name, t in CATALOGUE.items() if t.version != 1}
 #: The types that may travel on each logical input topic.
 TOPIC_TYPES = {topic: frozenset(name for name, t in CATALOGUE.items() if topic in t.topics) for topic in TOPICS}
+#: What travels on every dead-letter topic (``{topic}.dlq``): letters and redrive requests.
+DEAD_LETTER_TYPES = frozenset(name for name, t in CATALOGUE.items() if DEAD_LETTER in t.topics)
 #: The current payload record of each type that has one.
 RECORDS = {name: t.record for name, t in CATALOGUE.items() if t.record is not None}

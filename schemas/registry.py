@@ -13,7 +13,7 @@ from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from schemas.catalogue import COMMAND_TYPES, CURRENT_VERSION, EVENT_TYPES, TOPIC_TYPES
+from schemas.catalogue import COMMAND_TYPES, CURRENT_VERSION, DEAD_LETTER_TYPES, EVENT_TYPES, TOPIC_TYPES
 from schemas.envelope import Envelope, derived_id, make, validate
 from schemas.payloads import PayloadError, check_payload
 
@@ -122,7 +122,9 @@ def read(value: Any, topic: str | None = None) -> Envelope:
     the original from the message's bytes.
     """
     env = upcast(validate(value))  # fills missing optional fields in place: callers keep the bytes as they came
-    if topic is not None and topic in TOPIC_TYPES and env["type"] not in TOPIC_TYPES[topic]:
-        raise UnknownMessageError(f"{env['type']!r} does not travel on the {topic} topic")
+    if topic is not None:
+        allowed = DEAD_LETTER_TYPES if topic.endswith(".dlq") else TOPIC_TYPES.get(topic)
+        if allowed is not None and env["type"] not in allowed:
+            raise UnknownMessageError(f"{env['type']!r} does not travel on the {topic} topic")
     check_payload(env["type"], env["payload"])
     return env

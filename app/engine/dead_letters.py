@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 #: "truncated"``, never redriven); the whole message stays readable at its source offset.
 MAX_DEAD_LETTER_BYTES = MAX_RECORD_BYTES - 4096
 OVERSIZED_PREFIX_BYTES = 64 * 1024
+#: Longest key and id a letter copies from the message (a Kafka key may take most of a MiB):
+#: past it the key is kept as a prefix (``key_truncated``, never redriven: it would land
+#: under another key) and an id is left out, so the letter always fits beside its original.
+MAX_KEY_CHARS = 1024
+MAX_ID_CHARS = 256
 
 
 def dead_letter(stage: str, record: Record, error: BaseException) -> tuple[str, bytes, bytes]:
@@ -42,11 +47,12 @@ def dead_letter(stage: str, record: Record, error: BaseException) -> tuple[str, 
         original, original_kind = raw.decode("utf-8", errors="replace"), "text"
     dl_id = derived_id(f"{record.topic}/{record.partition}/{record.offset}", 0)
     source_id = _text_field(original, "id")
-    key = record.key.decode("utf-8", errors="replace") if record.key is not None else None
+    key, key_kept = _key_text(record.key)
     payload = {
         "dlq_id": dl_id,
         **dead_letter_payload(stage, record, error),
         "key": key,
+        **({} if key_kept else {"key_truncated": True}),
         "attempts": int(getattr(error, "attempts", 1)),
         **({"answered": 409} if getattr(error, "answered", None) == 409 else {}),
         "original": original,
@@ -82,7 +88,8 @@ def redrivable(letter: dict[str, Any]) -> bool:
     """Whether a stored letter can be re-sent: it kept its whole original, came from a stage topic,
     and its command was not refused to a client waiting for it.
 
-    An oversized original keeps a prefix only; a message that could not be read on a
+    An oversized original keeps a prefix only (and a key too long or not UTF-8, a readable
+    stand-in); a message that could not be read on a
     dead-letter topic itself is kept listable, but sending it back there would only
     dead-letter it again. A command its stage refused while the HTTP edge waited for it
     (``answered: 409``: a restock past the bound) was answered as refused: redriving it
@@ -90,12 +97,31 @@ def redrivable(letter: dict[str, Any]) -> bool:
     """
     return (
         letter.get("original_kind") != "truncated"
+        and not letter.get("key_truncated")
         and not str(letter.get("source_topic", "")).endswith(".dlq")
         and letter.get("answered") != 409
     )
 
 
 def _text_field(value: Any, name: str) -> str | None:
-    """``value[name]`` when ``value`` is an object and that field a non-empty string."""
+    """``value[name]`` when ``value`` is an object and that field a non-empty string of at most
+    :data:`MAX_ID_CHARS` characters (a longer one stays in the original only)."""
     field = value.get(name) if isinstance(value, dict) else None
-    return field if isinstance(field, str) and field else None
+    return field if isinstance(field, str) and 0 < len(field) <= MAX_ID_CHARS else None
+
+
+def _key_text(key: bytes | None) -> tuple[str | None, bool]:
+    """The message key as a letter keeps it, and whether it is kept whole (UTF-8, not too long).
+
+    A key that is not UTF-8 or longer than :data:`MAX_KEY_CHARS` is kept readable (invalid
+    bytes replaced, a prefix), but not whole: a redrive would send it under another key.
+    """
+    if key is None:
+        return None, True
+    try:
+        text, whole = key.decode("utf-8"), True
+    except UnicodeDecodeError:
+        text, whole = key.decode("utf-8", errors="replace"), False
+    if len(text) > MAX_KEY_CHARS:
+        return text[:MAX_KEY_CHARS], False
+    return text, whole

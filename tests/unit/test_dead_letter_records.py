@@ -182,3 +182,45 @@ def test_a_step_that_fails_on_a_fenced_producer_starts_no_new_one(tmp_path: Path
     engine._reset = reset  # type: ignore[method-assign]
     asyncio.run(engine._abandon_step(task, IllegalStateError("begin_transaction on a fenced producer")))
     assert resets == [True]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        (b"K" * 990_000, b"junk"),  # a key of most of a MiB
+        (b"k", orjson.dumps({"id": "A" * 900_000, "type": "x"})),  # an id of most of a MiB
+        (b"k", orjson.dumps({"id": "x", "correlation_id": "C" * 600_000, "pad": "p" * 300_000})),
+    ],
+)
+def test_a_letter_fits_a_record_whatever_the_key_and_ids_of_its_message(key: bytes, value: bytes) -> None:
+    """Probe 23: the letter copied the key and the original's ids whole, could not be sent
+    (RecordTooLarge), and the partition read the same message again for ever."""
+    from app.engine.dead_letters import redrivable
+    from app.engine.step import MAX_RECORD_BYTES
+
+    record = PlainRecord("a.analytics", 6, 9, key, value, [])
+    _, dl_key, letter_bytes = dead_letter("analytics", record, ValueError("e"))
+    assert len(dl_key) + len(letter_bytes) < MAX_RECORD_BYTES
+    letter = orjson.loads(letter_bytes)
+    check(RECORDS["event.processing.failed"], letter["payload"])
+    assert len(letter["payload"]["key"]) <= 1024
+    assert letter["causation_id"] is None or len(letter["causation_id"]) <= 256
+    assert len(letter["correlation_id"]) <= 256
+    if len(key) > 1024:
+        assert letter["payload"]["key_truncated"] and not redrivable(letter["payload"])
+
+
+def test_a_key_that_is_not_utf8_is_kept_readable_but_never_redriven_under_another_key() -> None:
+    """Probe 23: the key was stored with replacement characters and a redrive would have sent
+    the original under that other key (another partition)."""
+    from app.engine.dead_letters import redrivable
+
+    _, _, letter_bytes = dead_letter(
+        "orders", PlainRecord("a.orders", 1, 2, b"\xff\xfeok", b"junk", []), ValueError("e")
+    )
+    payload = orjson.loads(letter_bytes)["payload"]
+    assert payload["key"] == "\ufffd\ufffdok" and payload["key_truncated"] is True
+    assert not redrivable(payload)
+    _, _, letter_bytes = dead_letter("orders", PlainRecord("a.orders", 1, 2, b"o-1", b"junk", []), ValueError("e"))
+    payload = orjson.loads(letter_bytes)["payload"]
+    assert payload["key"] == "o-1" and "key_truncated" not in payload and redrivable(payload)
