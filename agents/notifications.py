@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 
 from agents import users
-from agents._wiring import envelopes, order_id_of, send
+from agents._wiring import envelopes, on_partition, order_id_of, send
 from app import metrics
 from app.domain.common import NOTIFICATIONS, ORDERS, Emit
 from app.engine.step import Step
@@ -40,7 +40,7 @@ notifier = build(settings.notifier, settings.smtp_url, settings.smtp_sender)
 async def handle(step: Step, env: Envelope) -> None:
     """Send the confirmation unless this order already has one."""
     p = env["payload"]
-    order_id = order_id_of(env)
+    order_id = on_partition(step, order_id_of(env))
     if notified(step, order_id):
         return
     user_id = str(p.get("user_id") or "")

@@ -91,3 +91,12 @@ def cluster2(broker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def one_partition(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every key on partition 0 of the app's engine: the stages check that a message is on its key's partition."""
+    from app.main import engine
+
+    monkeypatch.setattr(engine, "partitions", 1)
+    monkeypatch.setattr(engine, "_partitions_by_key", {})  # its remembered partitions are for another count

@@ -29,6 +29,24 @@ MAX_QUANTITY = 10_000
 MAX_PRICE_CENTS = 100_000_000  # 1,000,000.00
 MAX_TOTAL_CENTS = 10**11  # 1,000,000,000.00
 
+
+def check_lines(items: list[dict[str, Any]]) -> None:
+    """Refuse (raise ``ValueError``) order lines past the bounds: too many, a quantity not in
+    1..:data:`MAX_QUANTITY`, a price not in 0..:data:`MAX_PRICE_CENTS`, or more than
+    :data:`MAX_TOTAL_CENTS` in all. For messages written on a topic by hand: the HTTP edge's
+    models hold every order it takes to the same bounds.
+    """
+    if len(items) > MAX_ITEMS or any(
+        not 1 <= int(i["quantity"]) <= MAX_QUANTITY or not 0 <= int(i["price_cents"]) <= MAX_PRICE_CENTS for i in items
+    ):
+        raise ValueError(
+            f"past the bounds: at most {MAX_ITEMS} lines of 1 to {MAX_QUANTITY} units "
+            f"at most {from_cents(MAX_PRICE_CENTS)} each"
+        )
+    if sum(int(i["price_cents"]) * int(i["quantity"]) for i in items) > MAX_TOTAL_CENTS:
+        raise ValueError(f"totals more than {from_cents(MAX_TOTAL_CENTS)}")
+
+
 #: ISO 4217 codes that are not money one pays with: precious metals, fund and accounting units,
 #: the testing and "no currency" codes.
 NOT_PAYABLE = frozenset(

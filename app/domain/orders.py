@@ -33,13 +33,10 @@ from app.domain.common import (
     DEFAULT_CURRENCY,
     FINAL_STATUSES,
     INVENTORY,
-    MAX_ITEMS,
-    MAX_PRICE_CENTS,
-    MAX_QUANTITY,
-    MAX_TOTAL_CENTS,
     ORDERS,
     PAYMENTS,
     Emit,
+    check_lines,
     from_cents,
     payable,
 )
@@ -111,16 +108,10 @@ def admit(env: Envelope) -> None:
     """
     if env["type"] != "order.placed":
         return
-    items = env["payload"].get("items") or []
-    if len(items) > MAX_ITEMS or any(
-        int(i["quantity"]) > MAX_QUANTITY or int(i["price_cents"]) > MAX_PRICE_CENTS for i in items
-    ):
-        raise ValueError(
-            f"order.placed is past the bounds: at most {MAX_ITEMS} lines of at most {MAX_QUANTITY} units "
-            f"at most {from_cents(MAX_PRICE_CENTS)} each"
-        )
-    if sum(int(i["price_cents"]) * int(i["quantity"]) for i in items) > MAX_TOTAL_CENTS:
-        raise ValueError(f"order.placed totals more than {from_cents(MAX_TOTAL_CENTS)}")
+    try:
+        check_lines(env["payload"].get("items") or [])
+    except ValueError as exc:
+        raise ValueError(f"order.placed {exc}") from None
     if not payable(env["payload"].get("currency", DEFAULT_CURRENCY)):
         raise ValueError("order.placed names no ISO 4217 currency in circulation")
 

@@ -10,10 +10,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
+import pytest
 
 from app.engine.step import Step
 from app.engine.store import PartitionDB
 from schemas.envelope import make
+
+pytestmark = pytest.mark.usefixtures("one_partition")  # the stages check that a message is on its key's partition
 
 
 def _confirmed(order_id: str, at: datetime, product: str) -> dict[str, object]:

@@ -10,15 +10,19 @@ nothing and counts nothing, and an order counted by an older version (its mark i
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from app.engine.step import Step
 from app.engine.store import PartitionDB
 from schemas.envelope import make
 from tests.unit.test_bounded_state import _confirmed
+
+pytestmark = pytest.mark.usefixtures("one_partition")  # the stages check that a message is on its key's partition
 
 
 def _handle_both(step: Step, env: dict[str, Any]) -> list[dict[str, Any]]:
@@ -113,3 +117,26 @@ def test_an_order_counted_by_an_older_version_is_not_counted_again(tmp_path: Pat
     assert analytics_partial(db)["orders"] == 0
     assert sorted(e["id"] for e in order_history(db, "o-old")) == sorted([recorded["id"], sent[0]["id"]])
     db.close()
+
+
+def test_a_confirmation_on_another_partition_than_its_order_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Probe 23: analytics and notifications took an ``order.confirmed`` on any partition (the
+    saga, inventory and payments refuse one), counting and notifying an order that is not there."""
+    from agents import analytics, notifications
+    from agents._wiring import WrongPartition
+    from app.main import engine
+
+    monkeypatch.setattr(engine, "partitions", 8)
+    monkeypatch.setattr(engine, "_partitions_by_key", {})
+    order_id = next(f"o{i}" for i in range(100) if engine.partition_for(f"o{i}") != 0)
+    step = Step(0, PartitionDB(tmp_path / "p0", 0))
+    env = _confirmed(order_id, datetime(2026, 11, 1, tzinfo=UTC), "p1")
+    for handle in (analytics.handle, notifications.handle):
+        step.begin("s", "orders", 1, env)
+        with pytest.raises(WrongPartition):
+            result = handle(step, env)  # type: ignore[arg-type]
+            if asyncio.iscoroutine(result):
+                asyncio.run(result)
+    assert not step.outputs and not step.overlay

@@ -254,3 +254,30 @@ def test_orders_in_another_currency_are_never_added_to_the_revenue() -> None:
     assert out["orders_recorded"] == 3
     assert sum(p["units"] for p in out["top_products"]) == 3 * sum(int(i["quantity"]) for i in A["items"])
     assert out["revenue_per_minute"][0]["revenue"] == analytics.from_cents(cents)
+
+
+NOW = 1_714_564_800.0  # 2024-05-01T12:00:00Z
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"items": [{"product_id": "boom", "quantity": 2**63, "price_cents": 0}], "total_cents": 0}, "bounds"),
+        ({"items": [{"product_id": "p", "quantity": -5, "price_cents": 100}], "total_cents": 0}, "bounds"),
+        ({"items": [{"product_id": "p", "quantity": 1, "price_cents": 10**12}]}, "bounds"),
+        ({"total_cents": 2**63}, "total"),
+        ({"total_cents": -100}, "total"),
+        ({"currency": "XAU"}, "currency"),
+        ({"confirmed_at": "9999-12-31T23:59:00Z"}, "ahead"),
+    ],
+)
+def test_a_confirmation_no_saga_could_send_is_refused(change: dict[str, Any], why: str) -> None:
+    """Probe 23: a hand-written confirmation of 2**63 units made the merged summary overflow
+    (500 on every worker) and one stamped in year 9999 pruned every window."""
+    analytics.admit(A, NOW)  # a real one passes
+    with pytest.raises(ValueError, match=why):
+        analytics.admit({**A, **change}, NOW)
+
+
+def test_a_confirmation_a_little_ahead_of_this_clock_is_counted() -> None:
+    analytics.admit({**A, "confirmed_at": "2024-05-01T13:00:00.000Z"}, NOW)  # another machine's clock, an hour on

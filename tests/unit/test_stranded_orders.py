@@ -15,14 +15,7 @@ from app.engine.store import PartitionDB
 from schemas.envelope import derived_id, make
 from tests.unit.saga_harness import run as _run
 
-
-@pytest.fixture(autouse=True)
-def _one_partition(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every key on partition 0: the stages check that a message is on its key's partition."""
-    from app.main import engine
-
-    monkeypatch.setattr(engine, "partitions", 1)
-    monkeypatch.setattr(engine, "_partitions_by_key", {})  # its remembered partitions are for another count
+pytestmark = pytest.mark.usefixtures("one_partition")  # the stages check that a message is on its key's partition
 
 
 def test_an_order_whose_reservation_was_dead_lettered_is_rejected_and_every_line_released(tmp_path: Path) -> None:
