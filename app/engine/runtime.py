@@ -224,6 +224,8 @@ class Engine:
         self.datadir = datadir
         self.linger_ms = linger_ms
         self.session_timeout_ms = session_timeout_ms
+        #: Seconds a fenced task waits for the rebalance that moved its partition (two sessions).
+        self.fence_grace = 2 * session_timeout_ms / 1000
         self.decode = decode
         self.dead_letter = dead_letter
         self.indexer = indexer
@@ -1172,7 +1174,10 @@ class Engine:
         task.fetched.clear()
         task.ready = False
         if fenced:
-            return  # the rebalance that moved it recovers it, if it comes back
+            # The rebalance that moved it recovers it, if it comes back; if none comes, the
+            # fence came from outside the group: the task takes its partition back.
+            self._background(self._reclaim_if_kept(task))
+            return
         # Another worker may have committed to this task's changelogs meanwhile (it owned the
         # partition while this one was paused, and the new producer above fenced it): bring
         # the database to the changelogs' end before reading the inputs again, or the task
@@ -1210,6 +1215,30 @@ class Engine:
         finally:
             task.rewinding = False
         log.info("partition %s: reading its inputs again from %s", task.partition, task.rewind)
+
+    async def _reclaim_if_kept(self, task: Task) -> None:
+        """Start a fenced task again when no rebalance took its partition within the fence grace.
+
+        A producer is fenced by another with its transactional id: a new owner's (a rebalance
+        moved the partition, and closes this task within the session timeout) or one outside
+        the group (a client given the app's transactional ids, a worker of the same app id
+        started beside the group). In the second case no rebalance ever comes, and the
+        partition would answer 503 until a restart: after :attr:`fence_grace` seconds with
+        the task still this worker's, it gets a new producer (fencing the other) and is restored.
+        """
+        await asyncio.sleep(self.fence_grace)
+        async with self._lock:
+            if self._stopping or self.rebalancing or task.closed or task.ready:
+                return  # a rebalance under way closes it (a task not ready is never kept)
+            if self.tasks.get(task.partition) is not task:
+                return
+            log.warning(
+                "partition %s: still assigned here %.0f s after its producer was fenced, and no rebalance "
+                "moved it (a producer outside the group used its transactional id): taking it back",
+                task.partition,
+                self.fence_grace,
+            )
+            await self._reset(task)
 
     def report_damage(self, partition: int, error: BaseException | str) -> None:
         """A read of ``partition``'s database failed (a damaged file): rebuild it from its changelogs soon.

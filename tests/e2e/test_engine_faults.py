@@ -471,3 +471,36 @@ def test_a_worker_paused_while_idle_gets_its_partitions_back_serves_them_and_rep
     finally:
         for w in workers:
             w.stop()
+
+
+def test_a_partition_fenced_from_outside_the_group_is_taken_back(
+    broker_url: str, kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Probe 23: a producer outside the consumer group started with a task's transactional id
+    fenced the task; it waited for a rebalance that never came, and the partition's orders
+    answered 503 until the worker was restarted."""
+    from aiokafka import AIOKafkaProducer
+
+    app_id = uid("fence")
+    env = {"ORDERSTREAM_PROCESSING_GUARANTEE": "exactly_once", "ORDERSTREAM_SESSION_TIMEOUT": "6"}
+    worker = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "w", env=env).start().wait_ready()
+    cluster = Cluster([worker])
+    try:
+        product = uid("p")
+        cluster.set_stock(product, 100)
+        partitions = sum(len(w["partitions"]) for w in cluster.get("/cluster").body["workers"])
+
+        async def fence() -> None:  # init_transactions bumps the epoch: the task's producer is fenced
+            for p in range(partitions):
+                outsider = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{app_id}-task-{p}")
+                await outsider.start()
+                await outsider.stop()
+
+        asyncio.run(fence())
+        orders = [cluster.place(order_body([(product, 1, "1.00")])) for _ in range(6)]
+        for order_id in orders:  # the fenced tasks wait two sessions (12 s), then take their partitions back
+            assert cluster.final(order_id, timeout=90)["status"] == "confirmed"
+        assert "taking it back" in worker.log_text()
+        assert cluster.get(f"/inventory/{product}").body["sold"] == 6
+    finally:
+        worker.stop()

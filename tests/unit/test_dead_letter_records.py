@@ -224,3 +224,36 @@ def test_a_key_that_is_not_utf8_is_kept_readable_but_never_redriven_under_anothe
     _, _, letter_bytes = dead_letter("orders", PlainRecord("a.orders", 1, 2, b"o-1", b"junk", []), ValueError("e"))
     payload = orjson.loads(letter_bytes)["payload"]
     assert payload["key"] == "o-1" and "key_truncated" not in payload and redrivable(payload)
+
+
+@pytest.mark.parametrize("moved", [False, True])
+def test_a_fenced_task_no_rebalance_takes_away_is_taken_back(tmp_path: Path, moved: bool) -> None:
+    """Probe 23: a producer outside the group with a task's transactional id fenced it; the task
+    waited for a rebalance that never came and its partition answered 503 until a restart."""
+    from types import SimpleNamespace
+
+    engine: Engine = offline_engine(tmp_path, partitions=4)
+    engine.fence_grace = 0.05
+    engine.rebalancing = False  # assigned, and no rebalance follows
+    task = Task(2, Step(2, PartitionDB(tmp_path / "p2.rocksdb", 2)), SimpleNamespace())  # type: ignore[arg-type]
+    task.ready = True
+    engine.tasks[2] = task
+    fenced_reset = engine._reset
+    resets: list[bool] = []
+
+    async def reset(task: Task, *, fenced: bool = False) -> None:
+        resets.append(fenced)
+        if fenced:
+            await fenced_reset(task, fenced=True)
+
+    engine._reset = reset  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        await engine._reset(task, fenced=True)
+        assert not task.ready
+        if moved:  # the rebalance that moved the partition closed the task
+            task.closed = True
+        await asyncio.sleep(0.3)
+
+    asyncio.run(scenario())
+    assert resets == ([True] if moved else [True, False])
