@@ -117,14 +117,21 @@ def admit(env: Envelope) -> None:
 
 
 def asked_for(state: OrderState, env: Envelope) -> bool:
-    """Whether a payment answer is for the payment this order asked for (the saga names it then).
+    """Whether a payment answer is for the payment this order asked for (the saga names it then),
+    of the order's total in its currency.
 
     One that is not is left alone, never refunded: refunding its charge would give back
     someone else's money. Not refused either: under at least once, an answer can be read
     again before the input that asked for it is (after a failed commit), and is sent again.
     """
+    p = env["payload"]
     asked = state["payment"].get("payment_id")
-    return asked is not None and env["payload"].get("payment_id") == asked
+    if asked is None or p.get("payment_id") != asked:
+        return False
+    # Of the amount asked for too: a charge written on the payments topic by hand before the
+    # saga's (the payment id is the order's) would otherwise pay the order with a cent.
+    amount, currency = p.get("amount_cents"), p.get("currency")
+    return (amount is None or amount == state["total_cents"]) and (currency is None or currency == state["currency"])
 
 
 def _line_command(order: OrderState, type_: str, product_id: str, quantity: int) -> Emit:

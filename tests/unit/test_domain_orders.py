@@ -280,6 +280,15 @@ def test_a_payment_answer_the_order_did_not_ask_for_is_told_apart() -> None:
     assert orders.asked_for(run(*HISTORIES["reserved"]), processed())
 
 
+@pytest.mark.parametrize("change", [{"amount_cents": 1}, {"currency": "EUR"}])
+def test_a_payment_answer_for_another_amount_than_the_order_asked_for_is_told_apart(change: dict[str, Any]) -> None:
+    """Probe 23: a payment.charge of one cent written on the topic before the saga's (the payment
+    id is the order's) was charged, answered, and confirmed the order paid with a cent."""
+    for answer in (processed(), failed("card_declined")):
+        forged = {**answer, "payload": {**answer["payload"], **change}}
+        assert not orders.asked_for(run(*HISTORIES["reserved"]), forged)
+
+
 # --- inventory.reserved / inventory.rejected ---------------------------------------------------
 
 
