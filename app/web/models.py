@@ -118,7 +118,7 @@ def _stripped(value: Any) -> Any:
 
 # The pattern before the validator: after it, pydantic leaves it out of the JSON schema (the OpenAPI document).
 Email = Annotated[str, Field(pattern=EMAIL_PATTERN, max_length=254), AfterValidator(_visible)]
-Name = Annotated[str, BeforeValidator(_stripped), AfterValidator(_visible), Field(min_length=1, max_length=200)]
+Name = Annotated[str, Field(min_length=1, max_length=200), BeforeValidator(_stripped), AfterValidator(_visible)]
 Money = Annotated[
     str,
     Field(
@@ -235,7 +235,7 @@ def _at(loc: tuple[str | int, ...], message: str) -> LocatedError:
     return LocatedError(loc, message)
 
 
-ShortText = Annotated[str, BeforeValidator(_stripped), AfterValidator(_visible), Field(min_length=1, max_length=100)]
+ShortText = Annotated[str, Field(min_length=1, max_length=100), BeforeValidator(_stripped), AfterValidator(_visible)]
 
 
 class NoBody(Model):

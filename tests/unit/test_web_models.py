@@ -193,3 +193,15 @@ def test_the_document_accepts_what_the_model_accepts(model: str, body: dict[str,
     except ValidationError:
         accepted = False
     assert jsonschema_rs.Draft202012Validator(schema).is_valid(body) == accepted, (model, body)
+
+
+@pytest.mark.parametrize(("kind", "limit"), [("ShortText", 100), ("Name", 200)])
+def test_an_over_long_text_is_said_to_have_too_many_characters(kind: str, limit: int) -> None:
+    """Probe 23: the 422 said "should have at most 100 items" of a string."""
+    import pydantic
+
+    from app.web import models
+
+    with pytest.raises(pydantic.ValidationError) as caught:
+        pydantic.TypeAdapter(getattr(models, kind)).validate_python("x" * (limit + 1))
+    assert f"at most {limit} characters" in caught.value.errors()[0]["msg"]
