@@ -1194,9 +1194,15 @@ class Engine:
                 return  # stopping, or the partition moved: nothing to read again here
             try:
                 await self._recover([task])
+                # Not ready until every input is sent back: a batch the loop fetched meanwhile from
+                # the old positions would be taken, and the records re-read below it then skipped
+                # as already handled (probe 24: inputs lost after a failed commit).
+                task.ready = False
+                targets = await self._rewind_all(task)
                 self._failing.pop(task.partition, None)
                 break
             except Exception as exc:  # a broker hiccup, no descriptor to reopen with: try again; the task waits
+                task.ready = False
                 if attempt & (attempt - 1) == 0:  # attempts 1, 2, 4, 8, …: the log says it goes on, not every time
                     log.error(
                         "partition %s: restoring after a failed commit failed (attempt %d, trying again): %s",
@@ -1208,7 +1214,24 @@ class Engine:
                 if isinstance(exc, StoreError) or out_of_resources(exc):
                     self._still_failing(task.partition, exc)
                 await asyncio.sleep(RETRY_AFTER)
+        # Sent back with no wait until the task is ready: a batch the loop takes meanwhile (and
+        # drops, the task not being ready) would move the consumer on. Whatever was fetched
+        # before this is dropped and sent back again (``reset_at``).
         assert self.consumer is not None
+        for tp, offset in targets.items():
+            self.consumer.seek(tp, offset)
+            task.position[tp] = offset
+        task.backlog.clear()
+        task.fetched.clear()
+        task.reset_at = time.monotonic()
+        task.ready = True
+        log.info("partition %s: reading its inputs again from %s", task.partition, task.rewind)
+
+    async def _rewind_all(self, task: Task) -> dict[TopicPartition, int]:
+        """Where the consumer goes back to on every input of the task's partition: its last committed
+        offset (the log's beginning where none was committed)."""
+        assert self.consumer is not None
+        targets: dict[TopicPartition, int] = {}
         # Until the consumer is sent back it stands past records that never landed: a
         # read-your-writes wait (:meth:`settled`) must not take them for handled meanwhile.
         task.rewinding = True
@@ -1217,11 +1240,13 @@ class Engine:
             # fetched batch of another was dropped with the backlog and must be read again.
             mine = {tp for tp in self.consumer.assignment() if tp.partition == task.partition}
             for tp in sorted(mine | set(task.position)):
-                task.rewind[tp] = await self.consumer.committed(tp)
-                await self._rewind(task, tp)
+                task.rewind[tp] = committed = await self.consumer.committed(tp)
+                if committed is None:
+                    committed = (await self.consumer.beginning_offsets([tp]))[tp]
+                targets[tp] = committed
         finally:
             task.rewinding = False
-        log.info("partition %s: reading its inputs again from %s", task.partition, task.rewind)
+        return targets
 
     async def _reclaim_if_kept(self, task: Task) -> None:
         """Start a fenced task again when no rebalance took its partition within the fence grace.
@@ -1343,8 +1368,13 @@ class Engine:
         for task in list(self.tasks.values()):
             if task.committing is not None:
                 with contextlib.suppress(Exception):
-                    await task.committing
+                    await asyncio.wait_for(asyncio.shield(task.committing), CLOSE_COMMIT_WAIT)
         for task in list(self.tasks.values()):
+            if task.committing is not None:
+                # Still committing after the wait (a hung broker request): left as it is; the
+                # assignment that follows closes the task and aborts it.
+                log.warning("partition %s: its commit did not end within %g s", task.partition, CLOSE_COMMIT_WAIT)
+                continue
             if task.ready and (task.backlog or task.local):
                 await self._step(task)
             if task.ready and (
@@ -1494,11 +1524,14 @@ class Engine:
             job.cancel()
         for fut in task.sends:
             fut.cancel()
+        # Neither the abort nor the stop may hold the rebalance for ever (probe 24: a producer
+        # whose commit hung across a broker replaced by a new cluster never answered its abort;
+        # the worker stood silent, not ready, and the group dropped it).
         if task.in_txn:
             with contextlib.suppress(Exception):
-                await task.producer.abort_transaction()
+                await asyncio.wait_for(task.producer.abort_transaction(), CLOSE_COMMIT_WAIT)
         with contextlib.suppress(Exception):
-            await task.producer.stop()
+            await asyncio.wait_for(task.producer.stop(), CLOSE_COMMIT_WAIT)
         self.tasks.pop(task.partition, None)
 
     async def _recover(self, tasks: list[Task]) -> None:

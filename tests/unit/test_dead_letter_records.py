@@ -9,6 +9,7 @@ after them committed over them (three valid orders behind it were never placed).
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +258,98 @@ def test_a_fenced_task_no_rebalance_takes_away_is_taken_back(tmp_path: Path, mov
 
     asyncio.run(scenario())
     assert resets == ([True] if moved else [True, False])
+
+
+def test_a_batch_fetched_while_a_failed_commit_rewinds_is_not_taken_and_nothing_is_skipped(tmp_path: Path) -> None:
+    """Probe 24: after a failed commit the task was ready again (restored) before the consumer was
+    sent back; the loop took a batch from the old, further position meanwhile, and the records
+    read again from the committed offset were then dropped as already handled: orders lost,
+    stuck in ``paid``, stock left reserved."""
+    from aiokafka.structs import ConsumerRecord
+
+    tp = TopicPartition("t.orders", 2)
+    gate = asyncio.Event()
+
+    class Producer:
+        async def stop(self) -> None:
+            pass
+
+    class Consumer:
+        def assignment(self) -> set[TopicPartition]:
+            return {tp}
+
+        async def committed(self, tp: TopicPartition) -> int:
+            await gate.wait()  # the loop runs meanwhile
+            return 10
+
+        def seek(self, tp: TopicPartition, offset: int) -> None:
+            pass
+
+    engine: Engine = offline_engine(tmp_path, partitions=4)
+    engine.consumer = Consumer()  # type: ignore[assignment]
+    engine.rebalancing = False
+    engine._next_timer = 1e18
+    task = Task(2, Step(2, PartitionDB(tmp_path / "p2.rocksdb", 2)), Producer())  # type: ignore[arg-type]
+    task.ready = True
+    engine.tasks[2] = task
+    handled: list[int] = []
+
+    async def producer(partition: int) -> Any:
+        return Producer()
+
+    async def recover(tasks: list[Task]) -> None:
+        for t in tasks:
+            t.ready = True  # as the restore does
+
+    async def handle(task: Task, logical: str, record: Any) -> None:
+        handled.append(record.offset)
+
+    engine._transactional_producer = producer  # type: ignore[method-assign]
+    engine._recover = recover  # type: ignore[method-assign]
+    engine._handle = handle  # type: ignore[method-assign]
+
+    def records(*offsets: int) -> list[Any]:
+        return [ConsumerRecord(tp.topic, 2, o, 0, 0, None, b"{}", None, 0, 0, []) for o in offsets]
+
+    async def scenario() -> None:
+        reset = asyncio.create_task(engine._reset(task))
+        for _ in range(5):
+            await asyncio.sleep(0)  # the reset waits for the committed offsets
+        # The loop fetched on from the old position meanwhile.
+        await engine._cycle({tp: records(12, 13)}, fetched_at=time.monotonic())
+        gate.set()
+        await reset
+        task.retry_at = 0
+        await engine._cycle({tp: records(10, 11, 12, 13)}, fetched_at=time.monotonic())
+        await asyncio.sleep(0.01)  # the old producer's stop, in the background
+
+    asyncio.run(scenario())
+    assert handled == [10, 11, 12, 13]
+
+
+def test_closing_a_task_whose_producer_never_answers_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe 24: the abort of a task's transaction, on a producer whose commit had hung across a
+    broker replaced by a new cluster, never returned: the rebalance listener stood for ever."""
+    from app.engine import runtime
+
+    class Hung:
+        async def abort_transaction(self) -> None:
+            await asyncio.Event().wait()
+
+        async def stop(self) -> None:
+            await asyncio.Event().wait()
+
+    monkeypatch.setattr(runtime, "CLOSE_COMMIT_WAIT", 0.05)
+    engine: Engine = offline_engine(tmp_path, partitions=4)
+    task = Task(2, Step(2, PartitionDB(tmp_path / "p2.rocksdb", 2)), Hung())  # type: ignore[arg-type]
+    task.in_txn = True
+    engine.tasks[2] = task
+
+    async def scenario() -> None:
+        task.committing = asyncio.create_task(asyncio.Event().wait())  # a commit that never ends
+        await asyncio.wait_for(engine._commit_all(), 2)  # the revocation's commit goes past it
+        await asyncio.wait_for(engine._close_task(task), 2)
+        task.committing.cancel()
+
+    asyncio.run(scenario())
+    assert 2 not in engine.tasks
