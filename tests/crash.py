@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts import kafka_local
-from tests.support import FINAL, Cluster, Worker, eventually, http, order_body, uid
+from tests.support import FINAL, Cluster, Worker, eventually, http, order_body, set_max_message_bytes, uid
 
 CARDS = [
     ("4242424242424242", 80),
@@ -124,6 +125,32 @@ def _pauses(cluster: Cluster, stop: threading.Event, pauses: int, interval: floa
         victim.proc.send_signal(signal.SIGCONT)
 
 
+#: Changelogs whose writes the ``refuse`` fault has the broker refuse, in turn.
+REFUSED_CHANGELOGS = ("order_records-changelog", "stock_records-changelog")
+REFUSE_SECONDS = 3.0
+
+
+def _refusals(broker: str, app_id: str) -> Callable[[Cluster, threading.Event, int, float, Report], None]:
+    """Have the broker refuse every write to a changelog for :data:`REFUSE_SECONDS`, ``n`` times.
+
+    Every commit of the partitions then fails: their uncommitted work is dropped and their
+    inputs read again from the last commit, while the load goes on (probe 24: inputs were
+    skipped on the way back).
+    """
+
+    def refuse(cluster: Cluster, stop: threading.Event, n: int, interval: float, report: Report) -> None:
+        for i in range(n):
+            if stop.wait(interval):
+                return
+            topic = f"{app_id}-{REFUSED_CHANGELOGS[i % len(REFUSED_CHANGELOGS)]}"
+            asyncio.run(set_max_message_bytes(broker, topic, 100))
+            report.kills += 1
+            time.sleep(REFUSE_SECONDS)  # the fault's length, not a wait for an effect
+            asyncio.run(set_max_message_bytes(broker, topic, 1_048_588))
+
+    return refuse
+
+
 def _chaos(cluster: Cluster, stop: threading.Event, kills: int, interval: float, report: Report) -> None:
     """Kill worker 1 with SIGKILL ``kills`` times, restarting it; the last restart wipes its data."""
     victim = cluster.workers[1]
@@ -209,8 +236,9 @@ def run(
 ) -> Report:
     """Run the crash test against ``broker`` (``host:port``) and return the report.
 
-    ``fault`` is ``kill`` (SIGKILL and restart, the last time with a wiped data directory)
-    or ``pause`` (SIGSTOP until the partitions move, then SIGCONT). With ``restore_check``
+    ``fault`` is ``kill`` (SIGKILL and restart, the last time with a wiped data directory),
+    ``pause`` (SIGSTOP until the partitions move, then SIGCONT) or ``refuse`` (the broker
+    refuses a changelog's writes for a few seconds: every commit fails meanwhile). With ``restore_check``
     both workers are then restarted on empty data directories, so every answer comes from
     state restored from the changelogs alone, and the checks run again.
     """
@@ -233,7 +261,7 @@ def run(
         placed: list[Placed] = []
         stop = threading.Event()
         interval = max(orders / rate / (kills + 1), 3.0)
-        target = _pauses if fault == "pause" else _chaos
+        target = {"pause": _pauses, "kill": _chaos, "refuse": _refusals(broker, app_id)}[fault]
         chaos = threading.Thread(target=target, args=(cluster, stop, kills, interval, report), daemon=True)
         started = time.monotonic()
         chaos.start()
@@ -431,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--guarantee", choices=["exactly_once", "at_least_once"], default="exactly_once")
     parser.add_argument("--broker", default=os.environ.get("ORDERSTREAM_TEST_BROKER", ""), help="host:port")
+    parser.add_argument(
+        "--fault", choices=["kill", "pause", "refuse"], default="kill", help="what happens to the workers"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (worker logs) afterwards")
     args = parser.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="orderstream-crash-")
@@ -444,7 +475,13 @@ def main(argv: list[str] | None = None) -> int:
             )
             broker = local.bootstrap
         report = run(
-            broker, orders=args.orders, rate=args.rate, guarantee=args.guarantee, kills=args.kills, workdir=Path(tmp)
+            broker,
+            orders=args.orders,
+            rate=args.rate,
+            guarantee=args.guarantee,
+            kills=args.kills,
+            workdir=Path(tmp),
+            fault=args.fault,
         )
     finally:
         if local is not None:

@@ -310,3 +310,18 @@ class Cluster:
             return r.body if r.status == 200 and r.body["status"] in FINAL else None
 
         return eventually(check, timeout, 0.2, what=f"order {order_id} final")
+
+
+async def set_max_message_bytes(bootstrap: str, topic: str, value: int) -> None:
+    """Set a topic's ``max.message.bytes`` (a small one makes the broker refuse what is sent to it)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": str(value)})]
+        )
+    finally:
+        await admin.close()

@@ -30,3 +30,17 @@ def test_sigkill_chaos_keeps_every_guarantee(kafka_bootstrap: str, tmp_path: Pat
     assert report.outcomes.get("confirmed", 0) > 0
     assert report.outcomes.get("rejected", 0) > 0
     assert report.violations == []
+
+
+@pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
+def test_refused_changelog_writes_under_load_keep_every_guarantee(
+    kafka_bootstrap: str, tmp_path: Path, guarantee: str
+) -> None:
+    """Probe 24: every commit failing for a few seconds under load (the broker refusing a
+    changelog's writes) lost inputs on the way back: orders never read, stuck in ``paid``,
+    stock left reserved."""
+    report = run(kafka_bootstrap, orders=400, rate=40, guarantee=guarantee, kills=2, workdir=tmp_path, fault="refuse")
+    print(report.as_dict())
+    assert report.kills == 2
+    assert report.orders == 400 and sum(report.outcomes.values()) == 400
+    assert report.violations == []

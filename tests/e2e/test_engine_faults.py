@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.crash import run
-from tests.support import Cluster, Worker, eventually, http, order_body, partition_of, uid
+from tests.support import Cluster, Worker, eventually, http, order_body, partition_of, set_max_message_bytes, uid
 
 pytestmark = [pytest.mark.e2e]
 
@@ -69,7 +69,7 @@ def test_a_refused_send_commits_no_offset(
         product = uid("p")
         cluster.set_stock(product, 10)
         topic = f"{app_id}{REFUSED[refused]}"
-        asyncio.run(_max_message_bytes(kafka_bootstrap, topic, 100))
+        asyncio.run(set_max_message_bytes(kafka_bootstrap, topic, 100))
         order_id = cluster.place(order_body([(product, 1, "3.00")]))
         eventually(lambda: "commit of partition" in worker.log_text(), 30, what="a failed commit in the log")
         # Nothing landed: the accepted order is not readable — its partition cannot take in
@@ -80,7 +80,7 @@ def test_a_refused_send_commits_no_offset(
         committed = asyncio.run(_committed(kafka_bootstrap, f"{app_id}.engine", f"{app_id}.orders"))
         ends = asyncio.run(_ends(kafka_bootstrap, f"{app_id}.orders"))
         assert any(committed.get(p, 0) < end for p, end in ends.items() if end), (committed, ends)
-        asyncio.run(_max_message_bytes(kafka_bootstrap, topic, 1_048_588))
+        asyncio.run(set_max_message_bytes(kafka_bootstrap, topic, 1_048_588))
         assert cluster.final(order_id, timeout=90)["status"] == "confirmed"
     finally:
         worker.stop()
@@ -303,30 +303,16 @@ def test_an_order_the_broker_refused_leaves_the_edge_working(
         # First every partition takes records from the producer (a broker checks the sequence
         # numbers of a producer it has seen on the partition).
         before = [cluster.place(order_body([(product, 1, "3.00")])) for _ in range(24)]
-        asyncio.run(_max_message_bytes(kafka_bootstrap, orders, 100))
+        asyncio.run(set_max_message_bytes(kafka_bootstrap, orders, 100))
         refused = cluster.post("/orders", order_body([(product, 1, "3.00")]))
         assert refused.status == 503 and refused.body["error"] == "unavailable", refused
         assert "Retry-After" in refused.headers
-        asyncio.run(_max_message_bytes(kafka_bootstrap, orders, 1_048_588))
+        asyncio.run(set_max_message_bytes(kafka_bootstrap, orders, 1_048_588))
         # Enough orders that every partition gets some (4 partitions: all but certainly).
         placed = [cluster.place(order_body([(product, 1, "3.00")])) for _ in range(24)]
         assert {cluster.final(o, timeout=90)["status"] for o in before + placed} == {"confirmed"}
     finally:
         worker.stop()
-
-
-async def _max_message_bytes(bootstrap: str, topic: str, value: int) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.alter_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": str(value)})]
-        )
-    finally:
-        await admin.close()
 
 
 async def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
