@@ -85,11 +85,23 @@ def expire_due(eng: Engine) -> None:
             continue
         for order_id, status in due_deadlines(task.step.db, now):
             latest = latest_order(task.step, order_id)
-            trace = tracing.headers_of(latest[1].get("trace") if latest else None)
-            cause = last_input_id(task.step, order_id, latest[0]) if latest else None
+            if latest is None or not due(latest[1], status, now):
+                # The deadline index is the committed one: an input handled since (a cancel this
+                # timer sent, not yet committed) moved the order on (probe 24: a cancel sent
+                # again, caused by itself, while commits failed).
+                continue
+            trace = tracing.headers_of(latest[1].get("trace"))
+            cause = last_input_id(task.step, order_id, latest[0])
             command = domain.deadline_cancel(order_id, status, cause=cause)
             task.local.append((ORDERS, command, None, -1, trace))
     eng.wake()
+
+
+def due(state: dict[str, Any], status: str, now: float) -> bool:
+    """Whether the order, as the step sees it now, is still past the deadline the index listed under ``status``."""
+    deadline = state.get("deadline")
+    ending = domain.CLOSING if state.get("closing") else state.get("status")
+    return deadline is not None and deadline <= now and ending == status
 
 
 PAYMENT_ANSWERS = frozenset({"payment.processed", "payment.failed"})

@@ -130,3 +130,51 @@ def test_a_line_reserved_whose_answer_was_lost_is_released_at_the_deadline(tmp_p
         _run(saga, orders.handle, answer[0])
     assert stock.get("stock_records", "stock/a") == {"on_hand": 5, "reserved": 0, "sold": 0}
     assert latest_order(saga, order_id)[1]["lines"] == {"a": "released"}
+
+
+def test_a_deadline_whose_cancel_is_not_committed_yet_is_not_cancelled_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Probe 24: while commits failed, the timer read the committed deadline index (still
+    ``reserved``) and sent the same payment_timeout cancel again, caused by itself; the saga
+    took it a second time and its ``order.cancelled`` got the id of the first one's release."""
+    import time
+    from collections import deque
+    from types import SimpleNamespace
+
+    from agents import inventory, orders
+    from tables import index_order, latest_order
+
+    saga = Step(0, PartitionDB(tmp_path / "orders", 0, index_order))  # with the deadline index
+    stock = Step(0, PartitionDB(tmp_path / "stock", 0))
+    set_stock = make("inventory.set_stock", "product", "a", {"product_id": "a", "on_hand": 5}, correlation_id="a")
+    _run(stock, inventory.handle_restock, dict(set_stock))
+    order_id = "o-timer"
+    payload = {
+        "order_id": order_id,
+        "user_id": "u1",
+        "items": [{"product_id": "a", "quantity": 1, "price_cents": 100}],
+        "total_cents": 100,
+        "currency": "USD",
+        "payment": {"method": "card", "token": "tok_visa", "last4": "4242"},
+    }
+    placed = dict(make("order.placed", "order", order_id, payload, correlation_id=order_id, version=2))
+    (reserve,) = _run(saga, orders.handle, placed)
+    (reserved,) = _run(stock, inventory.handle_line, reserve)
+    _run(saga, orders.handle, reserved)
+    assert latest_order(saga, order_id)[1]["status"] == "reserved"
+    writes, _ = saga.freeze()  # committed: the deadline index lists the order as reserved
+    saga.db.apply(writes, {})
+    saga.landed()
+
+    task = SimpleNamespace(ready=True, step=saga, local=deque())
+    engine = SimpleNamespace(tasks={0: task}, wake=lambda: None)
+    later = time.time() + 10 * 3600
+    monkeypatch.setattr(time, "time", lambda: later)  # past the payment deadline
+    orders.expire_due(engine)  # type: ignore[arg-type]
+    ((_, cancel, _, _, _),) = list(task.local)
+    task.local.clear()
+    assert cancel["payload"]["reason"] == "payment_timeout"
+    _run(saga, orders.handle, cancel)  # handled, not committed yet (the commit fails, say)
+    orders.expire_due(engine)  # type: ignore[arg-type]
+    assert list(task.local) == []  # not sent again
