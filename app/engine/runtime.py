@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import IllegalStateError, KafkaError, ProducerFenced
+from aiokafka.errors import IllegalStateError, KafkaError, KafkaTimeoutError, ProducerFenced
 from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord as Record  # topic, partition, offset, key, value, headers
 
@@ -92,6 +92,8 @@ RECOVER_ATTEMPTS = 3
 REFUSALS_KEPT = 1000
 #: How long closing a revoked task waits for its commit in flight to end before aborting it.
 CLOSE_COMMIT_WAIT = 10.0
+#: How long :meth:`Engine.produce` (the HTTP edge's writes) waits for the broker to take a record.
+PRODUCE_WAIT = 10.0
 
 Handler = Callable[[Step, Any], Awaitable[None] | None]
 Decoder = Callable[[Any, str | None], Any]
@@ -510,14 +512,22 @@ class Engine:
     async def produce(
         self, logical: str, key: str, value: bytes, headers: list[tuple[str, bytes]] | None = None
     ) -> None:
-        """Send one record through the plain producer and wait until the broker has it."""
+        """Send one record through the plain producer and wait until the broker has it.
+
+        Waits at most :data:`PRODUCE_WAIT` seconds (``KafkaTimeoutError``): a client of the
+        HTTP edge is told 503 while it still waits, not after the producer's own 40 s (probe
+        24); the record may still land later, as after any timeout.
+        """
         producer = self.producer
         assert producer is not None, "the engine is not started"
         try:
-            fut = await producer.send(
-                f"{self.app_id}.{logical}", value, key.encode(), partition=self.partition_for(key), headers=headers
-            )
-            await fut
+            async with asyncio.timeout(PRODUCE_WAIT):
+                fut = await producer.send(
+                    f"{self.app_id}.{logical}", value, key.encode(), partition=self.partition_for(key), headers=headers
+                )
+                await fut
+        except TimeoutError:
+            raise KafkaTimeoutError(f"the broker did not take the record within {PRODUCE_WAIT:g} s") from None
         except Exception:
             await self._renew_producer(producer)
             raise

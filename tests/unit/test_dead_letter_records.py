@@ -353,3 +353,24 @@ def test_closing_a_task_whose_producer_never_answers_ends(tmp_path: Path, monkey
 
     asyncio.run(scenario())
     assert 2 not in engine.tasks
+
+
+def test_a_send_the_broker_never_takes_fails_within_the_produce_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Probe 24: with the broker down, POST /orders answered 503 only after the producer's own
+    40 s; a client with a shorter timeout got no answer at all."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    from app.engine import runtime
+
+    class Stalled:
+        async def send(self, *args: Any, **kwargs: Any) -> Any:
+            await asyncio.Event().wait()  # waiting for the broker's metadata, for ever
+
+    monkeypatch.setattr(runtime, "PRODUCE_WAIT", 0.05)
+    engine: Engine = offline_engine(tmp_path, partitions=4)
+    engine.producer = Stalled()  # type: ignore[assignment]
+    with pytest.raises(KafkaTimeoutError):
+        asyncio.run(asyncio.wait_for(engine.produce("orders", "o1", b"{}"), 2))
+    assert isinstance(engine.producer, Stalled)  # a timeout is not a broken producer: kept
