@@ -319,14 +319,7 @@ class Engine:
     async def start(self, url: str) -> None:
         """Connect, join the group and start the loop (returns at once; see :attr:`ready`)."""
         tune_gc()
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
-        try:
-            self.cluster_id = str((await admin.describe_cluster()).get("cluster_id") or "")
-        finally:
-            await admin.close()
+        self.cluster_id = await self._read_cluster_id()
         self.producer = await self._producer()
         TaskAssignor.url = url
         TaskAssignor.partitions = self.partitions
@@ -508,6 +501,17 @@ class Engine:
             return False
 
     # --- producing outside the steps (HTTP edge) ----------------------------------
+
+    async def _read_cluster_id(self) -> str:
+        """The Kafka cluster's id, as the broker says it now."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            return str((await admin.describe_cluster()).get("cluster_id") or "")
+        finally:
+            await admin.close()
 
     async def produce(
         self, logical: str, key: str, value: bytes, headers: list[tuple[str, bytes]] | None = None
@@ -1409,6 +1413,12 @@ class Engine:
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """After the group rebalanced: close lost tasks, open and recover new ones."""
         async with self._lock:
+            with contextlib.suppress(Exception):  # unanswered: the id read before stands
+                # Asked again at every assignment: a broker replaced by a new cluster under the same
+                # address makes its workers rejoin, and checkpoints and the workers' internal token
+                # must name the cluster they now talk to (probe 24: a worker that lived through the
+                # swap kept the old id, and its peers refused its calls for ever).
+                self.cluster_id = await asyncio.wait_for(self._read_cluster_id(), 10) or self.cluster_id
             numbers = {tp.partition for tp in assigned}
             generation = self._group_generation()
             missed = generation is not None and self.generation is not None and generation != self.generation + 1

@@ -374,3 +374,22 @@ def test_a_send_the_broker_never_takes_fails_within_the_produce_wait(
     with pytest.raises(KafkaTimeoutError):
         asyncio.run(asyncio.wait_for(engine.produce("orders", "o1", b"{}"), 2))
     assert isinstance(engine.producer, Stalled)  # a timeout is not a broken producer: kept
+
+
+def test_the_cluster_id_is_read_again_at_every_assignment(tmp_path: Path) -> None:
+    """Probe 24: a worker that lived through its broker's replacement by a new cluster kept the
+    old id: its checkpoints named that cluster and its peers refused its internal calls."""
+    engine: Engine = offline_engine(tmp_path, partitions=4)
+    engine.cluster_id = "old-cluster"
+
+    async def read() -> str:
+        return "new-cluster"
+
+    async def recover(tasks: list[Task]) -> None:
+        pass
+
+    engine._read_cluster_id = read  # type: ignore[method-assign]
+    engine._recover_assigned = recover  # type: ignore[method-assign]
+    engine.consumer = object()  # type: ignore[assignment]
+    asyncio.run(engine.on_assigned(set()))
+    assert engine.cluster_id == "new-cluster"
