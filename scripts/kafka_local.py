@@ -1147,7 +1147,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     data_help = f"cluster data directory (default {default_data_dir()})"
 
-    start_cmd = commands.add_parser("start", help="format and start a fresh cluster; prints the bootstrap servers")
+    start_cmd = commands.add_parser(
+        "start", help="format and start a fresh cluster (--keep: restart the one in --data-dir); prints the bootstrap"
+    )
     start_cmd.add_argument(
         "--port",
         type=int,
@@ -1169,6 +1171,11 @@ def _parser() -> argparse.ArgumentParser:
         help="stay attached; stop Kafka on Ctrl-C or exit",
     )
     start_cmd.add_argument("--owner-pid", type=int, help="stop Kafka automatically when this process dies")
+    start_cmd.add_argument(
+        "--keep",
+        action="store_true",
+        help="start the cluster formatted in --data-dir again with its topics and offsets (a broker restart)",
+    )
     start_cmd.add_argument(
         "--timeout",
         type=float,
@@ -1209,6 +1216,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             foreground=args.foreground,
             log=_say,
+            keep=args.keep,
         )
         _say(f"Kafka is up; stop it with: python {sys.argv[0]} stop --data-dir {cluster.data_dir}")
         print(cluster.bootstrap, flush=True)
