@@ -40,7 +40,8 @@ notifier = build(settings.notifier, settings.smtp_url, settings.smtp_sender)
 async def handle(step: Step, env: Envelope) -> None:
     """Send the confirmation unless this order already has one."""
     p = env["payload"]
-    order_id = on_partition(step, order_id_of(env))
+    # The older notification.send command was keyed by its user: only order.confirmed is checked.
+    order_id = order_id_of(env) if env["type"] == "notification.send" else on_partition(step, order_id_of(env))
     if notified(step, order_id):
         return
     user_id = str(p.get("user_id") or "")

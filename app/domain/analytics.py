@@ -10,10 +10,11 @@ single partition is a hot spot and every partial moves with its partition on reb
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, timedelta
 from typing import Any
 
-from app.domain.common import DEFAULT_CURRENCY, MAX_TOTAL_CENTS, check_lines, from_cents, payable
+from app.domain.common import DEFAULT_CURRENCY, MAX_TOTAL_CENTS, check_lines, from_cents
 from schemas.envelope import parse_ts
 
 Partial = dict[str, Any]
@@ -26,6 +27,9 @@ def _currency(payload: dict[str, Any]) -> str:
     return str(payload.get("currency") or DEFAULT_CURRENCY)
 
 
+#: What an ISO 4217 code looks like.
+CURRENCY_CODE = re.compile(r"[A-Z]{3}")
+
 #: How far ahead of this worker's clock a confirmation may be stamped (clocks of two machines
 #: differ); one later is refused: its window would prune every window before it.
 MAX_CLOCK_AHEAD_SECONDS = 24 * 3600
@@ -35,15 +39,17 @@ def admit(payload: dict[str, Any], now: float) -> None:
     """Refuse (raise ``ValueError``) a confirmation no saga could have sent, before it is counted.
 
     Lines and total past the order bounds (:func:`~app.domain.common.check_lines`), a
-    currency no one pays with, or a ``confirmed_at`` more than
+    currency that is no ISO 4217 code, or a ``confirmed_at`` more than
     :data:`MAX_CLOCK_AHEAD_SECONDS` ahead of ``now``: one written on a topic by hand would
     otherwise overflow the aggregates every worker merges, or prune every window.
     """
     check_lines(payload.get("items") or [])
     if not 0 <= int(payload.get("total_cents") or 0) <= MAX_TOTAL_CENTS:
         raise ValueError(f"a confirmed total is 0 to {from_cents(MAX_TOTAL_CENTS)}")
-    if not payable(_currency(payload)):
-        raise ValueError("a confirmed order names no ISO 4217 currency in circulation")
+    if not CURRENCY_CODE.fullmatch(_currency(payload)):
+        # Its shape only: the saga took the order in a currency then in circulation (one withdrawn
+        # since must still be counted).
+        raise ValueError("a confirmed order's currency is no ISO 4217 code")
     if parse_ts(payload["confirmed_at"]).timestamp() > now + MAX_CLOCK_AHEAD_SECONDS:
         raise ValueError(f"confirmed_at {payload['confirmed_at']} is more than a day ahead of this worker's clock")
 

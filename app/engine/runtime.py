@@ -144,6 +144,8 @@ class Task:
     retry_at: float = 0.0
     #: When the task last went back to its committed offsets: records fetched before that are stale.
     reset_at: float = 0.0
+    #: Resets so far: a step that finds it changed after an await was overtaken by one (its work is dropped).
+    resets: int = 0
     #: Next offset expected from the fetcher per input partition (an offset is never handled twice).
     fetched: dict[TopicPartition, int] = field(default_factory=dict)
     #: Where the last reset sent each input partition back to (``None``: its beginning).
@@ -507,8 +509,8 @@ class Engine:
         from aiokafka.admin import AIOKafkaAdminClient
 
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await admin.start()
         try:
+            await admin.start()
             return str((await admin.describe_cluster()).get("cluster_id") or "")
         finally:
             await admin.close()
@@ -780,9 +782,12 @@ class Engine:
     # --- a step -----------------------------------------------------------------
 
     async def _step(self, task: Task) -> None:
+        resets = task.resets
         while task.local:
             logical, env, tp, offset, headers = task.local.popleft()
             await self._handle_local(task, logical, env, headers)
+            if task.resets != resets:
+                return self._overtaken(task)
             held = task.held.get(tp) if tp is not None else None
             if held is not None:
                 held[offset] -= 1
@@ -796,9 +801,19 @@ class Engine:
             logical = self.topics.get(tp.topic, tp.topic)
             for record in records:
                 await self._handle(task, logical, record)
+                if task.resets != resets:
+                    return self._overtaken(task)
             task.position[tp] = records[-1].offset + 1
             task.dirty = True
         await self._flush_outputs(task)
+
+    @staticmethod
+    def _overtaken(task: Task) -> None:
+        """A reset ran while a handler of this step awaited (a failed commit, in the background):
+        what the step did after it is dropped, and its inputs are read again from the commit
+        (review: the step went on into the fresh state and moved the position past the rewind)."""
+        task.step.reset()
+        task.dirty = False
 
     async def _handle(self, task: Task, logical: str, record: Record) -> None:
         step = task.step
@@ -829,7 +844,11 @@ class Engine:
                 ):
                     result = route.handler(step, env)
                     if result is not None:
+                        resets = task.resets
                         await result
+                        if task.resets != resets:
+                            step.effects = []  # read again from the commit: started then
+                            return
                     if step.effects:  # started inside the span: their results continue the trace
                         self._launch(task, record, step.effects)
                         step.effects = []
@@ -1169,6 +1188,8 @@ class Engine:
             # committed offsets, and a fresh producer here would fence it.
             log.info("partition %s: commit failed after it was revoked; left to its new owner", task.partition)
             return
+        task.ready = False  # from here: no step starts, and one under way drops its work (``resets``)
+        task.resets += 1
         for job in list(task.sends):
             job.cancel()
         task.sends.clear()
@@ -1182,7 +1203,11 @@ class Engine:
             # Stopped in the background: a producer whose transaction failed can wait a long
             # time on its own abort, and stop() shields that wait from cancellation.
             self._background(old.stop())
-            task.producer = await self._transactional_producer(task.partition)
+            fresh = await self._transactional_producer(task.partition)
+            if task.closed:  # taken away meanwhile: the new producer would fence the new owner
+                self._background(fresh.stop())
+                return
+            task.producer = fresh
         task.step.reset()
         task.backlog.clear()
         task.local.clear()
@@ -1199,6 +1224,8 @@ class Engine:
             # fence came from outside the group: the task takes its partition back.
             self._background(self._reclaim_if_kept(task))
             return
+        if self.rebalancing:
+            return  # the assignment that follows reopens it (a task not ready is never kept)
         # Another worker may have committed to this task's changelogs meanwhile (it owned the
         # partition while this one was paused, and the new producer above fenced it): bring
         # the database to the changelogs' end before reading the inputs again, or the task
@@ -1232,8 +1259,12 @@ class Engine:
         # drops, the task not being ready) would move the consumer on. Whatever was fetched
         # before this is dropped and sent back again (``reset_at``).
         assert self.consumer is not None
+        if task.closed or self.rebalancing or self.tasks.get(task.partition) is not task:
+            return  # taken away, or about to be, while it was restored: its next owner reads from the commit
+        assigned = self.consumer.assignment()
         for tp, offset in targets.items():
-            self.consumer.seek(tp, offset)
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
             task.position[tp] = offset
         task.backlog.clear()
         task.fetched.clear()
@@ -1273,18 +1304,23 @@ class Engine:
         the task still this worker's, it gets a new producer (fencing the other) and is restored.
         """
         await asyncio.sleep(self.fence_grace)
-        async with self._lock:
-            if self._stopping or self.rebalancing or task.closed or task.ready:
-                return  # a rebalance under way closes it (a task not ready is never kept)
-            if self.tasks.get(task.partition) is not task:
-                return
-            log.warning(
-                "partition %s: still assigned here %.0f s after its producer was fenced, and no rebalance "
-                "moved it (a producer outside the group used its transactional id): taking it back",
-                task.partition,
-                self.fence_grace,
-            )
-            await self._reset(task)
+        self._check_frozen()  # a process frozen past the grace is not the partition's owner for sure
+        if self._stopping or self.rebalancing or self.frozen or task.closed or task.ready:
+            return  # a rebalance under way closes it (a task not ready is never kept)
+        if self.tasks.get(task.partition) is not task:
+            return
+        log.warning(
+            "partition %s: still assigned here %.0f s after its producer was fenced, and no rebalance "
+            "moved it (a producer outside the group used its transactional id): taking it back",
+            task.partition,
+            self.fence_grace,
+        )
+        try:
+            await self._reset(task)  # as after a failed commit: not under the loop's lock
+        except Exception as exc:  # noqa: BLE001 - the broker unreachable: tried again after the grace
+            log.warning("partition %s: taking it back failed (%r); trying again", task.partition, exc)
+            if not task.ready:
+                self._background(self._reclaim_if_kept(task))
 
     def report_damage(self, partition: int, error: BaseException | str) -> None:
         """A read of ``partition``'s database failed (a damaged file): rebuild it from its changelogs soon.
@@ -1413,6 +1449,7 @@ class Engine:
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """After the group rebalanced: close lost tasks, open and recover new ones."""
         async with self._lock:
+            before = self.cluster_id
             with contextlib.suppress(Exception):  # unanswered: the id read before stands
                 # Asked again at every assignment: a broker replaced by a new cluster under the same
                 # address makes its workers rejoin, and checkpoints and the workers' internal token
@@ -1422,6 +1459,7 @@ class Engine:
             numbers = {tp.partition for tp in assigned}
             generation = self._group_generation()
             missed = generation is not None and self.generation is not None and generation != self.generation + 1
+            missed = missed or bool(before and self.cluster_id != before)  # another cluster: nothing kept
             self.generation = generation
             if missed and self.tasks:
                 # Frozen past the session, this worker was left out of a rebalance: another worker
@@ -1550,8 +1588,9 @@ class Engine:
         if task.in_txn:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(task.producer.abort_transaction(), CLOSE_COMMIT_WAIT)
+        stopping = asyncio.ensure_future(task.producer.stop())
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(task.producer.stop(), CLOSE_COMMIT_WAIT)
+            await asyncio.wait_for(asyncio.shield(stopping), CLOSE_COMMIT_WAIT)  # past it, it ends in the background
         self.tasks.pop(task.partition, None)
 
     async def _recover(self, tasks: list[Task]) -> None:

@@ -393,3 +393,66 @@ def test_the_cluster_id_is_read_again_at_every_assignment(tmp_path: Path) -> Non
     engine.consumer = object()  # type: ignore[assignment]
     asyncio.run(engine.on_assigned(set()))
     assert engine.cluster_id == "new-cluster"
+
+
+def test_a_step_overtaken_by_a_reset_drops_what_it_did_after_it(tmp_path: Path) -> None:
+    """Review: a failed commit's reset (in the background) ran while a handler of the next step
+    awaited; the step then went on into the fresh state, moved the position past the rewind and
+    marked the task dirty, so the next commit skipped the records read again."""
+    from aiokafka.structs import ConsumerRecord
+
+    tp = TopicPartition("t.orders", 2)
+    go_on = asyncio.Event()
+
+    class Producer:
+        async def stop(self) -> None:
+            pass
+
+    class Consumer:
+        def assignment(self) -> set[TopicPartition]:
+            return {tp}
+
+        async def committed(self, tp: TopicPartition) -> int:
+            return 10
+
+        def seek(self, tp: TopicPartition, offset: int) -> None:
+            pass
+
+    engine: Engine = offline_engine(tmp_path, partitions=4)
+    engine.consumer = Consumer()  # type: ignore[assignment]
+    engine.rebalancing = False
+    task = Task(2, Step(2, PartitionDB(tmp_path / "p2.rocksdb", 2)), Producer())  # type: ignore[arg-type]
+    task.ready = True
+    engine.tasks[2] = task
+
+    async def producer(partition: int) -> Any:
+        return Producer()
+
+    async def recover(tasks: list[Task]) -> None:
+        for t in tasks:
+            t.ready = True
+
+    async def slow(step: Step, env: Any) -> None:
+        await go_on.wait()  # e.g. a notifier's SMTP round trip
+        step.put("s", f"k{env['id']}", 1)
+        step.send("t.out", b"k", b"{}", [])
+
+    engine._transactional_producer = producer  # type: ignore[method-assign]
+    engine._recover = recover  # type: ignore[method-assign]
+    engine.route("s", "orders", {"x"}, slow)
+
+    def record(offset: int) -> Any:
+        return ConsumerRecord(tp.topic, 2, offset, 0, 0, None, b'{"type": "x", "id": "e%d"}' % offset, None, 0, 0, [])
+
+    async def scenario() -> None:
+        task.backlog.append((tp, [record(10), record(11)]))
+        step = asyncio.create_task(engine._step(task))
+        await asyncio.sleep(0)  # the handler of offset 10 awaits
+        await engine._reset(task)  # a failed commit's, in the background
+        assert task.position[tp] == 10 and task.ready
+        go_on.set()
+        await step
+
+    asyncio.run(scenario())
+    assert task.position[tp] == 10  # not moved past the rewind
+    assert not task.dirty and not task.step.overlay and not task.step.outputs

@@ -267,7 +267,7 @@ NOW = 1_714_564_800.0  # 2024-05-01T12:00:00Z
         ({"items": [{"product_id": "p", "quantity": 1, "price_cents": 10**12}]}, "bounds"),
         ({"total_cents": 2**63}, "total"),
         ({"total_cents": -100}, "total"),
-        ({"currency": "XAU"}, "currency"),
+        ({"currency": "<script>"}, "currency"),
         ({"confirmed_at": "9999-12-31T23:59:00Z"}, "ahead"),
     ],
 )
