@@ -260,15 +260,14 @@ def test_a_fenced_task_no_rebalance_takes_away_is_taken_back(tmp_path: Path, mov
     assert resets == ([True] if moved else [True, False])
 
 
-def test_a_batch_fetched_while_a_failed_commit_rewinds_is_not_taken_and_nothing_is_skipped(tmp_path: Path) -> None:
-    """Probe 24: after a failed commit the task was ready again (restored) before the consumer was
-    sent back; the loop took a batch from the old, further position meanwhile, and the records
-    read again from the committed offset were then dropped as already handled: orders lost,
-    stuck in ``paid``, stock left reserved."""
-    from aiokafka.structs import ConsumerRecord
+#: The one input of the tasks :func:`_resettable` makes; its committed offset is 10.
+RESET_TP = TopicPartition("t.orders", 2)
 
-    tp = TopicPartition("t.orders", 2)
-    gate = asyncio.Event()
+
+def _resettable(tmp_path: Path, gate: asyncio.Event | None = None) -> tuple[Engine, Task]:
+    """An offline engine holding a ready task of partition 2 that ``_reset`` can run on: its
+    consumer says offset 10 is committed on :data:`RESET_TP` (once ``gate`` is set, when given),
+    new producers are stubs and a restore only marks the task ready, as the real one ends."""
 
     class Producer:
         async def stop(self) -> None:
@@ -276,51 +275,68 @@ def test_a_batch_fetched_while_a_failed_commit_rewinds_is_not_taken_and_nothing_
 
     class Consumer:
         def assignment(self) -> set[TopicPartition]:
-            return {tp}
+            return {RESET_TP}
 
         async def committed(self, tp: TopicPartition) -> int:
-            await gate.wait()  # the loop runs meanwhile
+            if gate is not None:
+                await gate.wait()  # the loop runs meanwhile
             return 10
 
         def seek(self, tp: TopicPartition, offset: int) -> None:
             pass
-
-    engine: Engine = offline_engine(tmp_path, partitions=4)
-    engine.consumer = Consumer()  # type: ignore[assignment]
-    engine.rebalancing = False
-    engine._next_timer = 1e18
-    task = Task(2, Step(2, PartitionDB(tmp_path / "p2.rocksdb", 2)), Producer())  # type: ignore[arg-type]
-    task.ready = True
-    engine.tasks[2] = task
-    handled: list[int] = []
 
     async def producer(partition: int) -> Any:
         return Producer()
 
     async def recover(tasks: list[Task]) -> None:
         for t in tasks:
-            t.ready = True  # as the restore does
+            t.ready = True
+
+    engine: Engine = offline_engine(tmp_path, partitions=4)
+    engine.consumer = Consumer()  # type: ignore[assignment]
+    engine.rebalancing = False
+    engine._transactional_producer = producer  # type: ignore[method-assign]
+    engine._recover = recover  # type: ignore[method-assign]
+    task = Task(2, Step(2, PartitionDB(tmp_path / "p2.rocksdb", 2)), Producer())  # type: ignore[arg-type]
+    task.ready = True
+    engine.tasks[2] = task
+    return engine, task
+
+
+def _consumer_record(offset: int, value: bytes) -> Any:
+    from aiokafka.structs import ConsumerRecord
+
+    return ConsumerRecord(RESET_TP.topic, 2, offset, 0, 0, None, value, None, 0, 0, [])
+
+
+def test_a_batch_fetched_while_a_failed_commit_rewinds_is_not_taken_and_nothing_is_skipped(tmp_path: Path) -> None:
+    """Probe 24: after a failed commit the task was ready again (restored) before the consumer was
+    sent back; the loop took a batch from the old, further position meanwhile, and the records
+    read again from the committed offset were then dropped as already handled: orders lost,
+    stuck in ``paid``, stock left reserved."""
+    gate = asyncio.Event()
+    engine, task = _resettable(tmp_path, gate)
+    engine._next_timer = 1e18
+    handled: list[int] = []
 
     async def handle(task: Task, logical: str, record: Any) -> None:
         handled.append(record.offset)
 
-    engine._transactional_producer = producer  # type: ignore[method-assign]
-    engine._recover = recover  # type: ignore[method-assign]
     engine._handle = handle  # type: ignore[method-assign]
 
     def records(*offsets: int) -> list[Any]:
-        return [ConsumerRecord(tp.topic, 2, o, 0, 0, None, b"{}", None, 0, 0, []) for o in offsets]
+        return [_consumer_record(o, b"{}") for o in offsets]
 
     async def scenario() -> None:
         reset = asyncio.create_task(engine._reset(task))
         for _ in range(5):
             await asyncio.sleep(0)  # the reset waits for the committed offsets
         # The loop fetched on from the old position meanwhile.
-        await engine._cycle({tp: records(12, 13)}, fetched_at=time.monotonic())
+        await engine._cycle({RESET_TP: records(12, 13)}, fetched_at=time.monotonic())
         gate.set()
         await reset
         task.retry_at = 0
-        await engine._cycle({tp: records(10, 11, 12, 13)}, fetched_at=time.monotonic())
+        await engine._cycle({RESET_TP: records(10, 11, 12, 13)}, fetched_at=time.monotonic())
         await asyncio.sleep(0.01)  # the old producer's stop, in the background
 
     asyncio.run(scenario())
@@ -399,60 +415,28 @@ def test_a_step_overtaken_by_a_reset_drops_what_it_did_after_it(tmp_path: Path) 
     """Review: a failed commit's reset (in the background) ran while a handler of the next step
     awaited; the step then went on into the fresh state, moved the position past the rewind and
     marked the task dirty, so the next commit skipped the records read again."""
-    from aiokafka.structs import ConsumerRecord
-
-    tp = TopicPartition("t.orders", 2)
     go_on = asyncio.Event()
-
-    class Producer:
-        async def stop(self) -> None:
-            pass
-
-    class Consumer:
-        def assignment(self) -> set[TopicPartition]:
-            return {tp}
-
-        async def committed(self, tp: TopicPartition) -> int:
-            return 10
-
-        def seek(self, tp: TopicPartition, offset: int) -> None:
-            pass
-
-    engine: Engine = offline_engine(tmp_path, partitions=4)
-    engine.consumer = Consumer()  # type: ignore[assignment]
-    engine.rebalancing = False
-    task = Task(2, Step(2, PartitionDB(tmp_path / "p2.rocksdb", 2)), Producer())  # type: ignore[arg-type]
-    task.ready = True
-    engine.tasks[2] = task
-
-    async def producer(partition: int) -> Any:
-        return Producer()
-
-    async def recover(tasks: list[Task]) -> None:
-        for t in tasks:
-            t.ready = True
+    engine, task = _resettable(tmp_path)
 
     async def slow(step: Step, env: Any) -> None:
         await go_on.wait()  # e.g. a notifier's SMTP round trip
         step.put("s", f"k{env['id']}", 1)
         step.send("t.out", b"k", b"{}", [])
 
-    engine._transactional_producer = producer  # type: ignore[method-assign]
-    engine._recover = recover  # type: ignore[method-assign]
     engine.route("s", "orders", {"x"}, slow)
 
     def record(offset: int) -> Any:
-        return ConsumerRecord(tp.topic, 2, offset, 0, 0, None, b'{"type": "x", "id": "e%d"}' % offset, None, 0, 0, [])
+        return _consumer_record(offset, b'{"type": "x", "id": "e%d"}' % offset)
 
     async def scenario() -> None:
-        task.backlog.append((tp, [record(10), record(11)]))
+        task.backlog.append((RESET_TP, [record(10), record(11)]))
         step = asyncio.create_task(engine._step(task))
         await asyncio.sleep(0)  # the handler of offset 10 awaits
         await engine._reset(task)  # a failed commit's, in the background
-        assert task.position[tp] == 10 and task.ready
+        assert task.position[RESET_TP] == 10 and task.ready
         go_on.set()
         await step
 
     asyncio.run(scenario())
-    assert task.position[tp] == 10  # not moved past the rewind
+    assert task.position[RESET_TP] == 10  # not moved past the rewind
     assert not task.dirty and not task.step.overlay and not task.step.outputs
