@@ -16,6 +16,7 @@ import pytest
 from app.engine.step import Step
 from app.engine.store import PartitionDB
 from schemas.envelope import make
+from tests.unit.saga_harness import one_line_order, stocked
 from tests.unit.saga_harness import run as _run
 
 pytestmark = pytest.mark.usefixtures("one_partition")  # the stages check that a message is on its key's partition
@@ -56,19 +57,9 @@ def test_entries_hold_changes_and_folding_them_gives_the_state(tmp_path: Path, r
 
     db = PartitionDB(tmp_path / "orders", 0, index_order)
     saga = Step(0, db)
-    stock = Step(0, PartitionDB(tmp_path / "stock", 0))
-    restock = make("inventory.set_stock", "product", "a", {"product_id": "a", "on_hand": 5}, correlation_id="a")
-    _run(stock, inventory.handle_restock, dict(restock))
+    stock = stocked(tmp_path / "stock")
     order_id = "o-layout"
-    payload = {
-        "order_id": order_id,
-        "user_id": "u1",
-        "items": [{"product_id": "a", "quantity": 2, "price_cents": 100}],
-        "total_cents": 200,
-        "currency": "USD",
-        "payment": {"method": "card", "token": "tok_visa", "last4": "4242"},
-    }
-    placed = dict(make("order.placed", "order", order_id, payload, correlation_id=order_id, version=2))
+    placed = one_line_order(order_id, 2)
     changelog: list[tuple[str, str, Any]] = []
     seen = [placed]
     reserves = _run(saga, orders.handle, placed)

@@ -13,6 +13,7 @@ import pytest
 from app.engine.step import Step
 from app.engine.store import PartitionDB
 from schemas.envelope import derived_id, make
+from tests.unit.saga_harness import one_line_order, stocked
 from tests.unit.saga_harness import run as _run
 
 pytestmark = pytest.mark.usefixtures("one_partition")  # the stages check that a message is on its key's partition
@@ -100,20 +101,9 @@ def test_a_line_reserved_whose_answer_was_lost_is_released_at_the_deadline(tmp_p
     from tables import latest_order
 
     saga = Step(0, PartitionDB(tmp_path / "orders", 0))
-    stock = Step(0, PartitionDB(tmp_path / "stock", 0))
-    set_stock = make("inventory.set_stock", "product", "a", {"product_id": "a", "on_hand": 5}, correlation_id="a")
-    _run(stock, inventory.handle_restock, dict(set_stock))
+    stock = stocked(tmp_path / "stock")
     order_id = "o-lost-answer"
-    payload = {
-        "order_id": order_id,
-        "user_id": "u1",
-        "items": [{"product_id": "a", "quantity": 2, "price_cents": 100}],
-        "total_cents": 200,
-        "currency": "USD",
-        "payment": {"method": "card", "token": "tok_visa", "last4": "4242"},
-    }
-    placed = make("order.placed", "order", order_id, payload, correlation_id=order_id, version=2)
-    (reserve,) = _run(saga, orders.handle, dict(placed))
+    (reserve,) = _run(saga, orders.handle, one_line_order(order_id, 2))
     _run(stock, inventory.handle_line, reserve)  # reserved; its answer never reaches the saga
     assert stock.get("stock_records", "stock/a")["reserved"] == 2
     expire = make(
@@ -146,20 +136,9 @@ def test_a_deadline_whose_cancel_is_not_committed_yet_is_not_cancelled_again(
     from tables import index_order, latest_order
 
     saga = Step(0, PartitionDB(tmp_path / "orders", 0, index_order))  # with the deadline index
-    stock = Step(0, PartitionDB(tmp_path / "stock", 0))
-    set_stock = make("inventory.set_stock", "product", "a", {"product_id": "a", "on_hand": 5}, correlation_id="a")
-    _run(stock, inventory.handle_restock, dict(set_stock))
+    stock = stocked(tmp_path / "stock")
     order_id = "o-timer"
-    payload = {
-        "order_id": order_id,
-        "user_id": "u1",
-        "items": [{"product_id": "a", "quantity": 1, "price_cents": 100}],
-        "total_cents": 100,
-        "currency": "USD",
-        "payment": {"method": "card", "token": "tok_visa", "last4": "4242"},
-    }
-    placed = dict(make("order.placed", "order", order_id, payload, correlation_id=order_id, version=2))
-    (reserve,) = _run(saga, orders.handle, placed)
+    (reserve,) = _run(saga, orders.handle, one_line_order(order_id, 1))
     (reserved,) = _run(stock, inventory.handle_line, reserve)
     _run(saga, orders.handle, reserved)
     assert latest_order(saga, order_id)[1]["status"] == "reserved"
