@@ -100,8 +100,7 @@ def expire_due(eng: Engine) -> None:
 def due(state: dict[str, Any], status: str, now: float) -> bool:
     """Whether the order, as the step sees it now, is still past the deadline the index listed under ``status``."""
     deadline = state.get("deadline")
-    ending = domain.CLOSING if state.get("closing") else state.get("status")
-    return deadline is not None and deadline <= now and ending == status
+    return deadline is not None and deadline <= now and domain.deadline_status(state) == status
 
 
 PAYMENT_ANSWERS = frozenset({"payment.processed", "payment.failed"})

@@ -325,9 +325,7 @@ def _listed(order_id: str, state: dict[str, Any]) -> dict[str, Any]:
     }
     deadline = state.get("deadline")
     if deadline is not None:
-        # What the timer acts on: the status, or that the order waits for its releases.
-        ending = orders_domain.CLOSING if state.get("closing") else status
-        entries[f"deadline/{_deadline_key(deadline)}/{order_id}"] = ending
+        entries[f"deadline/{_deadline_key(deadline)}/{order_id}"] = orders_domain.deadline_status(state)
     return entries
 
 

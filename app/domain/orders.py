@@ -58,6 +58,12 @@ RELEASE_TIMEOUT = "release_timeout"
 CLOSING = "closing"
 
 
+def deadline_status(state: dict[str, Any]) -> str:
+    """What an order's deadline is listed under and the timer acts on: its status, or
+    :data:`CLOSING` when it waits for its releases."""
+    return CLOSING if state.get("closing") else str(state.get("status"))
+
+
 def deadline_cancel(order_id: str, status: str, timestamp: str | None = None, cause: str | None = None) -> Envelope:
     """The saga's own ``order.cancel`` for an order past its deadline in ``status``.
 
