@@ -1218,7 +1218,6 @@ class Engine:
         task.retry_at = time.monotonic() + RETRY_AFTER
         task.reset_at = time.monotonic()
         task.fetched.clear()
-        task.ready = False
         if fenced:
             # The rebalance that moved it recovers it, if it comes back; if none comes, the
             # fence came from outside the group: the task takes its partition back.
