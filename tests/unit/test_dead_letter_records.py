@@ -254,7 +254,7 @@ def test_a_fenced_task_no_rebalance_takes_away_is_taken_back(tmp_path: Path, mov
         assert not task.ready
         if moved:  # the rebalance that moved the partition closed the task
             task.closed = True
-        await asyncio.sleep(0.3)
+        await asyncio.gather(*engine._bg)  # the reclaim, after its grace, and what it started
 
     asyncio.run(scenario())
     assert resets == ([True] if moved else [True, False])
@@ -317,6 +317,7 @@ def test_a_batch_fetched_while_a_failed_commit_rewinds_is_not_taken_and_nothing_
     gate = asyncio.Event()
     engine, task = _resettable(tmp_path, gate)
     engine._next_timer = 1e18
+    engine.commit_interval = 1e9  # no commit of the records handled: only the reset is looked at
     handled: list[int] = []
 
     async def handle(task: Task, logical: str, record: Any) -> None:
@@ -337,7 +338,7 @@ def test_a_batch_fetched_while_a_failed_commit_rewinds_is_not_taken_and_nothing_
         await reset
         task.retry_at = 0
         await engine._cycle({RESET_TP: records(10, 11, 12, 13)}, fetched_at=time.monotonic())
-        await asyncio.sleep(0.01)  # the old producer's stop, in the background
+        await asyncio.gather(*engine._bg)  # the old producer's stop, in the background
 
     asyncio.run(scenario())
     assert handled == [10, 11, 12, 13]
