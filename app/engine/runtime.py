@@ -1128,6 +1128,11 @@ class Engine:
                     len(futures),
                 )
             task.in_txn = False
+            if self.tasks.get(task.partition) is not task:
+                # Landed after its close stopped waiting (CLOSE_COMMIT_WAIT): the database is the
+                # partition's next task's now, restored from the changelogs this commit is in.
+                log.warning("partition %s: a commit landed after its task was closed; not applied", task.partition)
+                return
             checkpoints = {
                 store: checkpoint(
                     offset + 1,

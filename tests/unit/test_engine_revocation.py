@@ -240,3 +240,55 @@ def test_a_failed_restore_of_an_assignment_is_tried_again_then_stops_the_worker(
     with pytest.raises(RuntimeError):
         asyncio.run(engine._recover_assigned([]))
     assert len(calls) == 1 and len(stopped) == 1
+
+
+def test_a_commit_landing_after_its_task_was_closed_and_reopened_leaves_the_new_task_s_state_alone(
+    tmp_path: Path,
+) -> None:
+    """Review (twelfth session): closing a task waits 10 s for its commit, then goes on; a commit
+    that landed later applied the old task's writes to the database the reopened task shares,
+    over what the new task had restored and written since."""
+    from types import SimpleNamespace
+
+    gate = asyncio.Event()
+
+    class Producer:
+        def create_batch(self) -> Any:
+            return SimpleNamespace(append=lambda **kw: object())
+
+        async def begin_transaction(self) -> None:
+            pass
+
+        async def send_batch(self, batch: Any, topic: str, partition: int) -> Any:
+            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            done.set_result(SimpleNamespace(offset=41))
+            return done
+
+        async def send_offsets_to_transaction(self, offsets: Any, group: str) -> None:
+            pass
+
+        async def commit_transaction(self) -> None:
+            await gate.wait()  # answered only after the close gave up waiting
+
+    engine = _engine(tmp_path)
+    engine.store("s")
+    db = PartitionDB(tmp_path / "p2.rocksdb", 2)
+    old = Task(2, Step(2, db), Producer())  # type: ignore[arg-type]
+    old.ready = True
+    engine.tasks[2] = old
+    old.step.begin("stage", "t", 0, {})
+    old.step.put("s", "k", "the old task's")
+
+    async def scenario() -> None:
+        committing = asyncio.create_task(engine._commit(old))
+        await asyncio.sleep(0)
+        old.closed = True  # closed (its wait ran out), then the partition assigned here again
+        engine.tasks[2] = new = Task(2, Step(2, db), Producer())  # type: ignore[arg-type]
+        db.apply({"s": {"k": ("the new task's", b'"the new task\'s"')}}, {})  # restored, stepped, committed
+        new.ready = True
+        gate.set()
+        await committing
+
+    asyncio.run(scenario())
+    assert db.get("s", "k") == "the new task's"
+    assert db.checkpoint("s") is None  # nor did the old commit move the checkpoint
