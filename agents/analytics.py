@@ -35,9 +35,9 @@ def handle(step: Step, env: Envelope) -> None:
     if counted(step, order_id):
         return
     domain.admit(p, time.time())  # one past the bounds (written by hand) is dead-lettered, never counted
+    window = domain.window_start(p["confirmed_at"])
     total = step.get(STORE, "total") or domain.empty_total()
     step.put(STORE, "total", domain.add_total(total, p))
-    window = domain.window_start(p["confirmed_at"])
     previous = step.get(STORE, f"window/{window}")
     step.put(STORE, f"window/{window}", domain.add_window(previous or domain.empty_window(), p))
     if previous is None:

@@ -33,6 +33,9 @@ CURRENCY_CODE = re.compile(r"[A-Z]{3}")
 #: How far ahead of this worker's clock a confirmation may be stamped (clocks of two machines
 #: differ); one later is refused: its window would prune every window before it.
 MAX_CLOCK_AHEAD_SECONDS = 24 * 3600
+#: No order was confirmed before 2000-01-01T00:00:00Z; one stamped earlier is refused (probe 25:
+#: an instant in year 1 could not be turned into a window, after the handler had written).
+EARLIEST_CONFIRMED_AT = 946_684_800.0
 
 
 def admit(payload: dict[str, Any], now: float) -> None:
@@ -40,8 +43,9 @@ def admit(payload: dict[str, Any], now: float) -> None:
 
     Lines and total past the order bounds (:func:`~app.domain.common.check_lines`), a
     currency that is no ISO 4217 code, or a ``confirmed_at`` more than
-    :data:`MAX_CLOCK_AHEAD_SECONDS` ahead of ``now``: one written on a topic by hand would
-    otherwise overflow the aggregates every worker merges, or prune every window.
+    :data:`MAX_CLOCK_AHEAD_SECONDS` ahead of ``now`` or before :data:`EARLIEST_CONFIRMED_AT`:
+    one written on a topic by hand would otherwise overflow the aggregates every worker
+    merges, prune every window, or have no window at all.
     """
     check_lines(payload.get("items") or [])
     if not 0 <= int(payload.get("total_cents") or 0) <= MAX_TOTAL_CENTS:
@@ -50,8 +54,14 @@ def admit(payload: dict[str, Any], now: float) -> None:
         # Its shape only: the saga took the order in a currency then in circulation (one withdrawn
         # since must still be counted).
         raise ValueError("a confirmed order's currency is no ISO 4217 code")
-    if parse_ts(payload["confirmed_at"]).timestamp() > now + MAX_CLOCK_AHEAD_SECONDS:
+    try:
+        at = parse_ts(payload["confirmed_at"]).astimezone(UTC).timestamp()
+    except OverflowError:
+        at = -1.0  # an instant that is no UTC date (year 1 at +01:00): long before the earliest
+    if at > now + MAX_CLOCK_AHEAD_SECONDS:
         raise ValueError(f"confirmed_at {payload['confirmed_at']} is more than a day ahead of this worker's clock")
+    if at < EARLIEST_CONFIRMED_AT:
+        raise ValueError(f"confirmed_at {payload['confirmed_at']} is before 2000: no order was confirmed then")
 
 
 def empty_total() -> dict[str, Any]:

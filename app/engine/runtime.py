@@ -1095,6 +1095,11 @@ class Engine:
                 task.sends = []
             futures = []
             for store, records in writes.items():
+                if not records:
+                    # Only written by a handler that failed (its rollback leaves the store's map
+                    # empty): an empty batch is answered with no metadata (probe 25: every commit
+                    # of the partition then failed, for ever).
+                    continue
                 changelog = self.stores[store].changelog
                 batch, n = task.producer.create_batch(), 0
                 for key, (_, value_bytes) in records.items():

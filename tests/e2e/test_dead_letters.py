@@ -927,3 +927,42 @@ def test_letters_written_by_hand_onto_a_dead_letter_topic_never_break_listing_or
     resp = cluster.post("/dlq/redrive", {})
     assert resp.status == 202, resp
     assert_serving(cluster)
+
+
+def test_a_confirmation_stamped_in_year_one_is_dead_lettered_and_its_partition_goes_on(
+    make_cluster: Any, kafka_bootstrap: str
+) -> None:
+    """Probe 25: an ``analytics.record`` confirmed at ``0001-01-01T00:00:00+01:00`` (no UTC date)
+    failed its handler after it had written; the commit then sent an empty changelog batch and
+    failed, for ever: the partition read the record again and again, the worker stayed not
+    ready, and the cluster's summary, lists and dead letters answered 503."""
+    from aiokafka import AIOKafkaProducer
+
+    cluster: Cluster = make_cluster(1)
+    order_id = uid("year1")
+    _key, env = template("analytics", random.Random(SEED))
+    env = {**env, "entity_id": order_id, "correlation_id": order_id}
+    env["payload"] = {**env["payload"], "order_id": order_id, "confirmed_at": "0001-01-01T00:00:00+01:00"}
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic(cluster, "analytics"), orjson.dumps(env), order_id.encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(produce())
+
+    def letter() -> dict[str, Any] | None:
+        return next((m for m in all_dead_letters(cluster) if m["key"] == order_id), None)
+
+    found = eventually(letter, 60, what="the confirmation dead-lettered")
+    assert "before 2000" in found["error"], found
+    product = uid("y1p")
+    cluster.set_stock(product, 5)
+    placed = cluster.place(order_body([(product, 1, "2.50")]))
+    assert cluster.final(placed, timeout=60)["status"] == "confirmed"
+    assert cluster.get("/ready").status == 200
+    assert cluster.get("/analytics/summary").status == 200
+    assert_serving(cluster)

@@ -269,11 +269,15 @@ NOW = 1_714_564_800.0  # 2024-05-01T12:00:00Z
         ({"total_cents": -100}, "total"),
         ({"currency": "<script>"}, "currency"),
         ({"confirmed_at": "9999-12-31T23:59:00Z"}, "ahead"),
+        ({"confirmed_at": "0001-01-01T00:00:00+01:00"}, "before 2000"),  # no UTC date: probe 25 (stalled)
+        ({"confirmed_at": "0001-01-01T00:30:00Z"}, "before 2000"),  # its oldest kept window is no date
+        ({"confirmed_at": "1999-12-31T23:59:59Z"}, "before 2000"),
     ],
 )
 def test_a_confirmation_no_saga_could_send_is_refused(change: dict[str, Any], why: str) -> None:
     """Probe 23: a hand-written confirmation of 2**63 units made the merged summary overflow
-    (500 on every worker) and one stamped in year 9999 pruned every window."""
+    (500 on every worker) and one stamped in year 9999 pruned every window. Probe 25: one in
+    year 1 at +01:00 failed its handler after it had written (see the engine's empty-batch test)."""
     analytics.admit(A, NOW)  # a real one passes
     with pytest.raises(ValueError, match=why):
         analytics.admit({**A, **change}, NOW)

@@ -292,3 +292,53 @@ def test_a_commit_landing_after_its_task_was_closed_and_reopened_leaves_the_new_
     asyncio.run(scenario())
     assert db.get("s", "k") == "the new task's"
     assert db.checkpoint("s") is None  # nor did the old commit move the checkpoint
+
+
+def test_a_store_only_a_failed_handler_wrote_sends_no_empty_changelog_batch(tmp_path: Path) -> None:
+    """Probe 25: an analytics handler wrote, then failed on its input (dead-lettered, rolled back);
+    its store's map stayed in the commit, empty, and the empty batch sent for it was answered
+    with no metadata: every commit of the partition failed and read the input again, for ever."""
+    from types import SimpleNamespace
+
+    sent: list[int] = []
+
+    class Producer:
+        def create_batch(self) -> Any:
+            appended: list[object] = []
+            return SimpleNamespace(append=lambda **kw: appended.append(kw) or object(), appended=appended)
+
+        async def begin_transaction(self) -> None:
+            pass
+
+        async def send_batch(self, batch: Any, topic: str, partition: int) -> Any:
+            sent.append(len(batch.appended))
+            done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            done.set_result(SimpleNamespace(offset=41) if batch.appended else None)  # as aiokafka answers
+            return done
+
+        async def send_offsets_to_transaction(self, offsets: Any, group: str) -> None:
+            pass
+
+        async def commit_transaction(self) -> None:
+            pass
+
+    engine = _engine(tmp_path)
+    engine.store("s")
+    engine.store("failed")
+    task = Task(2, Step(2, PartitionDB(tmp_path / "p2.rocksdb", 2)), Producer())  # type: ignore[arg-type]
+    task.ready = True
+    engine.tasks[2] = task
+    resets: list[Task] = []
+
+    async def reset(task: Task, *, fenced: bool = False) -> None:
+        resets.append(task)
+
+    engine._reset = reset  # type: ignore[method-assign]
+    task.step.begin("stage", "t", 0, {})
+    task.step.put("s", "k", 1)
+    task.step.begin("stage", "t", 1, {})
+    task.step.put("failed", "k", 1)
+    task.step.rollback()  # the handler raised after writing
+    asyncio.run(engine._commit(task))
+    assert resets == [] and sent == [1]
+    assert task.step.db.get("s", "k") == 1
