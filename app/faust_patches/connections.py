@@ -9,8 +9,13 @@ socket. :func:`install` wraps ``RequestHandler.connection_made`` so that
   seconds is closed (nginx's ``client_header_timeout``);
 * an idle keep-alive connection is closed after :data:`IDLE_TIMEOUT` seconds (aiohttp's own
   keep-alive timer, shortened; it also closes one stuck halfway through a later head);
-* past :func:`max_connections` open connections a new one is answered ``503`` in the JSON
+* past :func:`max_connections` open connections the oldest idle keep-alive one (it has been
+  answered and sent nothing since) is closed to make room, as nginx reuses idle keep-alive
+  connections when it runs out; with none idle, a new one is answered ``503`` in the JSON
   error shape and closed at once, so descriptors stay for the worker's own files and sockets.
+  Without the eviction, one client holding idle keep-alive connections (cap ÷ 75 s new ones a
+  second) filled the cap, and the other workers' calls were refused like its own: lists,
+  analytics and every key this worker owns answered 503 through every worker (probe 25).
 
 Refusals are counted and logged at most once per :data:`LOG_EVERY` seconds, never per
 connection: whoever floods the port does not also fill the log.
@@ -39,8 +44,12 @@ BUSY = (
 )
 _BUSY_BODY = json_error("unavailable", "too many open connections; try again")
 
+#: How many of the oldest connections are looked at for an idle one to close (a bound on the
+#: work a new connection past the limit costs when all of them are busy).
+EVICT_SCAN = 512
+
 #: Connections refused or closed by the limits since start, by reason (for tests and the log).
-counts = {"refused": 0, "head_timeout": 0}
+counts = {"refused": 0, "head_timeout": 0, "evicted": 0}
 _logged_at = [0.0]
 
 
@@ -88,6 +97,19 @@ def _head_deadline(handler: Any) -> None:
         handler.force_close()
 
 
+def _evict_idle(connections: dict[Any, Any]) -> bool:
+    """Close the oldest idle keep-alive connection among the first :data:`EVICT_SCAN`; return whether one was."""
+    for n, handler in enumerate(connections):  # in the order they were opened
+        if n >= EVICT_SCAN:
+            break
+        waiter = handler._waiter  # set while it waits for its next request
+        if handler._request_count and waiter is not None and not waiter.done() and not handler._messages:
+            handler.force_close()
+            counts["evicted"] += 1
+            return True
+    return False
+
+
 def install(limit: int | None = None) -> bool:
     """Wrap ``RequestHandler.connection_made`` (once); return whether this call installed it."""
     handler_class: Any = web_protocol.RequestHandler
@@ -105,7 +127,11 @@ def install(limit: int | None = None) -> bool:
             # on): an abandoned long-poll frees its slot at once, and cancelling a forwarded
             # one closes its connection to the owner, whose own handler then ends too.
             manager.handler_cancellation = True
-        if manager is not None and len(manager._connections) > connection_made.limit:  # type: ignore[attr-defined]
+        if (
+            manager is not None
+            and len(manager._connections) > connection_made.limit  # type: ignore[attr-defined]
+            and not _evict_idle(manager._connections)
+        ):
             _note("refused")
             transport.write(BUSY % (len(_BUSY_BODY), _BUSY_BODY))
             self.force_close()

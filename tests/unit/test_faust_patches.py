@@ -162,6 +162,52 @@ def test_the_web_server_closes_silent_connections_and_refuses_past_its_limit(
     assert connections.counts["refused"] >= 1 and connections.counts["head_timeout"] >= 3
 
 
+def test_past_the_limit_the_oldest_idle_keep_alive_connection_makes_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe 25: one client holding idle keep-alive connections filled the cap, and every other
+    caller, the other workers included, was refused: lists, analytics and this worker's keys
+    answered 503 through every worker. Past the limit the oldest idle one is closed instead."""
+    import asyncio
+
+    from aiohttp import web, web_protocol
+
+    from app.faust_patches import connections
+    from app.main import settings
+
+    faust_patches.install(settings)
+    monkeypatch.setattr(web_protocol.RequestHandler.connection_made, "limit", 3)
+    evicted = connections.counts["evicted"]
+
+    async def run() -> None:
+        async def root(_: web.Request) -> web.Response:
+            return web.json_response({})
+
+        app = web.Application()
+        app.router.add_get("/", root)
+        runner, port = await _serve(app)
+        try:
+            idle = []
+            for _ in range(4):  # answered once each, then held open: one past the limit
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                assert head.startswith(b"HTTP/1.1 200"), head
+                await asyncio.wait_for(reader.readexactly(2), 5)  # the body, {}
+                idle.append((reader, writer))
+            assert await asyncio.wait_for(idle[0][0].read(), 5) == b""  # the oldest was closed for it
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)  # and a caller after them
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            raw = await asyncio.wait_for(reader.read(), 5)
+            assert raw.startswith(b"HTTP/1.1 200"), raw
+            writer2 = idle[-1][1]  # the newest is still served
+            writer2.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert (await asyncio.wait_for(idle[-1][0].read(), 5)).startswith(b"HTTP/1.1 200")
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(run())
+    assert connections.counts["evicted"] - evicted == 2
+
+
 def test_the_connection_limit_leaves_most_descriptors_to_the_worker() -> None:
     from app.faust_patches.connections import max_connections
 
