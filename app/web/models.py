@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -314,8 +315,23 @@ class UpdateUser(Model):
 class Redrive(Model):
     """``POST /dlq/redrive``: ``{}`` for all, or some ids, or one source topic."""
 
-    ids: list[Annotated[str, Field(max_length=64)]] | None = Field(default=None, max_length=MAX_LIMIT)
-    source_topic: str | None = Field(default=None, min_length=1, max_length=249)
+    # Documented without null: left out is every letter; null is refused below.
+    ids: Annotated[
+        list[Annotated[str, Field(max_length=64)]] | None,
+        WithJsonSchema({"type": "array", "items": {"type": "string", "maxLength": 64}, "maxItems": MAX_LIMIT}),
+    ] = Field(default=None, max_length=MAX_LIMIT)
+    source_topic: Annotated[str | None, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 249})] = Field(
+        default=None, min_length=1, max_length=249
+    )
+
+    @field_validator("ids", "source_topic", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Left out, a selector selects nothing out; sent as null (a typed client's unset field) it
+        # was taken as left out and redrove every dead letter (probe 25).
+        if value is None:
+            raise PydanticCustomError("not_null", "must be left out, not null, to redrive every dead letter")
+        return value
 
 
 # --- queries (strings on the wire: ASCII digits only, bounded) ---------------------------

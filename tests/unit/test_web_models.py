@@ -116,6 +116,11 @@ def test_redrive_names_its_bad_fields() -> None:
     with pytest.raises(Invalid) as info:
         parse(models.Redrive, {"source_topic": ""})  # not "every topic": that is {}
     assert [d["field"] for d in info.value.details] == ["source_topic"]
+    for field in ("ids", "source_topic"):  # probe 25: null was taken as left out, and redrove every letter
+        with pytest.raises(Invalid) as info:
+            parse(models.Redrive, {field: None})
+        assert [d["field"] for d in info.value.details] == [field]
+    assert parse(models.Redrive, {}).ids is None  # {} is every letter, as documented
 
 
 def test_the_openapi_document_covers_every_public_endpoint_with_errors() -> None:
