@@ -110,7 +110,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         await _read_body(request)
         _no_unknown_query(request, route)
-        with tracing.request_parent(request.headers.get("traceparent")):  # a client's trace goes on
+        parents = request.headers.getall("traceparent", [])
+        # A client's trace goes on; two traceparent headers are none (W3C Trace Context: a new trace).
+        with tracing.request_parent(parents[0] if len(parents) == 1 else None):
             response = await _capped(request, handler)
     except ClientGone:
         # No one to answer: the client closed the connection while sending its body. Not a

@@ -22,7 +22,9 @@ ERRORS = {
     408: "the body did not arrive within 10 s",
     413: "the body is larger than 64 KiB",
     415: "the body is not Content-Type: application/json",
+    417: "an Expect header other than 100-continue",
     422: "invalid fields (details name them)",
+    501: "a Transfer-Encoding other than chunked alone",
     503: "not answerable yet (owner unknown, rebalancing, recovering) or over a cap; see Retry-After",
 }
 
@@ -45,8 +47,8 @@ class Op:
     content: dict[str, Any] | None = None
 
 
-_BODY_ERRORS = (400, 408, 413, 415, 422, 503)
-_ADMIN_BODY_ERRORS = (400, 401, 408, 413, 415, 422, 503)
+_BODY_ERRORS = (400, 408, 413, 415, 417, 422, 501, 503)
+_ADMIN_BODY_ERRORS = (400, 401, 408, 413, 415, 417, 422, 501, 503)
 
 
 def _json_object(description: str) -> dict[str, Any]:

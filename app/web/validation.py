@@ -38,7 +38,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "body"
+    return out if loc else "body"  # a parameter with an empty name (``?=x``) is named as it came
 
 
 def _details(exc: ValidationError) -> list[dict[str, str]]:

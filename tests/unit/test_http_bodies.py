@@ -208,3 +208,37 @@ def test_a_json_body_declared_in_a_charset_other_than_utf_8_is_a_415(monkeypatch
             assert status == 200, (charset, answer)
 
     _serve(monkeypatch, check)
+
+
+@pytest.mark.parametrize(
+    ("parents", "continued"),
+    [
+        (["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"], True),
+        (["00-" + "1" * 32 + "-" + "2" * 16 + "-01"] * 2, False),
+    ],
+)
+def test_one_traceparent_header_is_continued_and_two_are_none(parents: list[str], continued: bool) -> None:
+    """Probe 25: with two ``traceparent`` headers the first one was continued; W3C Trace Context
+    treats the pair as invalid (the request starts a new trace)."""
+    from app import tracing
+
+    async def parent(request: web.Request) -> web.Response:
+        return api.json_response({"parent": [v.decode() for _, v in tracing.request_headers()]})
+
+    async def main() -> None:
+        app = web.Application(middlewares=[api.errors_middleware])
+        app.router.add_get("/parent", parent)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        try:
+            headers = "".join(f"traceparent: {p}\r\n" for p in parents)
+            head = f"GET /parent HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}"
+            status, answer = await _request("127.0.0.1", runner.addresses[0][1], head)
+            assert status == 200, answer
+            assert ('"parent":["' + parents[0]) in answer if continued else '"parent":[]' in answer, answer
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())

@@ -109,6 +109,12 @@ def test_limit_is_ascii_digits_from_1_to_500(limit: str) -> None:
     assert [d["field"] for d in info.value.details] == ["limit"]
 
 
+def test_a_query_parameter_with_an_empty_name_is_named_as_it_came_not_body() -> None:
+    with pytest.raises(Invalid) as info:
+        parse(models.ListOrders, {"": "x"})  # ?=x (probe 25: reported as the field "body")
+    assert [d["field"] for d in info.value.details] == [""]
+
+
 def test_redrive_names_its_bad_fields() -> None:
     with pytest.raises(Invalid) as info:
         parse(models.Redrive, {"ids": "all"})
@@ -131,6 +137,7 @@ def test_the_openapi_document_covers_every_public_endpoint_with_errors() -> None
     assert not any(path.startswith("/_local") or "_create" in path for _, path in ops)
     place = doc["paths"]["/orders"]["post"]
     assert {"202", "400", "413", "415", "422", "503"} <= set(place["responses"])
+    assert {"417", "501"} <= set(place["responses"])  # an Expect or Transfer-Encoding refused (probe 25)
     assert doc["paths"]["/inventory/{product_id}"]["put"]["security"] == [{"admin": []}]
     for command in ("cancel", "deliver"):  # a body is read, so a bad or large one is answered as anywhere
         assert {"400", "413", "415", "422"} <= set(doc["paths"][f"/orders/{{order_id}}/{command}"]["post"]["responses"])
