@@ -44,11 +44,11 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError, KafkaTimeoutError, ProducerFenced
-from aiokafka.partitioner import murmur2
 from aiokafka.structs import ConsumerRecord as Record  # topic, partition, offset, key, value, headers
 
 from app import logs, metrics, tracing
 from app.engine.assignor import TaskAssignor
+from app.engine.partitioner import partition_of
 from app.engine.step import Output, Step
 from app.engine.store import (
     Indexer,
@@ -444,7 +444,7 @@ class Engine:
         if partition is None:  # murmur2 is pure Python here: keys (orders, products) repeat, so remember them
             if len(self._partitions_by_key) > 100_000:
                 self._partitions_by_key.clear()
-            partition = self._partitions_by_key[key] = (murmur2(key) & 0x7FFFFFFF) % self.partitions
+            partition = self._partitions_by_key[key] = partition_of(key, self.partitions)
         return partition
 
     async def settled(self, logical: str, key: str, timeout: float) -> bool:
