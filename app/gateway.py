@@ -53,7 +53,12 @@ class PaymentGateway(Protocol):
         ...
 
     async def charge(self, token: str, amount_cents: int, currency: str, *, idempotency_key: str) -> Charged | Declined:
-        """Charge a token once per idempotency key."""
+        """Charge a token once per idempotency key.
+
+        ``amount_cents`` is in hundredths of the currency's unit whatever its own minor unit
+        (¥300 is 30000): orderstream keeps every amount so. An adapter for a provider that
+        takes ISO 4217 minor units converts (JPY ÷ 100; a three-decimal currency × 10).
+        """
         ...
 
     async def refund(self, charge_id: str, *, idempotency_key: str) -> None:
