@@ -81,8 +81,8 @@ def expire_due(eng: Engine) -> None:
     """Hand every order whose deadline passed to its partition's saga as a local cancel command."""
     now = time.time()
     for task in list(eng.tasks.values()):
-        if not task.ready:
-            continue
+        if not task.ready or not eng.replayed(task):
+            continue  # restored, its inputs not read again yet: its state may be older than what it sent
         for order_id, status in due_deadlines(task.step.db, now):
             latest = latest_order(task.step, order_id)
             if latest is None or not due(latest[1], status, now):

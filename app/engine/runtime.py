@@ -152,6 +152,13 @@ class Task:
     rewind: dict[TopicPartition, int | None] = field(default_factory=dict)
     #: Per input partition, the offset below which every handled record's writes are in RocksDB.
     landed: dict[TopicPartition, int] = field(default_factory=dict)
+    #: Restored from its changelogs, the task has inputs to read again (the end of each input
+    #: partition when it was restored); timers wait until it has (:meth:`Engine.replayed`).
+    #: ``None``: nothing left to read again; :attr:`replay_unknown`: not looked up yet.
+    replay: dict[TopicPartition, int] | None = None
+    replay_unknown: bool = False
+    #: Where the consumer stood on each input partition after the last fetch taken in.
+    read_to: dict[TopicPartition, int] = field(default_factory=dict)
 
 
 class Waiters:
@@ -574,9 +581,11 @@ class Engine:
                 wake = asyncio.ensure_future(self._wakeup.wait())
             await asyncio.wait({fetch, wake}, timeout=self._until_timer(), return_when=asyncio.FIRST_COMPLETED)
             batch: dict[TopicPartition, list[Any]] = {}
+            positions: dict[TopicPartition, int] = {}
             if fetch.done():
                 try:
                     batch = fetch.result()
+                    positions = self._consumed_positions()  # at once: what this fetch handed out ends there
                 except Exception as exc:  # noqa: BLE001 - a failed fetch is retried; it must never end the loop
                     log.warning("fetch failed: %r", exc)
                     await asyncio.sleep(0.1)
@@ -588,7 +597,7 @@ class Engine:
             try:
                 cycle_started = time.monotonic()
                 async with self._lock:
-                    await self._cycle(batch, fetch_started)
+                    await self._cycle(batch, fetch_started, positions)
                 if fetch is None:
                     self._fetch = None  # taken in
                 spent = time.monotonic() - cycle_started
@@ -653,7 +662,16 @@ class Engine:
     def _until_timer(self) -> float:
         return max(0.0, min(self._next_timer - time.monotonic(), 0.25))
 
-    async def _cycle(self, batch: dict[TopicPartition, list[Any]], fetched_at: float = 0.0) -> None:
+    async def _cycle(
+        self,
+        batch: dict[TopicPartition, list[Any]],
+        fetched_at: float = 0.0,
+        positions: dict[TopicPartition, int] | None = None,
+    ) -> None:
+        for tp, at in (positions or {}).items():
+            task = self.tasks.get(tp.partition)
+            if task is not None and task.ready and fetched_at >= task.reset_at:
+                task.read_to[tp] = at
         for tp, records in batch.items():
             task = self.tasks.get(tp.partition)
             if task is None or not task.ready:
@@ -701,6 +719,7 @@ class Engine:
                 await self._publish_metrics()
             except Exception:  # the figures wait for the next second; the cycle goes on
                 log.warning("publishing the engine's metrics failed", exc_info=True)
+            await self._look_up_replays()
             for _interval, fn in self._timers:
                 try:
                     result = fn(self)
@@ -722,6 +741,61 @@ class Engine:
             due = idle or now - task.last_commit >= self.commit_interval
             if working and task.ready and task.dirty and task.committing is None and due:
                 task.committing = asyncio.create_task(self._commit(task))
+
+    def _consumed_positions(self) -> dict[TopicPartition, int]:
+        """Where the consumer stands on the inputs of tasks still reading theirs again (see :meth:`replayed`).
+
+        Read as soon as a fetch is taken, before anything else runs: the position then is just
+        past what that fetch handed out, transaction markers and aborted records included.
+        """
+        if not any(t.replay or t.replay_unknown for t in self.tasks.values()):
+            return {}
+        subscription = getattr(getattr(self.consumer, "_subscription", None), "subscription", None)
+        assignment = getattr(subscription, "assignment", None)
+        if assignment is None:
+            return {}
+        out = {}
+        for tp in assignment.tps:
+            task = self.tasks.get(tp.partition)
+            if task is not None and (task.replay or task.replay_unknown):
+                state = assignment.state_value(tp)
+                if state is not None and state.has_valid_position:
+                    out[tp] = state.position
+        return out
+
+    async def _look_up_replays(self) -> None:
+        """Note how far each task restored since the last tick must read its inputs again: their ends now."""
+        waiting = [t for t in self.tasks.values() if t.ready and t.replay_unknown]
+        if not waiting or self.consumer is None:
+            return
+        mine = [tp for tp in self.consumer.assignment() if any(tp.partition == t.partition for t in waiting)]
+        try:
+            ends = await asyncio.wait_for(self.consumer.end_offsets(mine), 5) if mine else {}
+        except Exception as exc:  # noqa: BLE001 - the broker is slow or away: asked again at the next tick
+            log.debug("end offsets for the replay of %s: %r", [t.partition for t in waiting], exc)
+            return
+        for task in waiting:
+            task.replay = {tp: end for tp, end in ends.items() if tp.partition == task.partition} or None
+            task.replay_unknown = False
+
+    def replayed(self, task: Task) -> bool:
+        """Whether the task, restored from its changelogs, has handled every input that was in its log then.
+
+        Timers wait for it (probe 25): at-least-once, outputs go out before the commit that
+        holds the state that sent them; a task restored after that commit failed (a broker
+        outage) stands in an earlier state until its inputs are handled again, and a deadline
+        acting on that state cancelled an order already confirmed, notified and counted.
+        """
+        if task.replay_unknown:
+            return False
+        if task.replay is None:
+            return True
+        if any(task.read_to.get(tp, -1) < end for tp, end in task.replay.items()):
+            return False
+        if any(tp in task.replay for tp, _ in task.backlog):
+            return False  # taken in, not handled yet
+        task.replay = None
+        return True
 
     async def _publish_metrics(self) -> None:
         """Move the loop's counts to Prometheus (once a second, not per event) and sample the lag."""
@@ -1626,6 +1700,7 @@ class Engine:
                 self._replace_db(task, str(exc))
         for task in todo:
             task.ready = True
+            task.replay, task.replay_unknown, task.read_to = None, True, {}
 
 
 def _stop_this_process(reason: str) -> None:

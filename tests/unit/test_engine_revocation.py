@@ -342,3 +342,55 @@ def test_a_store_only_a_failed_handler_wrote_sends_no_empty_changelog_batch(tmp_
     asyncio.run(engine._commit(task))
     assert resets == [] and sent == [1]
     assert task.step.db.get("s", "k") == 1
+
+
+def test_a_restored_task_is_replayed_once_it_has_handled_what_its_inputs_held_when_it_was_restored(
+    tmp_path: Path,
+) -> None:
+    """What the saga's timers wait for after a restore (probe 25): the end of each input partition
+    at the first tick after it, reached by the consumer (markers included) and handled."""
+    import time
+    from collections import deque
+
+    from aiokafka.structs import ConsumerRecord
+
+    orders, payments = TopicPartition("t.orders", 2), TopicPartition("t.payments", 2)
+
+    class Consumer:
+        def assignment(self) -> set[TopicPartition]:
+            return {orders, payments, TopicPartition("t.orders", 3)}
+
+        async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            assert set(tps) == {orders, payments}  # this task's inputs only
+            return {orders: 12, payments: 5}
+
+    engine = _engine(tmp_path)
+    engine.consumer = Consumer()  # type: ignore[assignment]
+    engine._next_timer = 1e18
+    engine.commit_interval, engine.exactly_once = 1e9, False  # no commit: only the replay is looked at
+    engine.assigned, engine.rebalancing = True, False
+    task = _task(tmp_path, [])
+    engine.tasks[2] = task
+    task.replay_unknown = True  # as restoring it leaves it
+    assert not engine.replayed(task)
+    asyncio.run(engine._look_up_replays())
+    assert task.replay == {orders: 12, payments: 5} and not engine.replayed(task)
+    engine.route("s", "orders", {"x"}, lambda step, env: None)
+
+    def record(offset: int) -> Any:
+        return ConsumerRecord("t.orders", 2, offset, 0, 0, None, b'{"type": "x", "id": "e"}', None, 0, 0, [])
+
+    async def cycle(batch: dict[TopicPartition, list[Any]], positions: dict[TopicPartition, int]) -> None:
+        await engine._cycle(batch, time.monotonic(), positions)
+
+    task.backlog.append((orders, [record(8)]))  # taken in, not handled
+    asyncio.run(cycle({}, {orders: 12, payments: 5}))
+    assert task.backlog == deque() and task.position[orders] == 9
+    task.backlog.append((orders, [record(9)]))
+    assert not engine.replayed(task)  # read to the end, not all handled
+    task.backlog.clear()
+    task.read_to = {}
+    asyncio.run(cycle({orders: [record(9), record(10)]}, {orders: 11, payments: 5}))
+    assert not engine.replayed(task)  # offset 11 (a transaction marker, say) not passed yet
+    asyncio.run(cycle({}, {orders: 12, payments: 5}))  # the consumer passed the marker
+    assert engine.replayed(task) and task.replay is None

@@ -147,7 +147,7 @@ def test_a_deadline_whose_cancel_is_not_committed_yet_is_not_cancelled_again(
     saga.landed()
 
     task = SimpleNamespace(ready=True, step=saga, local=deque())
-    engine = SimpleNamespace(tasks={0: task}, wake=lambda: None)
+    engine = SimpleNamespace(tasks={0: task}, wake=lambda: None, replayed=lambda task: True)
     later = time.time() + 10 * 3600
     monkeypatch.setattr(time, "time", lambda: later)  # past the payment deadline
     orders.expire_due(engine)  # type: ignore[arg-type]
@@ -157,3 +157,36 @@ def test_a_deadline_whose_cancel_is_not_committed_yet_is_not_cancelled_again(
     _run(saga, orders.handle, cancel)  # handled, not committed yet (the commit fails, say)
     orders.expire_due(engine)  # type: ignore[arg-type]
     assert list(task.local) == []  # not sent again
+
+
+def test_a_task_still_reading_its_inputs_again_after_a_restore_fires_no_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Probe 25: at-least-once, after a broker outage failed a commit, the restored task stood in
+    the state before it (an order ``reserved``, its deadline passed) while the order's later
+    inputs, already answered once, waited to be read again; the timer cancelled it first, and
+    an order confirmed, notified and counted ended ``cancelled`` and refunded."""
+    import time
+    from collections import deque
+    from types import SimpleNamespace
+
+    from agents import inventory, orders
+    from tables import index_order
+
+    saga = Step(0, PartitionDB(tmp_path / "orders", 0, index_order))
+    stock = stocked(tmp_path / "stock")
+    (reserve,) = _run(saga, orders.handle, one_line_order("o-replay", 1))
+    _run(saga, orders.handle, _run(stock, inventory.handle_line, reserve)[0])
+    writes, _ = saga.freeze()
+    saga.db.apply(writes, {})
+    saga.landed()
+    task = SimpleNamespace(ready=True, step=saga, local=deque())
+    replayed = [False]
+    engine = SimpleNamespace(tasks={0: task}, wake=lambda: None, replayed=lambda task: replayed[0])
+    later = time.time() + 10 * 3600
+    monkeypatch.setattr(time, "time", lambda: later)  # past the payment deadline
+    orders.expire_due(engine)  # type: ignore[arg-type]
+    assert list(task.local) == []  # its inputs not read again yet: the deadline waits
+    replayed[0] = True
+    orders.expire_due(engine)  # type: ignore[arg-type]
+    assert [c["payload"]["reason"] for _, c, *_ in task.local] == ["payment_timeout"]
