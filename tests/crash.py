@@ -151,6 +151,68 @@ def _refusals(broker: str, app_id: str) -> Callable[[Cluster, threading.Event, i
     return refuse
 
 
+#: How long the ``outage`` fault keeps the broker down: longer than the deadlines it runs with.
+OUTAGE_SECONDS = 12.0
+#: The saga's deadlines (payment and pending) under the ``outage`` fault: they pass during it.
+OUTAGE_DEADLINES = "4"
+
+
+class LocalBroker:
+    """A broker of this test's own (``kafka_local``) that the ``outage`` fault stops and starts again with its data."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = kafka_local.free_port(2)  # below the ephemeral range: no client self-connects to it while down
+        self.cluster: kafka_local.Cluster | None = None
+        self.up(keep=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def up(self, *, keep: bool = True) -> None:
+        self.cluster = kafka_local.start(
+            port=self.port, nodes=1, data_dir=self.data_dir, owner_pid=os.getpid(), keep=keep
+        )
+
+    def down(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+            self.cluster = None
+
+
+def _outages(broker: LocalBroker) -> Callable[[Cluster, threading.Event, int, float, Report], None]:
+    """Stop the broker for :data:`OUTAGE_SECONDS` with worker 0 frozen (SIGSTOP) and worker 1
+    SIGKILLed meanwhile; start the broker, wake worker 0, start worker 1 later; ``n`` times.
+
+    At least once, outputs go out before the commit that holds the state that sent them:
+    the commits under way fail with the broker, the partitions are restored to the state
+    before them, and worker 0 takes worker 1's. The deadlines pass during the outage, so a
+    timer acting on a restored state before its inputs are read again decides against what
+    the partition already sent (probe 25: a confirmed order then cancelled and refunded).
+    """
+
+    def outage(cluster: Cluster, stop: threading.Event, n: int, interval: float, report: Report) -> None:
+        survivor, victim = cluster.workers
+        for _ in range(n):
+            if stop.wait(interval):
+                return
+            broker.down()
+            assert survivor.proc is not None
+            survivor.proc.send_signal(signal.SIGSTOP)  # frozen through it: it wakes to a group that moved on
+            victim.kill(signal.SIGKILL)
+            report.kills += 1
+            time.sleep(OUTAGE_SECONDS)  # the fault's length, not a wait for an effect
+            broker.up()
+            survivor.proc.send_signal(signal.SIGCONT)  # restores every partition, worker 1's too
+            time.sleep(OUTAGE_SECONDS)  # alone with all of them for a while, as the probe had it
+            victim.start()
+            with contextlib.suppress(AssertionError):
+                victim.wait_ready(120)
+
+    return outage
+
+
 def _chaos(cluster: Cluster, stop: threading.Event, kills: int, interval: float, report: Report) -> None:
     """Kill worker 1 with SIGKILL ``kills`` times, restarting it; the last restart wipes its data."""
     victim = cluster.workers[1]
@@ -233,12 +295,15 @@ def run(
     seed: int = 7,
     fault: str = "kill",
     restore_check: bool = False,
+    local: LocalBroker | None = None,
 ) -> Report:
     """Run the crash test against ``broker`` (``host:port``) and return the report.
 
     ``fault`` is ``kill`` (SIGKILL and restart, the last time with a wiped data directory),
-    ``pause`` (SIGSTOP until the partitions move, then SIGCONT) or ``refuse`` (the broker
-    refuses a changelog's writes for a few seconds: every commit fails meanwhile). With ``restore_check``
+    ``pause`` (SIGSTOP until the partitions move, then SIGCONT), ``refuse`` (the broker
+    refuses a changelog's writes for a few seconds: every commit fails meanwhile) or
+    ``outage`` (``local``, this test's own broker, stopped for a while, worker 1 SIGKILLed
+    meanwhile; the deadlines are a few seconds then). With ``restore_check``
     both workers are then restarted on empty data directories, so every answer comes from
     state restored from the changelogs alone, and the checks run again.
     """
@@ -248,9 +313,13 @@ def run(
     env = {
         "ORDERSTREAM_PROCESSING_GUARANTEE": guarantee,
         "ORDERSTREAM_GATEWAY_TIMEOUT": "2",
-        "ORDERSTREAM_PAYMENT_TIMEOUT": "60",
+        "ORDERSTREAM_PAYMENT_TIMEOUT": OUTAGE_DEADLINES if fault == "outage" else "60",
         "ORDERSTREAM_SESSION_TIMEOUT": "6" if fault == "pause" else "10",
     }
+    if fault == "outage":
+        assert local is not None, "the outage fault stops the test's own broker"
+        env["ORDERSTREAM_PENDING_TIMEOUT"] = OUTAGE_DEADLINES
+        env["ORDERSTREAM_COMMIT_INTERVAL"] = "1"  # a second of sent outputs whose state the outage loses
     workers = [Worker(app_id, f"kafka://{broker}", workdir / f"w{i}", env=dict(env)).start() for i in range(2)]
     cluster = Cluster(workers)
     try:
@@ -261,7 +330,12 @@ def run(
         placed: list[Placed] = []
         stop = threading.Event()
         interval = max(orders / rate / (kills + 1), 3.0)
-        target = {"pause": _pauses, "kill": _chaos, "refuse": _refusals(broker, app_id)}[fault]
+        faults: dict[str, Callable[[Cluster, threading.Event, int, float, Report], None]] = {
+            "pause": _pauses,
+            "kill": _chaos,
+            "refuse": _refusals(broker, app_id),
+        }
+        target = _outages(local) if local is not None and fault == "outage" else faults[fault]
         chaos = threading.Thread(target=target, args=(cluster, stop, kills, interval, report), daemon=True)
         started = time.monotonic()
         chaos.start()
@@ -460,7 +534,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guarantee", choices=["exactly_once", "at_least_once"], default="exactly_once")
     parser.add_argument("--broker", default=os.environ.get("ORDERSTREAM_TEST_BROKER", ""), help="host:port")
     parser.add_argument(
-        "--fault", choices=["kill", "pause", "refuse"], default="kill", help="what happens to the workers"
+        "--fault",
+        choices=["kill", "pause", "refuse", "outage"],
+        default="kill",
+        help="what happens to the workers (outage: the test's own broker stops a while; --broker is ignored)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (worker logs) afterwards")
     args = parser.parse_args(argv)
@@ -469,10 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     local = None
     broker = args.broker
     try:
-        if not broker:
-            local = kafka_local.start(
-                port=kafka_local.free_port(2), nodes=1, data_dir=Path(tmp) / "kafka", owner_pid=os.getpid()
-            )
+        if not broker or args.fault == "outage":
+            local = LocalBroker(Path(tmp) / "kafka")
             broker = local.bootstrap
         report = run(
             broker,
@@ -482,10 +557,11 @@ def main(argv: list[str] | None = None) -> int:
             kills=args.kills,
             workdir=Path(tmp),
             fault=args.fault,
+            local=local,
         )
     finally:
         if local is not None:
-            local.stop()
+            local.down()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(report.as_dict(), indent=2))
