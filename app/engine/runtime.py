@@ -43,7 +43,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import IllegalStateError, KafkaError, KafkaTimeoutError, ProducerFenced
+from aiokafka.errors import IllegalStateError, KafkaConnectionError, KafkaError, KafkaTimeoutError, ProducerFenced
 from aiokafka.structs import ConsumerRecord as Record  # topic, partition, offset, key, value, headers
 
 from app import logs, metrics, tracing
@@ -532,7 +532,10 @@ class Engine:
         24); the record may still land later, as after any timeout.
         """
         producer = self.producer
-        assert producer is not None, "the engine is not started"
+        if producer is None:
+            # Starting (its web port opens before the engine) or stopped: a 503 with Retry-After
+            # at the edge, as for a broker that does not answer (probe 25: a 500 for ~2 s at start).
+            raise KafkaConnectionError("this worker's engine is not started (starting or stopping)")
         try:
             async with asyncio.timeout(PRODUCE_WAIT):
                 fut = await producer.send(

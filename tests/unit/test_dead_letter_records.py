@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from app.bench.steps import PlainRecord
@@ -391,6 +392,20 @@ def test_a_send_the_broker_never_takes_fails_within_the_produce_wait(
     with pytest.raises(KafkaTimeoutError):
         asyncio.run(asyncio.wait_for(engine.produce("orders", "o1", b"{}"), 2))
     assert isinstance(engine.producer, Stalled)  # a timeout is not a broken producer: kept
+
+
+def test_placing_on_a_worker_whose_engine_is_not_started_is_a_503_not_a_500(tmp_path: Path) -> None:
+    """Probe 25: for ~2 s after a worker's web port opened, POST /orders without an
+    Idempotency-Key answered 500 (an assertion: the engine not started yet)."""
+    from app.web import api, routing
+
+    engine: Engine = offline_engine(tmp_path, partitions=4)
+    with pytest.raises(KafkaError):
+        asyncio.run(engine.produce("orders", "o1", b"{}"))
+    assert api.engine.producer is None  # the app's engine, never started in unit tests
+    env = {"id": "e1", "type": "order.placed", "payload": {}}
+    with pytest.raises(routing.Unavailable):  # the edge's 503 with Retry-After
+        asyncio.run(api.produce("orders", "o1", env))  # type: ignore[arg-type]
 
 
 def test_the_cluster_id_is_read_again_at_every_assignment(tmp_path: Path) -> None:
