@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
@@ -88,14 +89,15 @@ class EventFields(logging.Filter):
     """Copy the current event's fields (and the trace id, when tracing) onto each emitted record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Add the fields; never drops a record."""
+        """Add the fields (an ``extra`` of the same name wins); never drops a record."""
+        attrs = record.__dict__
         for key, value in current_fields().items():
-            if not hasattr(record, key):
-                setattr(record, key, value)
+            if key not in attrs:
+                attrs[key] = value
         from app import tracing  # late: tracing imports opentelemetry only when it is on
 
         trace = tracing.current_ids()
-        if trace and not hasattr(record, "trace_id"):
+        if trace and "trace_id" not in attrs:
             record.trace_id, record.span_id = trace
         return True
 
@@ -141,21 +143,39 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """``2026-12-02 01:02:03,456`` (local time, as logging's default), the seconds formatted once a second."""
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime(self.default_time_format, self.converter(record.created)))
+        return f"{self._second[1]},{int(record.msecs):03d}"
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         """The line before any traceback, with control and bidi characters escaped (one record, one line)."""
-        return super().formatMessage(record).translate(_UNSAFE)
+        return _escaped(super().formatMessage(record))
 
     def format(self, record: logging.LogRecord) -> str:
         """Format the line, then append the event fields that are present."""
         line = super().format(record)
-        extra = [
-            f"{k}={getattr(record, k)}" for k in (*EVENT_FIELDS, "trace_id") if getattr(record, k, None) is not None
-        ]
+        attrs = record.__dict__
+        extra = [f"{k}={v}" for k in _TEXT_FIELDS if (v := attrs.get(k)) is not None]
         if not extra:
             return line
         head, sep, rest = line.partition("\n")  # keep a traceback below the fields
-        return f"{head} [{' '.join(extra).translate(_UNSAFE)}]{sep}{rest}"
+        return f"{head} [{_escaped(' '.join(extra))}]{sep}{rest}"
+
+
+_TEXT_FIELDS = (*EVENT_FIELDS, "trace_id")
+
+
+def _escaped(text: str) -> str:
+    """``text`` with :data:`_UNSAFE` characters escaped; every one of them is unprintable, so a
+    printable text (nearly every line) is returned as it is without the per-character lookups."""
+    return text if text.isprintable() else text.translate(_UNSAFE)
 
 
 #: Characters a text log line shows escaped: C0 controls but tab (a newline would forge a

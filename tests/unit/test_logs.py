@@ -177,3 +177,14 @@ def test_a_library_s_repeated_errors_are_counted_not_written(captured: io.String
             logging.getLogger("aiohttp.server").exception("Error handling request")
     assert sum("MemoryError" in line for line in lines(captured)) == 1
     assert sum("ValueError" in line for line in lines(captured)) == 1
+
+
+def test_every_escaped_character_is_unprintable_so_printable_lines_skip_the_escaping() -> None:
+    from app.logs import _UNSAFE, TextFormatter
+
+    assert all(not chr(c).isprintable() for c in _UNSAFE)
+    record = logging.LogRecord("x", logging.INFO, "f", 1, "a\u202eb\x1b[31m\tc ×", (), None)
+    line = TextFormatter().format(record)
+    assert "a\\u202eb\\x1b[31m\tc ×" in line
+    stamp = logging.Formatter().formatTime(record)
+    assert line.startswith(stamp)  # the cached seconds read as logging's own
