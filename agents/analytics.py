@@ -14,6 +14,7 @@ every partition's aggregates across the cluster.
 
 from __future__ import annotations
 
+import logging
 import time
 
 from agents._wiring import envelopes, on_partition, order_id_of, send
@@ -26,6 +27,7 @@ from tables import ANALYTICS as STORE
 from tables import counted, put_counted
 
 STAGE = "analytics"
+log = logging.getLogger("orderstream.analytics")
 
 
 def handle(step: Step, env: Envelope) -> None:
@@ -51,6 +53,7 @@ def handle(step: Step, env: Envelope) -> None:
     )
     put_counted(step, order_id, outs[0][2])
     send(step, outs)
+    log.info("counted order %s: %s cents %s", order_id, recorded["total_cents"], recorded["currency"])
 
 
 def _prune(step: Step, opened: str, confirmed_at: str) -> None:

@@ -11,6 +11,9 @@ inventory topic. Table: ``stock_records`` (``stock/<product>``,
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from agents._wiring import envelopes, on_partition, send
 from app.domain import inventory as domain
 from app.domain.common import INVENTORY
@@ -20,6 +23,7 @@ from schemas.envelope import Envelope
 from tables import STOCK, reservation_key, stock_key
 
 STAGE = "inventory"
+log = logging.getLogger("orderstream.inventory")
 LINE_COMMANDS = {
     "inventory.reserve": domain.reserve,
     "inventory.release": domain.release,
@@ -38,6 +42,23 @@ def handle_line(step: Step, env: Envelope) -> None:
     if decision.stock is not None:
         step.put(STOCK, stock_key(product_id), decision.stock)
     send(step, envelopes(decision.emits, env))
+    for emit in decision.emits:  # one line per answer: reserved and rejected, released, committed (debug)
+        _log_line(emit.type, emit.payload, product_id)
+
+
+def _log_line(type_: str, payload: dict[str, Any], product_id: str) -> None:
+    level = logging.DEBUG if type_ == "inventory.committed" else logging.INFO
+    if log.isEnabledFor(level):
+        reason = payload.get("reason")
+        log.log(
+            level,
+            "%s %s × %s for order %s%s",
+            type_.partition(".")[2],
+            payload.get("quantity"),
+            product_id,
+            payload.get("order_id"),
+            f" ({reason})" if reason else "",
+        )
 
 
 def handle_restock(step: Step, env: Envelope) -> None:
@@ -51,6 +72,7 @@ def handle_restock(step: Step, env: Envelope) -> None:
     step.put(STOCK, marker, 1)
     if decision.stock is not None:
         step.put(STOCK, stock_key(product_id), decision.stock)
+        log.info("stock of %s: %s on hand (%s)", product_id, decision.stock.get("on_hand"), env["type"])
     send(step, envelopes(decision.emits, env))
 
 

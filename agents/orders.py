@@ -12,6 +12,7 @@ and ends an order whose releases did not all answer within ``pending_timeout``.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -26,6 +27,7 @@ from schemas.envelope import Envelope, parse_ts
 from tables import append_order, due_deadlines, last_input_id, latest_order
 
 STAGE = "orders"
+log = logging.getLogger("orderstream.orders")
 INPUTS = frozenset(
     {
         "order.placed",
@@ -63,8 +65,15 @@ def handle(step: Step, env: Envelope) -> None:
     append_order(step, order_id, latest, events, new_state)
     send(step, outs)
     old_status = state["status"] if state else None
-    if new_state["status"] in FINAL_STATUSES and old_status not in FINAL_STATUSES:
-        metrics.ORDER_OUTCOMES.labels(new_state["status"]).inc()
+    status = new_state["status"]
+    if status != old_status:
+        # Where an order ends (and ships, is delivered) at info; the steps on the way at debug.
+        level = logging.INFO if status in FINAL_STATUSES else logging.DEBUG
+        if log.isEnabledFor(level):
+            reason = new_state.get("reason")
+            log.log(level, "order %s %s%s", order_id, status, f" ({reason})" if reason else "")
+    if status in FINAL_STATUSES and old_status not in FINAL_STATUSES:
+        metrics.ORDER_OUTCOMES.labels(status).inc()
         with_latency(new_state)
 
 

@@ -104,6 +104,11 @@ def handle_result(step: Step, env: Envelope) -> None:
     if decision.record is not None:
         put_payment_record(step, order_id, decision.record)
         _forward(step, env)
+        p = env["payload"]
+        if env["type"] == "payment.processed":
+            log.info("charged %s cents %s for order %s", p.get("amount_cents"), p.get("currency"), order_id)
+        else:
+            log.info("payment of order %s failed: %s", order_id, p.get("reason"))
 
 
 def handle_refund(step: Step, env: Envelope) -> None:
