@@ -58,7 +58,9 @@ EMAIL_PATTERN = r"^[^@\s,;:<>()\[\]\"\\]+@[^@\s.,;:<>()\[\]\"\\]+(\.[^@\s.,;:<>(
 STATUSES = ("pending", "reserved", "paid", "confirmed", "shipped", "delivered", "rejected", "cancelled")
 
 _ASCII_INT = re.compile(r"[0-9]{1,10}")
-_ASCII_NUMBER = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
+#: A number of seconds as a client library writes a float: ``5``, ``2.5``, ``0.30000000000000004``,
+#: ``1.192092896e-07`` (probe 25: the exponent form, valid for the documented ``number``, was a 422).
+_ASCII_NUMBER = re.compile(r"[0-9]{1,6}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
 
 
 class Model(BaseModel):
@@ -465,12 +467,18 @@ class OrderView(Open):
 
 
 class Envelope(Open):
+    """SPEC §3's envelope: every message on every topic travels in one."""
+
     id: str
     type: str
     entity_type: str
     entity_id: str
     timestamp: str
+    version: int
+    correlation_id: str
+    causation_id: str | None
     payload: dict[str, Any]
+    metadata: dict[str, Any]
 
 
 class OrderEvents(Open):

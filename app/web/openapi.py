@@ -131,16 +131,11 @@ def refuses_query(op: Op) -> bool:
 def _path_params(op: Op) -> list[dict[str, Any]]:
     names = [part[1:-1] for part in op.path.split("/") if part.startswith("{")]
     any_key = {"type": "string", "minLength": 1, "maxLength": m.MAX_KEY}
-    # A product's stock is read under any key (zeros when unknown), but only written under an identifier.
+    # A product is read and written under an identifier only (an id no product can have is a
+    # 422, read or write; probe 25: the read was documented as taking any key).
     ident = {"type": "string", "pattern": m.IDENT_PATTERN}
     return [
-        {
-            "name": n,
-            "in": "path",
-            "required": True,
-            "schema": ident if n == "product_id" and op.method != "get" else any_key,
-        }
-        for n in names
+        {"name": n, "in": "path", "required": True, "schema": ident if n == "product_id" else any_key} for n in names
     ]
 
 

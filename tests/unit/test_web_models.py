@@ -109,6 +109,12 @@ def test_limit_is_ascii_digits_from_1_to_500(limit: str) -> None:
     assert [d["field"] for d in info.value.details] == ["limit"]
 
 
+@pytest.mark.parametrize(("wait", "seconds"), [("5", 5.0), ("2.5", 2.5), ("1.192092896e-07", 1.192092896e-07),
+                                               ("0.30000000000000004", 0.30000000000000004), ("1E1", 10.0)])  # fmt: skip
+def test_a_wait_is_read_as_a_client_library_writes_a_number(wait: str, seconds: float) -> None:
+    assert parse(models.OrderQuery, {"wait": wait}).wait == seconds
+
+
 def test_a_query_parameter_with_an_empty_name_is_named_as_it_came_not_body() -> None:
     with pytest.raises(Invalid) as info:
         parse(models.ListOrders, {"": "x"})  # ?=x (probe 25: reported as the field "body")
@@ -138,6 +144,14 @@ def test_the_openapi_document_covers_every_public_endpoint_with_errors() -> None
     place = doc["paths"]["/orders"]["post"]
     assert {"202", "400", "413", "415", "422", "503"} <= set(place["responses"])
     assert {"417", "501"} <= set(place["responses"])  # an Expect or Transfer-Encoding refused (probe 25)
+    # Probe 25 (schemathesis): what the server refuses, the document does not offer.
+    (param,) = doc["paths"]["/inventory/{product_id}"]["get"]["parameters"]
+    assert param["schema"]["pattern"] == models.IDENT_PATTERN
+    envelope = doc["components"]["schemas"]["Envelope"]["properties"]
+    assert set(envelope) == {
+        "id", "type", "entity_type", "entity_id", "timestamp", "version", "correlation_id", "causation_id",
+        "payload", "metadata",
+    }  # fmt: skip
     assert doc["paths"]["/inventory/{product_id}"]["put"]["security"] == [{"admin": []}]
     for command in ("cancel", "deliver"):  # a body is read, so a bad or large one is answered as anywhere
         assert {"400", "413", "415", "422"} <= set(doc["paths"][f"/orders/{{order_id}}/{command}"]["post"]["responses"])
