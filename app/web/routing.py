@@ -108,6 +108,11 @@ def workers() -> list[str]:
     return sorted(urls)
 
 
+#: Seconds a worker's read of another (a page, a summary, dead letters, a forwarded GET) may take:
+#: a frozen peer is a 503 before a client's usual 10 s timeout gives up (probe 25: ~16 s).
+READ_TIMEOUT = 8.0
+
+
 async def forward(request: web.Request, owner: str, *, path: str | None = None) -> web.Response:
     """Proxy ``request`` to ``owner`` (optionally to another ``path``) and relay its answer."""
     body = await request.read()
@@ -123,8 +128,13 @@ async def forward(request: web.Request, owner: str, *, path: str | None = None) 
         target = request.rel_url.raw_path_qs
     url = yarl.URL(owner + target, encoded=True)
     kind = "long_poll" if request.method in LONG_POLL_METHODS and "wait" in request.query else "peer"
+    # A plain read answers at once or not at all; a write may wait on the broker (10 s) first.
+    read = kind == "peer" and request.method in ("GET", "HEAD")
+    timeout = aiohttp.ClientTimeout(total=READ_TIMEOUT, sock_connect=3) if read else None
     try:
-        async with session(kind).request(request.method, url, data=body or None, headers=headers) as resp:
+        async with session(kind).request(
+            request.method, url, data=body or None, headers=headers, timeout=timeout
+        ) as resp:
             payload = await resp.read()
             out_headers = {k: v for k, v in resp.headers.items() if k in ("Location", "Retry-After", "Content-Type")}
             return web.Response(body=payload, status=resp.status, headers=out_headers)
@@ -181,7 +191,8 @@ async def gather_one(url: str, path_qs: str) -> Any:
 
 async def _get_json(url: str, path_qs: str) -> Any:
     headers = {FORWARDED: my_url(), **guard.internal_headers()}
-    async with session().get(yarl.URL(url + path_qs, encoded=True), headers=headers) as resp:
+    timeout = aiohttp.ClientTimeout(total=READ_TIMEOUT, sock_connect=3)
+    async with session().get(yarl.URL(url + path_qs, encoded=True), headers=headers, timeout=timeout) as resp:
         if resp.status != 200:
             raise Unavailable(f"worker {url} answered {resp.status}")
         return codec.loads(await resp.read())
@@ -191,7 +202,8 @@ async def _gather(path_qs: str) -> list[Any]:
     try:
         return list(await asyncio.gather(*(_get_json(u, path_qs) for u in workers())))
     except (TimeoutError, aiohttp.ClientError) as exc:
-        raise Unavailable(f"a worker did not answer: {exc}") from exc
+        # ``str(TimeoutError())`` is empty (probe 25: "a worker did not answer: ; retry shortly").
+        raise Unavailable(f"a worker did not answer ({type(exc).__name__}{f': {exc}' if str(exc) else ''})") from exc
 
 
 async def close() -> None:

@@ -102,3 +102,25 @@ def test_the_summary_and_lists_are_exact_or_503_while_a_worker_stops_and_starts(
             t.join(15)
     assert not wrong, f"{len(wrong)} summaries with other numbers than {expected}: {wrong[:3]}"
     assert answers[503] > 0 and answers[200] > 0, answers
+
+
+def test_a_read_that_needs_a_frozen_worker_is_a_503_with_its_reason_before_a_client_gives_up(
+    make_cluster: ClusterFactory,
+) -> None:
+    """Probe 25: with a worker frozen (SIGSTOP), a list read through the other one took ~16 s to
+    answer 503 (past a client's usual 10 s timeout) and said "a worker did not answer: ;"."""
+    cluster = make_cluster(2)
+    reader, frozen = cluster.workers
+    eventually(lambda: http("GET", f"{reader.url}/orders?limit=1").status == 200, 30, 0.2, what="lists answer")
+    assert frozen.proc is not None
+    frozen.proc.send_signal(signal.SIGSTOP)
+    try:
+        for path in ("/orders?limit=1", "/analytics/summary"):
+            started = time.monotonic()
+            r = http("GET", f"{reader.url}{path}", timeout=30)
+            took = time.monotonic() - started
+            assert r.status == 503 and r.headers.get("Retry-After"), (path, r.status, r.body)
+            assert took < 10, f"{path}: 503 after {took:.1f} s"
+            assert "did not answer (" in r.body["message"] and "(:" not in r.body["message"], r.body
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
