@@ -489,6 +489,12 @@ async def place_order(request: web.Request) -> web.Response:
         forwarded = await _to_owner(request, ORDERS, order_id)
         if forwarded is not None:
             return forwarded
+        while (first := _SENDING.get(order_id)) is not None:
+            # The first request with this key still waits for the broker: this one's answer is
+            # its outcome (probe 25: a 202 at once here, then the first failed and the worker was
+            # killed; the order that 202 promised never existed).
+            _already_placed(order_id, digest)  # another body under the key: 422 at once
+            await asyncio.shield(first)
         if _already_placed(order_id, digest):
             return accepted
     from agents.payments import gateway
@@ -510,12 +516,16 @@ async def place_order(request: web.Request) -> web.Response:
     )
     if idem:
         _PLACING[order_id] = (digest, time.monotonic())  # before any await: the next request sees it
+        _SENDING[order_id] = asyncio.get_running_loop().create_future()
     try:
         await produce(ORDERS, order_id, env)
     except BaseException:
         if idem:
             _PLACING.pop(order_id, None)  # not placed (or not known to be): a retry places it
         raise
+    finally:
+        if idem and (sending := _SENDING.pop(order_id, None)) is not None:
+            sending.set_result(None)  # the requests waiting on it look again
     metrics.ORDERS_PLACED.inc()
     return accepted
 
@@ -526,6 +536,8 @@ PLACING_FOR = 600.0
 PLACING_MAX = 100_000
 #: Order id -> (request hash, when) of keyed orders this worker placed, oldest first.
 _PLACING: dict[str, tuple[str, float]] = {}
+#: Keyed orders whose ``order.placed`` the broker has not taken yet: set once it has, or has not.
+_SENDING: dict[str, asyncio.Future[None]] = {}
 
 
 def _already_placed(order_id: str, digest: str) -> bool:

@@ -490,3 +490,42 @@ def test_a_partition_fenced_from_outside_the_group_is_taken_back(
         assert cluster.get(f"/inventory/{product}").body["sold"] == 6
     finally:
         worker.stop()
+
+
+def test_a_keyed_retry_while_the_first_waits_for_the_broker_is_not_accepted_before_it(tmp_path: Path) -> None:
+    """Probe 25: with the broker down, a POST /orders retried with the same Idempotency-Key was
+    answered 202 at once while the first attempt still waited for the broker; the first then
+    failed (503), the worker was killed, and the order that 202 promised never existed. The
+    retry now waits for the first attempt's outcome: here the broker never takes it, so both
+    are 503 and nothing was promised."""
+    import threading
+    import time
+
+    from tests.crash import LocalBroker
+
+    broker = LocalBroker(tmp_path / "kafka")
+    worker = Worker(uid("keyed"), f"kafka://{broker.bootstrap}", tmp_path / "w0").start()
+    cluster = Cluster([worker])
+    try:
+        cluster.wait_ready()
+        product = uid("p")
+        cluster.set_stock(product, 10)
+        body = order_body([(product, 1, "3.00")], user_id=uid("u"))
+        broker.down()
+        answers: dict[str, tuple[int, float]] = {}
+
+        def post(name: str) -> None:
+            started = time.monotonic()
+            r = http("POST", worker.url + "/orders", body, headers={"Idempotency-Key": "k1"}, timeout=60)
+            answers[name] = (r.status, time.monotonic() - started)
+
+        first = threading.Thread(target=post, args=("first",))
+        first.start()
+        time.sleep(1.0)  # the first waits for the broker now (up to 10 s)
+        post("retry")
+        first.join()
+        assert answers["first"][0] == 503, answers
+        assert answers["retry"][0] == 503, answers  # not a 202 for an order that never was
+    finally:
+        cluster.stop()
+        broker.down()
