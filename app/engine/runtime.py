@@ -1290,7 +1290,18 @@ class Engine:
             # Stopped in the background: a producer whose transaction failed can wait a long
             # time on its own abort, and stop() shields that wait from cancellation.
             self._background(old.stop())
-            fresh = await self._transactional_producer(task.partition)
+            for attempt in itertools.count(1):
+                try:
+                    fresh = await self._transactional_producer(task.partition)
+                    break
+                except Exception as exc:  # noqa: BLE001 - the broker is away (probe 25: it escaped the commit task)
+                    if self._stopping or task.closed or self.tasks.get(task.partition) is not task:
+                        return  # stopping, or the partition moved: its next owner starts one
+                    if attempt & (attempt - 1) == 0:
+                        log.warning(
+                            "partition %s: no producer yet (attempt %d, trying again): %r", task.partition, attempt, exc
+                        )
+                    await asyncio.sleep(RETRY_AFTER)
             if task.closed:  # taken away meanwhile: the new producer would fence the new owner
                 self._background(fresh.stop())
                 return

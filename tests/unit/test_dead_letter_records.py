@@ -456,3 +456,34 @@ def test_a_step_overtaken_by_a_reset_drops_what_it_did_after_it(tmp_path: Path) 
     asyncio.run(scenario())
     assert task.position[RESET_TP] == 10  # not moved past the rewind
     assert not task.dirty and not task.step.overlay and not task.step.outputs
+
+
+def test_a_reset_whose_new_producer_cannot_start_yet_tries_again_and_raises_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Probe 25: with the broker down, a failed commit's reset could not start its new producer;
+    the error escaped the commit task ("Task exception was never retrieved") and left the task
+    not ready, its old producer stopped, until a rebalance happened to reopen it."""
+    from aiokafka.errors import KafkaConnectionError
+
+    from app.engine import runtime
+
+    monkeypatch.setattr(runtime, "RETRY_AFTER", 0.01)
+    engine, task = _resettable(tmp_path)
+    started: list[object] = []
+
+    class Producer:
+        async def stop(self) -> None:
+            pass
+
+    async def producer(partition: int) -> Any:
+        if len(started) < 2:
+            started.append(None)
+            raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 1)]")
+        fresh = Producer()
+        started.append(fresh)
+        return fresh
+
+    engine._transactional_producer = producer  # type: ignore[method-assign]
+    asyncio.run(engine._reset(task))
+    assert task.ready and task.producer is started[-1] and len(started) == 3
