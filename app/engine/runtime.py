@@ -100,6 +100,15 @@ Decoder = Callable[[Any, str | None], Any]
 DeadLetter = Callable[[str, "Record", BaseException], tuple[str, bytes, bytes]]
 
 
+class EffectFailed(Exception):
+    """Raised by an effect whose input is to be dead-lettered (its stage gave up: a notifier that
+    kept failing); the letter is written by the partition's next step, as a handler's would be."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass(frozen=True)
 class Route:
     """A stage's handler for some message types of one input topic."""
@@ -862,7 +871,13 @@ class Engine:
         resets = task.resets
         while task.local:
             logical, env, tp, offset, headers = task.local.popleft()
-            await self._handle_local(task, logical, env, headers)
+            failed = env.get("_failed") if env.get("type") == "_effect_failed" else None
+            if failed is not None and failed[0] is not None:
+                (record, stage, original), error = failed
+                self.counters[(stage, str(original.get("type")), "dead_lettered")] += 1
+                self._dead_letter(task, logical, record, error, stage=stage, env=original)
+            else:
+                await self._handle_local(task, logical, env, headers)
             if task.resets != resets:
                 return self._overtaken(task)
             held = task.held.get(tp) if tp is not None else None
@@ -927,7 +942,7 @@ class Engine:
                             step.effects = []  # read again from the commit: started then
                             return
                     if step.effects:  # started inside the span: their results continue the trace
-                        self._launch(task, record, step.effects)
+                        self._launch(task, record, step.effects, route.stage, env)
                         step.effects = []
             except StoreError:
                 step.rollback()
@@ -974,22 +989,41 @@ class Engine:
                 continue
             self.counters[(route.stage, type_, "handled")] += 1
 
-    def _launch(self, task: Task, record: Record, effects: list[tuple[str, Any]]) -> None:
+    def _launch(
+        self, task: Task, record: Record, effects: list[tuple[str, Any]], stage: str = "", env: Any = None
+    ) -> None:
         tp = TopicPartition(record.topic, record.partition)
         logical = self.topics.get(record.topic, record.topic)
         held = task.held.setdefault(tp, Counter())
         for name, effect in effects:
             held[record.offset] += 1
-            job = asyncio.get_running_loop().create_task(self._effect(task, logical, tp, record.offset, name, effect))
+            job = asyncio.get_running_loop().create_task(
+                self._effect(task, logical, tp, record.offset, name, effect, (record, stage, env))
+            )
             task.effects.add(job)
             job.add_done_callback(task.effects.discard)
 
-    async def _effect(self, task: Task, logical: str, tp: TopicPartition, offset: int, name: str, effect: Any) -> None:
-        """Run one effect; its result (or an empty marker) comes back as a local input that releases the hold."""
+    async def _effect(
+        self,
+        task: Task,
+        logical: str,
+        tp: TopicPartition,
+        offset: int,
+        name: str,
+        effect: Any,
+        origin: tuple[Record, str, Any] | None = None,
+    ) -> None:
+        """Run one effect; its result (or an empty marker) comes back as a local input that releases the hold.
+
+        An effect that raises :class:`EffectFailed` comes back as a marker carrying its input
+        (``origin``: the record, the stage, the envelope), which the step dead-letters.
+        """
         try:
             env = await effect()
         except asyncio.CancelledError:
             raise
+        except EffectFailed as failed:
+            env = {"type": "_effect_failed", "id": "", "payload": {}, "_failed": (origin, failed.error)}
         except Exception:
             log.exception("effect %s failed; its input is read again after a restart", name)
             env = None

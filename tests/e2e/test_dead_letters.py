@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import json
 import os
@@ -966,3 +967,48 @@ def test_a_confirmation_stamped_in_year_one_is_dead_lettered_and_its_partition_g
     assert cluster.get("/ready").status == 200
     assert cluster.get("/analytics/summary").status == 200
     assert_serving(cluster)
+
+
+def test_a_mail_server_that_never_answers_holds_up_no_order(make_cluster: Any) -> None:
+    """Probe 25: an SMTP server that accepted connections and never answered held each
+    confirmation's partition for 15.6 s (three 5 s attempts, in the step): every order behind
+    it waited, 247 of 300 stayed pending for minutes. Delivery runs beside the step now; the
+    confirmations still dead-letter when their attempts run out."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(100)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_and_say_nothing() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept_and_say_nothing, daemon=True).start()
+    port = listener.getsockname()[1]
+    cluster: Cluster = make_cluster(
+        1, env={"ORDERSTREAM_NOTIFIER": "smtp", "ORDERSTREAM_SMTP_URL": f"smtp://127.0.0.1:{port}"}
+    )
+    try:
+        product = uid("p")
+        cluster.set_stock(product, 100)
+        started = time.monotonic()
+        orders = [cluster.place(order_body([(product, 1, "2.00")], user_id=uid("u"))) for _ in range(12)]
+        for order_id in orders:  # 4 partitions: 3 confirmations a partition held 15.6 s each before
+            assert cluster.final(order_id, timeout=60)["status"] == "confirmed"
+        assert time.monotonic() - started < 15, f"12 orders took {time.monotonic() - started:.1f} s"
+
+        def letters() -> set[str]:
+            return {m["original"]["payload"]["order_id"] for m in all_dead_letters(cluster)}
+
+        eventually(lambda: set(orders) <= letters(), 90, what="every confirmation dead-lettered after its attempts")
+        assert_serving(cluster)
+    finally:
+        stop.set()
+        for conn in held:
+            conn.close()
+        listener.close()

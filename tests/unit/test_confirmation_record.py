@@ -140,3 +140,99 @@ def test_a_confirmation_on_another_partition_than_its_order_is_refused(
             if asyncio.iscoroutine(result):
                 asyncio.run(result)
     assert not step.outputs and not step.overlay
+
+
+class _Smtp:
+    """A notifier that is not the log's: ``hang`` never answers, else it fails ``failures`` times first."""
+
+    name = "smtp"
+
+    def __init__(self, *, hang: bool = False, failures: int = 0) -> None:
+        self.hang, self.failures, self.sent = hang, failures, []  # type: list[str]
+
+    async def send(self, message_id: str, to: Any, subject: str, body: str, data: dict[str, Any]) -> None:
+        if self.hang:
+            await asyncio.Event().wait()
+        if self.failures:
+            self.failures -= 1
+            raise OSError("connection refused")
+        self.sent.append(message_id)
+
+
+def _engine_task(tmp_path: Path) -> tuple[Any, Any]:
+    from app.engine.runtime import Task
+    from app.main import engine
+
+    return engine, Task(0, Step(0, PartitionDB(tmp_path / "p0", 0)), producer=None)  # type: ignore[arg-type]
+
+
+def _record(engine: Any, env: dict[str, Any], offset: int = 7) -> Any:
+    from app.bench.steps import PlainRecord
+
+    return PlainRecord(f"{engine.app_id}.orders", 0, offset, env["entity_id"].encode(), orjson.dumps(env), [])
+
+
+def test_a_hanging_mail_server_holds_no_step_the_delivery_runs_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Probe 25: with an SMTP server that accepted connections and never answered, each
+    confirmation held its partition's step for 15 s: every order behind it waited."""
+    import time
+
+    from agents import notifications
+
+    monkeypatch.setattr(notifications, "notifier", _Smtp(hang=True))
+    engine, task = _engine_task(tmp_path)
+    env = _confirmation("o-hang")
+
+    async def scenario() -> None:
+        started = time.monotonic()
+        await engine._handle(task, "orders", _record(engine, env))
+        assert time.monotonic() - started < 0.5  # the step went on
+        assert len(task.effects) == 1 and dict(task.held[next(iter(task.held))]) == {7: 1}  # its offset held
+        await engine._handle(task, "orders", _record(engine, env, 8))  # a replay starts no second delivery
+        assert len(task.effects) == 1
+        for job in task.effects:
+            job.cancel()
+
+    asyncio.run(scenario())
+    notifications._sending.clear()
+
+
+def test_a_background_delivery_records_once_and_one_that_keeps_failing_dead_letters_its_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agents import notifications
+    from tables import notified
+
+    monkeypatch.setattr(notifications, "BACKOFF", 0.001)
+    engine, task = _engine_task(tmp_path)
+
+    async def flush(task: Any) -> None:
+        pass
+
+    monkeypatch.setattr(engine, "_flush_outputs", flush)
+
+    async def deliver(env: dict[str, Any]) -> list[dict[str, Any]]:
+        await engine._handle(task, "orders", _record(engine, env))
+        await asyncio.gather(*task.effects)
+        await engine._step(task)  # the result comes back as a local input
+        out = [orjson.loads(o.value) for o in task.step.outputs]
+        task.step.outputs.clear()
+        return out
+
+    smtp = _Smtp(failures=1)  # one failure, then delivered
+    monkeypatch.setattr(notifications, "notifier", smtp)
+    env = _confirmation("o-mail")
+    out = asyncio.run(deliver(env))
+    assert [e["type"] for e in out] == ["analytics.order_recorded", "notification.sent"]
+    assert smtp.sent == [env["id"]] and notified(task.step, "o-mail") and not any(task.held.values())
+
+    monkeypatch.setattr(notifications, "notifier", _Smtp(failures=99))
+    env = _confirmation("o-nomail")
+    out = asyncio.run(deliver(env))
+    letters = [e for e in out if e["type"] == "event.processing.failed"]
+    assert len(letters) == 1 and letters[0]["payload"]["stage"] == "notifications", out
+    assert "Undelivered" in letters[0]["payload"]["error"] and letters[0]["payload"]["offset"] == 7
+    assert not notified(task.step, "o-nomail") and not any(task.held.values())
+    assert "o-mail" not in notifications._sending and "o-nomail" not in notifications._sending
