@@ -71,13 +71,22 @@ async def partitions_problem(broker_url: str, names: Iterable[str], partitions: 
         described = await client.describe_topics(existing) if existing else []
     finally:
         await client.close()
-    wrong = {
-        t["topic"]: len(t["partitions"])
-        for t in described
-        if t.get("error_code") == 0 and len(t["partitions"]) != partitions
-    }
+    counts = {t["topic"]: len(t["partitions"]) for t in described if t.get("error_code") == 0}
+    wrong = {topic: count for topic, count in counts.items() if count != partitions}
     if not wrong:
         return None
+    if len(set(counts.values())) > 1:
+        # Not this worker's setting: the topics disagree among themselves (probe 25: partitions
+        # added to one by hand; every setting was refused, each refusal naming the other).
+        usual = max(set(counts.values()), key=list(counts.values()).count)
+        odd = sorted(t for t, n in counts.items() if n != usual)
+        shown = ", ".join(f"{t}: {counts[t]}" for t in odd[:3]) + (f" and {len(odd) - 3} more" if len(odd) > 3 else "")
+        return (
+            f"the app's topics do not all have the same partition count ({shown}; the other {len(counts) - len(odd)} "
+            f"have {usual}): partitions were added to some by hand, and Kafka cannot take them away. Re-create "
+            f"{'that topic' if len(odd) == 1 else 'those topics'} with {usual} partitions (with ORDERSTREAM_PARTITIONS="
+            f"{usual}), or use a new app id."
+        )
     topic, count = min(wrong.items())
     others = f" and {len(wrong) - 1} more" if len(wrong) > 1 else ""
     return (

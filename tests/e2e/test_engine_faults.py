@@ -529,3 +529,34 @@ def test_a_keyed_retry_while_the_first_waits_for_the_broker_is_not_accepted_befo
     finally:
         cluster.stop()
         broker.down()
+
+
+def test_a_refusal_over_partition_counts_names_a_topic_grown_by_hand(kafka_bootstrap: str) -> None:
+    """Probe 25: partitions added by hand to one of the app's topics; a restarted worker with
+    partitions=4 was told to set 6, one with 6 to set 4 (the other topics): no setting worked."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    from app.admin import partitions_problem
+
+    app = uid("grown")
+    names = [f"{app}.orders", f"{app}.inventory", f"{app}-order_records-changelog"]
+
+    async def scenario() -> tuple[str | None, str | None, str | None]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(n, 6 if n.endswith(".orders") else 4, 1) for n in names])
+        finally:
+            await admin.close()
+        url = f"kafka://{kafka_bootstrap}"
+        return (
+            await partitions_problem(url, names, 4),
+            await partitions_problem(url, names, 6),
+            await partitions_problem(url, names[1:], 4),
+        )
+
+    with_4, with_6, without_the_grown = asyncio.run(scenario())
+    for problem in (with_4, with_6):
+        assert problem is not None and "do not all have the same partition count" in problem, problem
+        assert f"{app}.orders: 6" in problem and "with 4 partitions" in problem, problem
+    assert without_the_grown is None
