@@ -91,15 +91,31 @@ class EventFields(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         """Add the fields (an ``extra`` of the same name wins); never drops a record."""
         attrs = record.__dict__
-        for key, value in current_fields().items():
-            if key not in attrs:
-                attrs[key] = value
-        from app import tracing  # late: tracing imports opentelemetry only when it is on
-
-        trace = tracing.current_ids()
+        current = _EVENT.get()
+        if current is not None:
+            stage, partition, offset, env = current
+            correlation = env.get("correlation_id")
+            for key, value in (
+                ("event_id", env.get("id")),
+                ("event_type", env.get("type")),
+                ("order_id", correlation),
+                ("correlation_id", correlation),
+                ("stage", stage),
+                ("partition", partition),
+                ("offset", offset),
+            ):
+                if key not in attrs:
+                    attrs[key] = value
+        trace = _current_trace_ids()
         if trace and "trace_id" not in attrs:
             record.trace_id, record.span_id = trace
         return True
+
+
+def _current_trace_ids() -> tuple[str, str] | None:
+    from app import tracing  # late: tracing imports opentelemetry only when it is on
+
+    return tracing.current_ids()
 
 
 class RepeatsCounted(logging.Filter):
@@ -156,7 +172,8 @@ class TextFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         """The line before any traceback, with control and bidi characters escaped (one record, one line)."""
-        return _escaped(super().formatMessage(record))
+        # What the format string above gives, without the %-style machinery (a line per event).
+        return _escaped(f"{record.asctime} {record.levelname} {record.name}: {record.message}")
 
     def format(self, record: logging.LogRecord) -> str:
         """Format the line, then append the event fields that are present."""
