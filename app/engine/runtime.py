@@ -721,6 +721,7 @@ class Engine:
                     await self._abandon_step(task, exc)
         if now >= self._next_timer:
             self._next_timer = now + 1.0
+            logs.flush()
             for p, db in list(self.dbs.items()):
                 try:
                     db.flush_if_due(now)
@@ -1177,6 +1178,7 @@ class Engine:
         outputs wait for the next transaction, which begins as soon as this one is committed.
         """
         began = time.monotonic()
+        logs.flush()  # the lines of what this commit lands are written before it lands
         step = task.step
         # One instant: the writes, the offsets and the outputs of exactly the same handled inputs.
         # Outputs deferred while the last commit ran belong to inputs in these offsets: they go

@@ -31,6 +31,7 @@ def captured() -> Iterator[io.StringIO]:
 
 
 def lines(buf: io.StringIO) -> list[str]:
+    logs.flush()  # lines below WARNING are written in batches (the engine flushes before each commit)
     return [line for line in buf.getvalue().splitlines() if line]
 
 
@@ -188,3 +189,16 @@ def test_every_escaped_character_is_unprintable_so_printable_lines_skip_the_esca
     assert "a\\u202eb\\x1b[31m\tc ×" in line
     stamp = logging.Formatter().formatTime(record)
     assert line.startswith(stamp)  # the cached seconds read as logging's own
+
+
+def test_lines_are_written_in_batches_and_a_warning_writes_them_at_once_in_order(captured: io.StringIO) -> None:
+    logs.configure(Settings(log_format="text", log_level="info"), stream=captured)
+    log = logging.getLogger("orderstream.test")
+    log.info("one")
+    log.info("two")
+    assert captured.getvalue() == ""  # kept: the engine flushes before each commit and once a second
+    log.warning("three")
+    assert [line.split(": ", 1)[1] for line in captured.getvalue().splitlines()] == ["one", "two", "three"]
+    log.info("four")
+    logs.flush()
+    assert captured.getvalue().splitlines()[-1].endswith(": four")
