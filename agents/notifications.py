@@ -36,8 +36,6 @@ class Undelivered(Exception):
 
 BACKOFF = 0.2
 notifier = build(settings.notifier, settings.smtp_url, settings.smtp_sender)
-#: Orders whose notification is being delivered in the background on this worker.
-_sending: set[str] = set()
 
 
 async def handle(step: Step, env: Envelope) -> None:
@@ -52,7 +50,8 @@ async def handle(step: Step, env: Envelope) -> None:
     p = env["payload"]
     # The older notification.send command was keyed by its user: only order.confirmed is checked.
     order_id = order_id_of(env) if env["type"] == "notification.send" else on_partition(step, order_id_of(env))
-    if notified(step, order_id) or order_id in _sending:
+    busy = f"notify/{order_id}"
+    if notified(step, order_id) or busy in step.inflight:
         return
     user_id = str(p.get("user_id") or "")
     to = users.email_of(user_id) or p.get("user_email") or p.get("email")
@@ -62,7 +61,8 @@ async def handle(step: Step, env: Envelope) -> None:
         await _attempts(env, to, subject, body)  # writes a log line: never waits
         _record(step, env, order_id, to, subject)
         return
-    _sending.add(order_id)
+    inflight = step.inflight
+    inflight.add(busy)
 
     async def deliver() -> Envelope:
         try:
@@ -70,7 +70,7 @@ async def handle(step: Step, env: Envelope) -> None:
         except Undelivered as exc:
             raise EffectFailed(exc) from exc  # dead-letters the input; a redrive tries again
         finally:
-            _sending.discard(order_id)
+            inflight.discard(busy)
         delivered = {"order_id": order_id, "to": to, "subject": subject, "cause": env}
         return make("notification.delivered", "notification", order_id, delivered, correlation_id=order_id)
 

@@ -31,7 +31,6 @@ STAGE = "payments"
 
 gateway: PaymentGateway = SimulatedGateway()
 _slots: asyncio.Semaphore | None = None
-_inflight: set[str] = set()
 
 
 def _bound() -> asyncio.Semaphore:
@@ -84,14 +83,16 @@ def handle_charge(step: Step, env: Envelope) -> None:
     if decision.emits and record is not None:
         _forward(step, record["result"])
         return
-    if decision.start_charge and order_id not in _inflight:
-        _inflight.add(order_id)
+    busy = f"charge/{order_id}"
+    if decision.start_charge and busy not in step.inflight:
+        inflight = step.inflight
+        inflight.add(busy)
 
         async def call() -> Envelope:
             try:
                 return await charge(env)
             finally:
-                _inflight.discard(order_id)
+                inflight.discard(busy)
 
         step.start("charge", call)
 

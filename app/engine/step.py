@@ -74,6 +74,10 @@ class Step:
         self.effects: list[tuple[str, Effect]] = []
         #: Ids of the events handled since the last commit (only while someone waits for one).
         self.handled: list[str] = []
+        #: What this partition's effects are doing now (a stage's own keys, e.g. ``notify/<order>``),
+        #: so a repeated input starts no second one. Forgotten with the step's work on a reset: an
+        #: effect cancelled before it ran cannot say it ended (review: a notification then never sent).
+        self.inflight: set[str] = set()
         # The event being handled.
         self.topic = ""
         self.offset = -1
@@ -198,5 +202,6 @@ class Step:
         self.overlay, self.frozen = {}, {}
         self.caches, self.frozen_caches, self.hot = {}, {}, {}
         self.handled = []
+        self.inflight = set()
         self.outputs = []
         self.effects = []

@@ -196,7 +196,6 @@ def test_a_hanging_mail_server_holds_no_step_the_delivery_runs_beside_it(
             job.cancel()
 
     asyncio.run(scenario())
-    notifications._sending.clear()
 
 
 def test_a_background_delivery_records_once_and_one_that_keeps_failing_dead_letters_its_input(
@@ -235,4 +234,30 @@ def test_a_background_delivery_records_once_and_one_that_keeps_failing_dead_lett
     assert len(letters) == 1 and letters[0]["payload"]["stage"] == "notifications", out
     assert "Undelivered" in letters[0]["payload"]["error"] and letters[0]["payload"]["offset"] == 7
     assert not notified(task.step, "o-nomail") and not any(task.held.values())
-    assert "o-mail" not in notifications._sending and "o-nomail" not in notifications._sending
+    assert task.step.inflight == set()
+
+
+def test_a_delivery_cancelled_before_it_ran_is_forgotten_with_the_step_s_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: a fenced reset cancelled a delivery's effect before it ran; its in-flight mark
+    (cleared only when the delivery ended) stayed, and the confirmation read again started none:
+    the input committed with no email, no notification.sent and no dead letter."""
+    from agents import notifications
+
+    monkeypatch.setattr(notifications, "notifier", _Smtp())
+    engine, task = _engine_task(tmp_path)
+    env = _confirmation("o-cancelled")
+
+    async def scenario() -> int:
+        await engine._handle(task, "orders", _record(engine, env))
+        for job in task.effects:
+            job.cancel()  # before it ran: what a fenced reset does at once
+        task.step.reset()
+        task.effects.clear()
+        await engine._handle(task, "orders", _record(engine, env))  # read again
+        started = len(task.effects)
+        await asyncio.gather(*task.effects, return_exceptions=True)
+        return started
+
+    assert asyncio.run(scenario()) == 1  # the confirmation read again starts its delivery
