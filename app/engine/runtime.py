@@ -297,6 +297,8 @@ class Engine:
         self._bg: set[asyncio.Task[None]] = set()
         self._known_topics: dict[int, set[str]] = {}
         self._partitions_by_key: dict[bytes, int] = {}
+        #: A lookup of replay targets is running (:meth:`_look_up_replays`).
+        self._looking_up_replays = False
         #: A read_uncommitted client for high watermarks (:meth:`settled`), started when first needed.
         self._watermarks: AIOKafkaConsumer | None = None
         self._watermarks_lock = asyncio.Lock()
@@ -732,7 +734,7 @@ class Engine:
                 await self._publish_metrics()
             except Exception:  # the figures wait for the next second; the cycle goes on
                 log.warning("publishing the engine's metrics failed", exc_info=True)
-            await self._look_up_replays()
+            self._look_up_replays()
             for _interval, fn in self._timers:
                 try:
                     result = fn(self)
@@ -776,20 +778,32 @@ class Engine:
                     out[tp] = state.position
         return out
 
-    async def _look_up_replays(self) -> None:
-        """Note how far each task restored since the last tick must read its inputs again: their ends now."""
+    def _look_up_replays(self) -> None:
+        """Start looking up how far each task restored since the last tick must read its inputs again.
+
+        In the background, outside the loop's lock (review: a slow broker held every partition
+        for up to 5 s a second); applied only to a task still its partition's and not reset since.
+        """
         waiting = [t for t in self.tasks.values() if t.ready and t.replay_unknown]
-        if not waiting or self.consumer is None:
-            return
-        mine = [tp for tp in self.consumer.assignment() if any(tp.partition == t.partition for t in waiting)]
+        if waiting and self.consumer is not None and not self._looking_up_replays:
+            self._looking_up_replays = True
+            self._background(self._replay_ends(waiting))
+
+    async def _replay_ends(self, waiting: list[Task]) -> None:
+        assert self.consumer is not None
+        resets = {t.partition: t.resets for t in waiting}
         try:
+            mine = [tp for tp in self.consumer.assignment() if tp.partition in resets]
             ends = await asyncio.wait_for(self.consumer.end_offsets(mine), 5) if mine else {}
         except Exception as exc:  # noqa: BLE001 - the broker is slow or away: asked again at the next tick
-            log.debug("end offsets for the replay of %s: %r", [t.partition for t in waiting], exc)
+            log.debug("end offsets for the replay of %s: %r", sorted(resets), exc)
             return
+        finally:
+            self._looking_up_replays = False
         for task in waiting:
-            task.replay = {tp: end for tp, end in ends.items() if tp.partition == task.partition} or None
-            task.replay_unknown = False
+            if self.tasks.get(task.partition) is task and task.resets == resets[task.partition] and task.replay_unknown:
+                task.replay = {tp: end for tp, end in ends.items() if tp.partition == task.partition} or None
+                task.replay_unknown = False
 
     def replayed(self, task: Task) -> bool:
         """Whether the task, restored from its changelogs, has handled every input that was in its log then.
@@ -1327,6 +1341,10 @@ class Engine:
             # time on its own abort, and stop() shields that wait from cancellation.
             self._background(old.stop())
             for attempt in itertools.count(1):
+                if self.rebalancing or self.frozen:
+                    # The assignment that follows reopens the task (not ready: never kept); a producer
+                    # started now could fence the partition's next owner (review).
+                    return
                 try:
                     fresh = await self._transactional_producer(task.partition)
                     break
@@ -1338,7 +1356,7 @@ class Engine:
                             "partition %s: no producer yet (attempt %d, trying again): %r", task.partition, attempt, exc
                         )
                     await asyncio.sleep(RETRY_AFTER)
-            if task.closed:  # taken away meanwhile: the new producer would fence the new owner
+            if task.closed or self.rebalancing:  # taken away, or about to be: it would fence the new owner
                 self._background(fresh.stop())
                 return
             task.producer = fresh
@@ -1618,6 +1636,7 @@ class Engine:
                 if tp in task.position:
                     self.consumer.seek(tp, task.position[tp])  # a kept task goes on where it was
                     task.fetched[tp] = task.position[tp]
+                    task.read_to.pop(tp, None)  # read up to there again before its timers act (review)
                     # Read again from there: what was fetched and not handled (held through a freeze,
                     # whose revocation drained nothing) would be handled twice.
                     task.backlog = deque((btp, records) for btp, records in task.backlog if btp != tp)

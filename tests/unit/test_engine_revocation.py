@@ -373,7 +373,12 @@ def test_a_restored_task_is_replayed_once_it_has_handled_what_its_inputs_held_wh
     engine.tasks[2] = task
     task.replay_unknown = True  # as restoring it leaves it
     assert not engine.replayed(task)
-    asyncio.run(engine._look_up_replays())
+
+    async def look_up() -> None:
+        engine._look_up_replays()
+        await asyncio.gather(*engine._bg)
+
+    asyncio.run(look_up())
     assert task.replay == {orders: 12, payments: 5} and not engine.replayed(task)
     engine.route("s", "orders", {"x"}, lambda step, env: None)
 
@@ -394,3 +399,116 @@ def test_a_restored_task_is_replayed_once_it_has_handled_what_its_inputs_held_wh
     assert not engine.replayed(task)  # offset 11 (a transaction marker, say) not passed yet
     asyncio.run(cycle({}, {orders: 12, payments: 5}))  # the consumer passed the marker
     assert engine.replayed(task) and task.replay is None
+
+
+class _StubProducer:
+    async def stop(self) -> None:
+        pass
+
+    async def abort_transaction(self) -> None:
+        pass
+
+
+def _replaying(tmp_path: Path) -> tuple[Engine, Task]:
+    engine = _engine(tmp_path)
+    engine.assigned, engine.rebalancing = True, False
+    task = Task(2, Step(2, PartitionDB(tmp_path / "p2.rocksdb", 2)), _StubProducer())  # type: ignore[arg-type]
+    task.ready = True
+    engine.tasks[2] = task
+    return engine, task
+
+
+def test_a_slow_lookup_of_the_replay_ends_holds_no_cycle(tmp_path: Path) -> None:
+    """Review: the lookup ran inside the cycle, under the loop's lock: a slow broker held every
+    partition for up to 5 s a second."""
+    import time
+
+    engine, task = _replaying(tmp_path)
+    tp = TopicPartition("t.orders", 2)
+
+    class Consumer:
+        def assignment(self) -> set[TopicPartition]:
+            return {tp}
+
+        async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            await asyncio.sleep(3600)  # a leader away, a slow broker
+            return {}
+
+    engine.consumer = Consumer()  # type: ignore[assignment]
+    engine.commit_interval = 1e9
+    task.replay_unknown = True
+
+    async def run() -> float:
+        engine._next_timer = 0.0
+        started = time.monotonic()
+        async with engine._lock:
+            await engine._cycle({}, time.monotonic(), {})
+        spent = time.monotonic() - started
+        await asyncio.sleep(0.01)  # the lookup runs beside the loop
+        assert engine._looking_up_replays and task.replay_unknown
+        for job in list(engine._bg):
+            job.cancel()
+        await asyncio.gather(*engine._bg, return_exceptions=True)
+        assert not engine._looking_up_replays  # a cancelled lookup is asked again at the next tick
+        return spent
+
+    assert asyncio.run(run()) < 1.0
+
+
+def test_a_kept_task_still_replaying_reads_its_dropped_backlog_again_before_its_timers_act(tmp_path: Path) -> None:
+    """Review: a task kept through a rebalance while it was still reading its inputs again had its
+    backlog dropped and the consumer sent back, but kept how far it had read: its timers opened."""
+    from aiokafka.structs import ConsumerRecord
+
+    engine, task = _replaying(tmp_path)
+    tp = TopicPartition("t.orders", 2)
+
+    class Consumer:
+        def assignment(self) -> set[TopicPartition]:
+            return {tp}
+
+        def seek(self, tp: TopicPartition, offset: int) -> None:
+            pass
+
+    async def cluster_id() -> str:
+        return engine.cluster_id
+
+    engine.consumer = Consumer()  # type: ignore[assignment]
+    engine._read_cluster_id = cluster_id  # type: ignore[method-assign]
+    task.replay, task.replay_unknown = {tp: 12}, False
+    task.position[tp], task.read_to[tp] = 8, 12
+    task.backlog.append((tp, [ConsumerRecord("t.orders", 2, o, 0, 0, None, b"{}", None, 0, 0, []) for o in (8, 9)]))
+    engine.rebalancing = True
+    asyncio.run(engine.on_assigned({tp}))  # kept; its backlog dropped, the consumer back at 8
+    assert not engine.replayed(task)
+
+
+def test_a_reset_waiting_for_a_producer_starts_none_once_a_rebalance_began(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review: the retry loop went on after the revocation; a producer it started then could fence
+    the partition's next owner."""
+    from app.engine import runtime
+
+    monkeypatch.setattr(runtime, "RETRY_AFTER", 0.05)
+    engine, task = _replaying(tmp_path)
+    started: list[object] = []
+    attempts = [0]
+
+    async def producer(partition: int) -> Any:
+        attempts[0] += 1
+        if attempts[0] < 4:
+            raise ConnectionError("broker away")
+        started.append(partition)
+        return _StubProducer()
+
+    engine._transactional_producer = producer  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        reset = asyncio.create_task(engine._reset(task))
+        await asyncio.sleep(0.08)
+        engine.rebalancing = True  # on_revoked ran
+        await reset
+
+    asyncio.run(scenario())
+    assert started == [] and not task.ready
