@@ -59,7 +59,7 @@ def test_a_broker_outage_under_load_keeps_every_guarantee_at_least_once(tmp_path
     try:
         report = run(
             broker.bootstrap,
-            orders=600,
+            orders=450,
             rate=30,
             guarantee="at_least_once",
             kills=1,
@@ -71,5 +71,5 @@ def test_a_broker_outage_under_load_keeps_every_guarantee_at_least_once(tmp_path
         broker.down()
     print(report.as_dict())
     assert report.kills == 1
-    assert report.orders == 600 and sum(report.outcomes.values()) == 600
+    assert report.orders == 450 and sum(report.outcomes.values()) == 450
     assert report.violations == []
