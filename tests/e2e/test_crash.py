@@ -46,6 +46,7 @@ def test_refused_changelog_writes_under_load_keep_every_guarantee(
     assert report.violations == []
 
 
+@pytest.mark.slow  # ~1.5 min: `pytest -m slow tests/e2e/test_crash.py` (make test leaves it out)
 def test_a_broker_outage_under_load_keeps_every_guarantee_at_least_once(tmp_path: Path) -> None:
     """Probe 25: the broker stopped under load (worker 0 frozen, worker 1 killed meanwhile), then
     started again with its data. At least once, outputs go out before the commit that holds
