@@ -497,7 +497,10 @@ def test_a_partition_fenced_from_outside_the_group_is_taken_back(
         orders = [cluster.place(order_body([(product, 1, "1.00")])) for _ in range(6)]
         for order_id in orders:  # the fenced tasks wait two sessions (12 s), then take their partitions back
             assert cluster.final(order_id, timeout=90)["status"] == "confirmed"
-        assert "taking it back" in worker.log_text()
+        # Taken back after the grace, or at once where the fence surfaced in a commit as another
+        # error (aiokafka does not always say ProducerFenced; CI): a failed commit starts anew.
+        log = worker.log_text()
+        assert "taking it back" in log or "reading its inputs again" in log, worker.log_tail(40)
         assert cluster.get(f"/inventory/{product}").body["sold"] == 6
     finally:
         worker.stop()
