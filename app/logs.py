@@ -70,19 +70,22 @@ class event_context:
 def current_fields() -> dict[str, Any]:
     """Return the event fields of the current context (empty outside ``event_context``)."""
     current = _EVENT.get()
-    if current is None:
-        return {}
+    return {} if current is None else dict(_fields(current))
+
+
+def _fields(current: tuple[str, int, int, Mapping[str, Any]]) -> tuple[tuple[str, Any], ...]:
+    """``(name, value)`` of :data:`EVENT_FIELDS` for an :func:`event_context`'s value."""
     stage, partition, offset, env = current
     correlation = env.get("correlation_id")
-    return {
-        "event_id": env.get("id"),
-        "event_type": env.get("type"),
-        "order_id": correlation,
-        "correlation_id": correlation,
-        "stage": stage,
-        "partition": partition,
-        "offset": offset,
-    }
+    return (
+        ("event_id", env.get("id")),
+        ("event_type", env.get("type")),
+        ("order_id", correlation),
+        ("correlation_id", correlation),
+        ("stage", stage),
+        ("partition", partition),
+        ("offset", offset),
+    )
 
 
 class EventFields(logging.Filter):
@@ -93,17 +96,7 @@ class EventFields(logging.Filter):
         attrs = record.__dict__
         current = _EVENT.get()
         if current is not None:
-            stage, partition, offset, env = current
-            correlation = env.get("correlation_id")
-            for key, value in (
-                ("event_id", env.get("id")),
-                ("event_type", env.get("type")),
-                ("order_id", correlation),
-                ("correlation_id", correlation),
-                ("stage", stage),
-                ("partition", partition),
-                ("offset", offset),
-            ):
+            for key, value in _fields(current):
                 if key not in attrs:
                     attrs[key] = value
         trace = _current_trace_ids()
