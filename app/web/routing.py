@@ -111,6 +111,7 @@ def workers() -> list[str]:
 #: Seconds a worker's read of another (a page, a summary, dead letters, a forwarded GET) may take:
 #: a frozen peer is a 503 before a client's usual 10 s timeout gives up (probe 25: ~16 s).
 READ_TIMEOUT = 8.0
+_READ = aiohttp.ClientTimeout(total=READ_TIMEOUT, sock_connect=3)
 
 
 async def forward(request: web.Request, owner: str, *, path: str | None = None) -> web.Response:
@@ -130,7 +131,7 @@ async def forward(request: web.Request, owner: str, *, path: str | None = None) 
     kind = "long_poll" if request.method in LONG_POLL_METHODS and "wait" in request.query else "peer"
     # A plain read answers at once or not at all; a write may wait on the broker (10 s) first.
     read = kind == "peer" and request.method in ("GET", "HEAD")
-    timeout = aiohttp.ClientTimeout(total=READ_TIMEOUT, sock_connect=3) if read else None
+    timeout = _READ if read else None
     try:
         async with session(kind).request(
             request.method, url, data=body or None, headers=headers, timeout=timeout
@@ -191,8 +192,7 @@ async def gather_one(url: str, path_qs: str) -> Any:
 
 async def _get_json(url: str, path_qs: str) -> Any:
     headers = {FORWARDED: my_url(), **guard.internal_headers()}
-    timeout = aiohttp.ClientTimeout(total=READ_TIMEOUT, sock_connect=3)
-    async with session().get(yarl.URL(url + path_qs, encoded=True), headers=headers, timeout=timeout) as resp:
+    async with session().get(yarl.URL(url + path_qs, encoded=True), headers=headers, timeout=_READ) as resp:
         if resp.status != 200:
             raise Unavailable(f"worker {url} answered {resp.status}")
         return codec.loads(await resp.read())
