@@ -61,20 +61,16 @@ async def handle(step: Step, env: Envelope) -> None:
         await _attempts(env, to, subject, body)  # writes a log line: never waits
         _record(step, env, order_id, to, subject)
         return
-    inflight = step.inflight
-    inflight.add(busy)
 
     async def deliver() -> Envelope:
         try:
             await _attempts(env, to, subject, body)
         except Undelivered as exc:
             raise EffectFailed(exc) from exc  # dead-letters the input; a redrive tries again
-        finally:
-            inflight.discard(busy)
         delivered = {"order_id": order_id, "to": to, "subject": subject, "cause": env}
         return make("notification.delivered", "notification", order_id, delivered, correlation_id=order_id)
 
-    step.start("notify", deliver)
+    step.start("notify", deliver, key=busy)
 
 
 async def _attempts(env: Envelope, to: str | None, subject: str, body: str) -> None:

@@ -85,16 +85,11 @@ def handle_charge(step: Step, env: Envelope) -> None:
         return
     busy = f"charge/{order_id}"
     if decision.start_charge and busy not in step.inflight:
-        inflight = step.inflight
-        inflight.add(busy)
 
         async def call() -> Envelope:
-            try:
-                return await charge(env)
-            finally:
-                inflight.discard(busy)
+            return await charge(env)
 
-        step.start("charge", call)
+        step.start("charge", call, key=busy)
 
 
 def handle_result(step: Step, env: Envelope) -> None:

@@ -172,12 +172,25 @@ class Step:
             raise RecordTooLarge(f"a record to {topic} would take {size} bytes")
         self.outputs.append(Output(topic, key, value, headers))
 
-    def start(self, name: str, effect: Effect) -> None:
+    def start(self, name: str, effect: Effect, *, key: str | None = None) -> None:
         """Run ``effect`` once this event is handled; it comes back here as a local input.
 
         The input's offset is held (not committed past) until then, so a crash makes the
-        partition's next owner read it again and start the effect again.
+        partition's next owner read it again and start the effect again. With ``key``, the
+        effect is in :attr:`inflight` until it ends (or the step's work is reset): a stage
+        checks it so that a repeated input starts no second one.
         """
+        if key is not None:
+            inflight = self.inflight
+            inflight.add(key)
+            run = effect
+
+            async def effect() -> Any:
+                try:
+                    return await run()
+                finally:
+                    inflight.discard(key)
+
         self.effects.append((name, effect))
 
     def freeze(self) -> tuple[dict[str, dict[str, tuple[Any, bytes | None]]], list[str]]:
