@@ -20,6 +20,18 @@ async def _serve(app: Any) -> tuple[Any, int]:
     return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
+async def _serve_empty_json() -> tuple[Any, int]:
+    """Serve ``GET /`` answering ``{}`` (see :func:`_serve`)."""
+    from aiohttp import web
+
+    async def root(_: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/", root)
+    return await _serve(app)
+
+
 def test_every_patch_runs_on_the_tested_versions() -> None:
     from faust.cli.base import cli
 
@@ -63,7 +75,6 @@ def test_a_request_the_http_parser_refuses_gets_the_json_error_shape() -> None:
     import asyncio
 
     import orjson
-    from aiohttp import web
 
     from app.main import settings
 
@@ -71,12 +82,7 @@ def test_a_request_the_http_parser_refuses_gets_the_json_error_shape() -> None:
     assert "json parser errors" in faust_patches.installed
 
     async def answers() -> list[tuple[int, bytes, bytes]]:
-        async def root(_: web.Request) -> web.Response:
-            return web.json_response({})
-
-        app = web.Application()
-        app.router.add_get("/", root)
-        runner, port = await _serve(app)
+        runner, port = await _serve_empty_json()
         heads = [
             b"GET /\x00<script> HTTP/1.1\r\nHost: x\r\n\r\n",  # a malformed request line
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
@@ -119,7 +125,7 @@ def test_the_web_server_closes_silent_connections_and_refuses_past_its_limit(
     import asyncio
 
     import orjson
-    from aiohttp import web, web_protocol
+    from aiohttp import web_protocol
 
     from app.faust_patches import connections
     from app.main import settings
@@ -130,12 +136,7 @@ def test_the_web_server_closes_silent_connections_and_refuses_past_its_limit(
     monkeypatch.setattr(web_protocol.RequestHandler.connection_made, "limit", 3)
 
     async def run() -> None:
-        async def root(_: web.Request) -> web.Response:
-            return web.json_response({})
-
-        app = web.Application()
-        app.router.add_get("/", root)
-        runner, port = await _serve(app)
+        runner, port = await _serve_empty_json()
         try:
             silent = []
             for _ in range(3):  # half a head each: the limit is reached
@@ -168,7 +169,7 @@ def test_past_the_limit_the_oldest_idle_keep_alive_connection_makes_room(monkeyp
     answered 503 through every worker. Past the limit the oldest idle one is closed instead."""
     import asyncio
 
-    from aiohttp import web, web_protocol
+    from aiohttp import web_protocol
 
     from app.faust_patches import connections
     from app.main import settings
@@ -178,12 +179,7 @@ def test_past_the_limit_the_oldest_idle_keep_alive_connection_makes_room(monkeyp
     evicted = connections.counts["evicted"]
 
     async def run() -> None:
-        async def root(_: web.Request) -> web.Response:
-            return web.json_response({})
-
-        app = web.Application()
-        app.router.add_get("/", root)
-        runner, port = await _serve(app)
+        runner, port = await _serve_empty_json()
         try:
             idle = []
             for _ in range(4):  # answered once each, then held open: one past the limit
