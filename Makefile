@@ -42,7 +42,7 @@ unit: $(STAMP) ## Pure unit tests (no broker)
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
 test: $(STAMP) kafka-fetch-unless-docker lint ## Set up and run the whole suite: lint, unit, integration and end-to-end on a real broker
-	$(PY) -m pytest tests -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -m "not slow" --durations=25 $(PYTEST_ARGS)
 
 crash-test: $(STAMP) kafka-fetch-unless-docker ## Full crash test: 1,000+ orders, SIGKILLs, both guarantees (ORDERS=, RATE= to size)
 	$(PY) -m tests.crash --orders $${ORDERS:-1200} --rate $${RATE:-40} --guarantee exactly_once
