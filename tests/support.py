@@ -280,10 +280,13 @@ class Cluster:
         """PUT ``body`` to ``path`` on worker ``i``."""
         return http("PUT", self.urls[i] + path, body, **kw)
 
-    def set_stock(self, product_id: str, on_hand: int, i: int = 0) -> None:
-        """Set stock and wait until it is visible."""
+    def set_stock(self, product_id: str, on_hand: int, i: int = 0, headers: dict[str, str] | None = None) -> None:
+        """Set stock (``headers``: e.g. an admin token) and wait until it is visible."""
         resp = eventually(
-            lambda: (r := self.put(f"/inventory/{product_id}", {"on_hand": on_hand}, i)).status == 202 and r,
+            lambda: (
+                (r := self.put(f"/inventory/{product_id}", {"on_hand": on_hand}, i, headers=headers)).status == 202
+                and r
+            ),
             30,
             0.25,
             what=f"PUT stock {product_id}",

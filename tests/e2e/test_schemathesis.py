@@ -69,12 +69,7 @@ def schemathesis(url: str, report: Path) -> subprocess.CompletedProcess[str]:
 def test_the_api_conforms_to_its_openapi_document(make_cluster: ClusterFactory, tmp_path: Path) -> None:
     cluster = make_cluster(2, env={"ORDERSTREAM_ADMIN_TOKEN": TOKEN, "ORDERSTREAM_PAYMENT_TIMEOUT": "20"})
     product, user = uid("p"), uid("u")
-    eventually(
-        lambda: cluster.put(f"/inventory/{product}", {"on_hand": 100}, headers=ADMIN).status == 202,
-        30,
-        0.5,
-        what="stock",
-    )
+    cluster.set_stock(product, 100, headers=ADMIN)
     before = [cluster.place(order_body([(product, 1, "3.00")], user_id=user), i % 2) for i in range(4)]
 
     for i, url in enumerate(cluster.urls):
@@ -87,13 +82,7 @@ def test_the_api_conforms_to_its_openapi_document(make_cluster: ClusterFactory, 
         assert cluster.get("/health").status == 200 and time.monotonic() - started < 1.0, url
     # With the admin token the fuzzer may set any listed product's stock, this one's too
     # (its phases take ids from `GET /inventory` pages): give it stock again, then order.
-    eventually(
-        lambda: cluster.put(f"/inventory/{product}", {"on_hand": 1000}, headers=ADMIN).status == 202,
-        30,
-        0.5,
-        what="stock again",
-    )
-    eventually(lambda: cluster.get(f"/inventory/{product}").body.get("on_hand") == 1000, 30, 0.2, what="stock applied")
+    cluster.set_stock(product, 1000, headers=ADMIN)
     after = cluster.place(order_body([(product, 1, "3.00")], user_id=user), 1)
     final = cluster.final(after)
     assert final["status"] == "confirmed", final
