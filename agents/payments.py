@@ -85,11 +85,7 @@ def handle_charge(step: Step, env: Envelope) -> None:
         return
     busy = f"charge/{order_id}"
     if decision.start_charge and busy not in step.inflight:
-
-        async def call() -> Envelope:
-            return await charge(env)
-
-        step.start("charge", call, key=busy)
+        step.start("charge", lambda: charge(env), key=busy)
 
 
 def handle_result(step: Step, env: Envelope) -> None:
