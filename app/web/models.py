@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -22,14 +24,16 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError
 
-from app.domain.cards import expiry_valid, luhn_valid, normalize_number
+from app.domain.cards import expiry_pattern, expiry_valid, luhn_valid, normalize_number
 from app.domain.common import (
     DEFAULT_CURRENCY,
     MAX_ITEMS,
@@ -98,30 +102,78 @@ def _currency(value: str) -> str:
 
 
 def invisible(char: str) -> bool:
-    """A control, format (bidi override, zero-width), surrogate, private or unassigned character."""
+    """A control, format (bidi override, zero-width), surrogate, private or unassigned character (shown escaped)."""
     return unicodedata.category(char).startswith("C")
 
 
-def _visible(value: str) -> str:
-    """No control, format (bidi overrides, zero-width), surrogate, private or unassigned characters.
+#: What a text field refuses, as the inside of one regular-expression class: the C0 and C1
+#: controls, every format character of the Basic Multilingual Plane (bidi overrides and
+#: isolates, zero-width spaces and joiners, the soft hyphen, the byte-order mark, ...) and the
+#: line and paragraph separators. They would reach log lines, e-mail headers and terminals as
+#: they are. The OpenAPI document's patterns carry the same class, so what it offers is what
+#: is accepted. (Format characters beyond that plane, e.g. the tags of a subdivision flag
+#: emoji, and private-use or not yet assigned code points do nothing of the kind: accepted.)
+REFUSED_CHARS = (
+    r"\u0000-\u001f\u007f-\u009f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e"
+    r"\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb"
+)
+#: ... and lone surrogates, which only a caller inside the process can pass (JSON text cannot
+#: carry one: its escape is a 400), so the document does not name them.
+_REFUSED = re.compile(f"[{REFUSED_CHARS}\ud800-\udfff]")
+#: Text as the document describes it: no refused character, and not only whitespace.
+TEXT_PATTERN = rf"^[^{REFUSED_CHARS}]*[^\s{REFUSED_CHARS}][^{REFUSED_CHARS}]*$"
 
-    They would reach log lines, e-mail headers and terminals as they are.
-    """
-    if any(invisible(c) for c in value):
+
+def _visible(value: str) -> str:
+    """No character of :data:`REFUSED_CHARS`."""
+    if _REFUSED.search(value):
         raise ValueError("must not contain control or formatting characters")
     return value
 
 
+def _text(value: str) -> str:
+    """Visible and not blank; without its surrounding whitespace."""
+    stripped = _visible(value).strip()
+    if not stripped:
+        raise PydanticCustomError("blank", "must not be blank")
+    return stripped
+
+
+@dataclass(frozen=True)
+class Documented:
+    """Sets ``pattern`` in the JSON schema of the annotated string: what its validators check,
+    which a ``Field(pattern=...)`` cannot say (a pydantic pattern error would quote the whole
+    class to the client). A callable is asked each time the document is built."""
+
+    pattern: str | Callable[[], str]
+
+    def __get_pydantic_json_schema__(self, core: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        schema = handler(core)
+        schema["pattern"] = self.pattern() if callable(self.pattern) else self.pattern
+        return schema
+
+
+def _whole(value: Any) -> Any:
+    """A JSON number without a fractional part is an integer, as JSON Schema's ``integer`` says: ``3.0`` is 3."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: An integer field: ``3`` or ``3.0``, never ``"3"``, ``3.5`` or ``true``.
+Whole = BeforeValidator(_whole)
+
+
 Ident = Annotated[str, Field(pattern=IDENT_PATTERN, description="1-128 ASCII letters, digits or ._:-")]
 
-
-def _stripped(value: Any) -> Any:
-    return value.strip() if isinstance(value, str) else value
-
-
 # The pattern before the validator: after it, pydantic leaves it out of the JSON schema (the OpenAPI document).
-Email = Annotated[str, Field(pattern=EMAIL_PATTERN, max_length=254), AfterValidator(_visible)]
-Name = Annotated[str, Field(min_length=1, max_length=200), BeforeValidator(_stripped), AfterValidator(_visible)]
+Email = Annotated[
+    str,
+    Field(pattern=EMAIL_PATTERN, max_length=254),
+    Documented(EMAIL_PATTERN.replace(r"[^@\s", rf"[^@\s{REFUSED_CHARS}")),
+    AfterValidator(_visible),
+]
+Name = Annotated[str, Field(min_length=1, max_length=200), Documented(TEXT_PATTERN), AfterValidator(_text)]
 Money = Annotated[
     str,
     Field(
@@ -132,7 +184,7 @@ Money = Annotated[
     ),
     AfterValidator(_money),
 ]
-Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY)]
+Quantity = Annotated[int, Field(ge=1, le=MAX_QUANTITY), Whole]
 
 
 def _payable_currencies(schema: dict[str, Any]) -> None:
@@ -164,6 +216,11 @@ class OrderLine(Model):
     price: Money
 
 
+def _expiry_this_month() -> str:
+    today = datetime.now(UTC)
+    return expiry_pattern(today.year, today.month)
+
+
 class CardPayment(Model):
     """The card; the number is exchanged for a token at the edge and goes no further."""
 
@@ -173,7 +230,13 @@ class CardPayment(Model):
         description="ASCII digits (spaces and dashes allowed), Luhn-valid",
         examples=["4242424242424242"],
     )
-    expiry: str = Field(pattern=r"^(0[1-9]|1[0-2])/[0-9]{2}$", description="MM/YY, not in the past")
+    expiry: Annotated[
+        str,
+        Field(
+            pattern=r"^(0[1-9]|1[0-2])/[0-9]{2}$", description="MM/YY, not in the past (the pattern: as of this month)"
+        ),
+        Documented(_expiry_this_month),
+    ]
     cvv: str = Field(pattern=r"^[0-9]{3,4}$", repr=False)
     method: Literal["card"] = "card"
 
@@ -238,7 +301,7 @@ def _at(loc: tuple[str | int, ...], message: str) -> LocatedError:
     return LocatedError(loc, message)
 
 
-ShortText = Annotated[str, Field(min_length=1, max_length=100), BeforeValidator(_stripped), AfterValidator(_visible)]
+ShortText = Annotated[str, Field(min_length=1, max_length=100), Documented(TEXT_PATTERN), AfterValidator(_text)]
 
 
 class NoBody(Model):
@@ -263,13 +326,13 @@ class ShipOrder(Model):
 class SetStock(Model):
     """``PUT /inventory/{id}``."""
 
-    on_hand: int = Field(ge=0, le=MAX_STOCK)
+    on_hand: Annotated[int, Field(ge=0, le=MAX_STOCK), Whole]
 
 
 class Restock(Model):
     """``POST /inventory/{id}/restock``."""
 
-    quantity: int = Field(ge=1, le=MAX_STOCK)
+    quantity: Annotated[int, Field(ge=1, le=MAX_STOCK), Whole]
 
 
 class CreateUser(Model):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cache
+from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -217,7 +218,12 @@ def build() -> dict[str, Any]:
     }
 
 
-@cache
 def document_bytes() -> bytes:
-    """The document, serialized once."""
+    """The document, serialized once a month (its card expiry pattern is of the current month)."""
+    today = datetime.now(UTC)
+    return _document_bytes(today.year, today.month)
+
+
+@lru_cache(maxsize=2)
+def _document_bytes(year: int, month: int) -> bytes:
     return orjson.dumps(build())

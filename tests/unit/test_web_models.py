@@ -233,3 +233,95 @@ def test_an_over_long_text_is_said_to_have_too_many_characters(kind: str, limit:
     with pytest.raises(pydantic.ValidationError) as caught:
         pydantic.TypeAdapter(getattr(models, kind)).validate_python("x" * (limit + 1))
     assert f"at most {limit} characters" in caught.value.errors()[0]["msg"]
+
+
+def _document_says(model: str, body: Any) -> bool:
+    import jsonschema_rs
+
+    components = openapi.build()["components"]
+    schema = {**components["schemas"][model], "components": components}  # its $refs resolve from the root
+    return bool(jsonschema_rs.Draft202012Validator(schema).is_valid(body))
+
+
+def _model_accepts(model: str, body: Any) -> bool:
+    from pydantic import ValidationError
+
+    try:
+        getattr(models, model).model_validate(body)
+    except ValidationError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("model", "body"),
+    [
+        *[("SetStock", {"on_hand": n}) for n in (5, 5.0, 5e3, 5.5, True, "5", -1.0, 1e300)],
+        *[("Restock", {"quantity": n}) for n in (1, 1.0, 0.0, 2.25)],
+        *[
+            ("ShipOrder", {"carrier": text, "tracking_number": "T1"})
+            for text in (
+                "DHL",
+                "  DHL  ",
+                "   ",
+                "\t",
+                "a\x1bb",
+                "a\u202eb",
+                "a\u200bb",
+                "a\u2028b",
+                "a\x85b",
+                "a\u00adb",
+                "Zoë 山田",
+                "🏴\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f",
+                "\ue000",
+                "\U000e0001",
+            )
+        ],
+        *[("CreateUser", {"email": e}) for e in ("a\x07@x.co", "a\u2066@x.co", "zoë@例え.jp", "a\ue000@x.co")],
+    ],
+)
+def test_the_document_says_what_is_accepted(model: str, body: dict[str, Any]) -> None:
+    """Schemathesis' positive-data check: a whole number written ``5.0``, a blank name, a line
+    separator, a format character beyond the first plane were accepted by one and not the other."""
+    assert _document_says(model, body) == _model_accepts(model, body), (model, body)
+
+
+@pytest.mark.parametrize(("year", "month"), [(2026, 12), (2027, 1), (2030, 6), (2099, 12)])
+def test_the_documented_expiry_pattern_is_the_months_the_edge_accepts(year: int, month: int) -> None:
+    import re
+
+    from app.domain.cards import expiry_pattern, expiry_valid
+
+    pattern = re.compile(expiry_pattern(year, month))
+    for text in (f"{mm:02d}/{yy:02d}" for mm in range(14) for yy in range(100)):
+        assert bool(pattern.match(text)) == expiry_valid(text, year, month), text
+
+
+def test_the_document_offers_no_expired_card() -> None:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    last_month = f"{12 if now.month == 1 else now.month - 1:02d}/{(now.year - (now.month == 1)) % 100:02d}"
+    this_month = f"{now.month:02d}/{now.year % 100:02d}"
+    for expiry, ok in ((last_month, False), (this_month, True), ("01/00", False)):
+        card = {**GOOD["payment"], "expiry": expiry}
+        assert _document_says("CardPayment", card) == ok == _model_accepts("CardPayment", card), expiry
+
+
+@pytest.mark.parametrize("model", ["ShipOrder", "CreateUser"])
+def test_any_text_the_document_allows_is_accepted_and_nothing_else(model: str) -> None:
+    """Property: over arbitrary Unicode (controls, format characters, whitespace, astral planes),
+    the document's pattern and the validators agree (no lone surrogate: JSON text cannot carry one)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    field, other = ("carrier", {"tracking_number": "T1"}) if model == "ShipOrder" else ("name", {"email": "a@b.co"})
+    chars = st.one_of(st.characters(codec="utf-8"), st.sampled_from(" \t\n\x85\xa0\u2028\u200b\u202e\ufeff\U000e0020"))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(chars, min_size=0, max_size=12))
+    def agree(text: str) -> None:
+        body = {field: text, **other}
+        assert _document_says(model, body) == _model_accepts(model, body), repr(text)
+
+    agree()
