@@ -150,6 +150,7 @@ def create_engine(s: Settings, datadir: Path) -> Engine:
         decode=read,
         dead_letter=dead_letter,
         give_up_after=s.store_give_up,
+        flush_after=s.store_flush_after,
     )
 
 

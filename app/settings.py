@@ -65,6 +65,14 @@ class Settings:
             "worker stops, as on SIGTERM, so that the group hands its partitions to the other workers."
         ),
     )
+    store_flush_after: float = field(
+        default=60.0,
+        metadata=_doc(
+            "Seconds a commit may stay only in RocksDB's memtable (there is no write-ahead log: the changelogs "
+            "are the log) before it is flushed to disk: bounds what recovery replays after a SIGKILL; a full "
+            "disk shows at that flush at the latest."
+        ),
+    )
     stop_timeout: float = field(
         default=30.0,
         metadata=_doc(
@@ -316,6 +324,8 @@ FLOAT_RANGES: dict[str, tuple[float, bool, float]] = {
     "gateway_timeout": (0, False, 3_600),
     "pending_timeout": (0, False, 86_400),
     "store_give_up": (1, True, 86_400),
+    # Far below the changelogs' tombstone retention (delete.retention.ms, 24 h by default).
+    "store_flush_after": (1, True, 3_600),
     "stop_timeout": (1, True, 3_600),
     "gateway_backoff": (0, True, 60),
     # Kafka's default group.min.session.timeout.ms is 6 s and group.max.session.timeout.ms 30 min.

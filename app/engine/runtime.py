@@ -51,6 +51,7 @@ from app.engine.assignor import TaskAssignor
 from app.engine.partitioner import partition_of
 from app.engine.step import Output, Step
 from app.engine.store import (
+    FLUSH_AFTER,
     Indexer,
     InUseError,
     PartitionDB,
@@ -233,6 +234,7 @@ class Engine:
         dead_letter: DeadLetter,
         indexer: Indexer | None = None,
         give_up_after: float = 30.0,
+        flush_after: float = FLUSH_AFTER,
         give_up: Callable[[str], None] | None = None,
     ) -> None:
         self.app_id = app_id
@@ -252,6 +254,7 @@ class Engine:
         #: Seconds a partition may fail to open or restore its database (a full or read-only
         #: disk) before this worker stops so that the group hands its partitions to the others.
         self.give_up_after = give_up_after
+        self.flush_after = flush_after
         self._give_up = give_up or _stop_this_process
         self._gave_up = False
         #: ``{partition: (monotonic time of its first failure in a row, failures)}``.
@@ -726,7 +729,7 @@ class Engine:
             logs.flush()
             for p, db in list(self.dbs.items()):
                 try:
-                    db.flush_if_due(now)
+                    db.flush_if_due(now, self.flush_after)
                 except StoreError as exc:
                     self.report_damage(p, exc)
             self._log_stats(now)

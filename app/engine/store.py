@@ -36,8 +36,8 @@ CHECKPOINT = "~cp/"
 INDEX = "~ix/"
 
 #: Seconds a commit may stay only in a memtable (there is no write-ahead log) before the
-#: memtable is flushed to disk. Bounds what a SIGKILL makes recovery replay, and keeps the
-#: checkpoint on disk far younger than the changelog's tombstone retention
+#: memtable is flushed to disk: the default of the ``store_flush_after`` setting. Bounds what a
+#: SIGKILL makes recovery replay, and keeps the checkpoint on disk far younger than the changelog's tombstone retention
 #: (``delete.retention.ms``, 24 h by default): replaying from an older checkpoint than that
 #: could miss a delete the log cleaner has since dropped, and bring the key back.
 FLUSH_AFTER = 60.0
@@ -280,9 +280,9 @@ class PartitionDB:
         if self.unflushed_since is None:
             self.unflushed_since = time.monotonic()
 
-    def flush_if_due(self, now: float) -> bool:
-        """Flush the memtable in the background if a write has waited :data:`FLUSH_AFTER` seconds."""
-        if self.unflushed_since is None or now - self.unflushed_since < FLUSH_AFTER:
+    def flush_if_due(self, now: float, after: float = FLUSH_AFTER) -> bool:
+        """Flush the memtable in the background if a write has waited ``after`` seconds."""
+        if self.unflushed_since is None or now - self.unflushed_since < after:
             return False
         self._flush(wait=False)  # RocksDB switches memtables between two batches: whole commits
         self.unflushed_since = None

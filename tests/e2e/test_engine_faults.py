@@ -373,7 +373,7 @@ def test_a_worker_whose_disk_fills_gives_its_partitions_up_and_no_order_is_stuck
     disk = tmp_path / "a"
     if not _mount_small_disk(disk, "64m"):
         pytest.skip("needs root to mount a small tmpfs as a worker's disk")
-    env = {"ORDERSTREAM_STORE_GIVE_UP": "5"}
+    env = {"ORDERSTREAM_STORE_GIVE_UP": "5", "ORDERSTREAM_STORE_FLUSH_AFTER": "5"}
     full = Worker(app_id=app_id, broker=broker_url, datadir=disk, env=env)
     other = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "b", env=env)
     cluster = Cluster([full.start(), other.start()])
@@ -387,8 +387,8 @@ def test_a_worker_whose_disk_fills_gives_its_partitions_up_and_no_order_is_stuck
         after: list[str] = []
 
         def stopped() -> bool:
-            # A trickle of orders: RocksDB fails once it must write its memtable out (a minute
-            # after the first unflushed write at most), then every write of the worker fails.
+            # A trickle of orders: RocksDB fails once it must write its memtable out (5 s after
+            # the first unflushed write here: store_flush_after), then every write of the worker fails.
             after.append(cluster.place(order_body([(product, 1, "2.00")]), i=1))
             return full.proc is not None and full.proc.poll() is not None
 

@@ -284,6 +284,7 @@ if sys.argv[2] == "wipe":
     db.wipe_store("s")
 else:
     assert not db.flush_if_due(time.monotonic())  # too soon
+    assert not db.flush_if_due(time.monotonic() + 5, after=10)  # too soon for a store_flush_after of 10 s
     assert db.flush_if_due(time.monotonic() + FLUSH_AFTER)
     busy = ("rocksdb.num-immutable-mem-table", "rocksdb.num-running-flushes")
     eventually(  # the background flush is done (its file is in the manifest)
