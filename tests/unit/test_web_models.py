@@ -325,3 +325,23 @@ def test_any_text_the_document_allows_is_accepted_and_nothing_else(model: str) -
         assert _document_says(model, body) == _model_accepts(model, body), repr(text)
 
     agree()
+
+
+def test_every_link_names_an_operation_and_fills_its_path() -> None:
+    """The answers that name an order, a product or a user link to what may follow (a stateful
+    fuzzer's way past the 404s of made-up ids); each link fills exactly its target's path."""
+    import re
+
+    doc = openapi.build()
+    by_id = {op["operationId"]: path for path, item in doc["paths"].items() for op in item.values()}
+    links = {
+        name: link
+        for item in doc["paths"].values()
+        for op in item.values()
+        for answer in op["responses"].values()
+        for name, link in answer.get("links", {}).items()
+    }
+    assert {"GetOrder", "CancelOrder", "GetUser", "GetStock"} <= set(links)
+    for name, link in links.items():
+        path = by_id[link["operationId"]]
+        assert set(link["parameters"]) == set(re.findall(r"{(\w+)}", path)), name
