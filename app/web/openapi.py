@@ -15,7 +15,7 @@ from app.web import models as m
 
 REF = "#/components/schemas/{model}"
 ERRORS = {
-    400: "the body is not valid JSON",
+    400: "the request could not be read: a body that is not valid JSON, or a request line or header over 8 KB",
     401: "the admin bearer token is missing or wrong",
     404: "not found",
     409: "the current state does not allow it",
@@ -212,7 +212,8 @@ def build() -> dict[str, Any]:
                     for name, (target, parameters) in op.links.items()
                 }
             responses[str(op.ok)] = ok
-        statuses = sorted({*op.errors, *((422,) if "{" in op.path or refuses_query(op) else ())})
+        # Any request may be one the HTTP parser refuses (a request target past 8 KB): 400.
+        statuses = sorted({400, *op.errors, *((422,) if "{" in op.path or refuses_query(op) else ())})
         for status in statuses:
             err: dict[str, Any] = {"description": ERRORS[status], "content": content(m.Error, "serialization")}
             if status == 503:
