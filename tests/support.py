@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import resource
@@ -45,6 +46,18 @@ def eventually(check: Callable[[], T | None], timeout: float = 30.0, interval: f
         if time.monotonic() >= deadline:
             raise Timeout(f"timed out after {timeout}s waiting for {what or check}: last={last!r}")
         time.sleep(interval)
+
+
+async def eventually_async(
+    check: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.005, what: str = ""
+) -> T:
+    """:func:`eventually` inside an event loop: the loop runs on between the checks."""
+    deadline = time.monotonic() + timeout
+    while not (last := check()):
+        if time.monotonic() >= deadline:
+            raise Timeout(f"timed out after {timeout}s waiting for {what or check}: last={last!r}")
+        await asyncio.sleep(interval)
+    return last
 
 
 @dataclass

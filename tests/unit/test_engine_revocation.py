@@ -20,7 +20,7 @@ from aiokafka import TopicPartition
 from app.engine.runtime import Engine, Task
 from app.engine.step import Step
 from app.engine.store import PartitionDB
-from tests.support import offline_engine
+from tests.support import eventually_async, offline_engine
 
 
 class _Producer:
@@ -430,7 +430,10 @@ def test_a_slow_lookup_of_the_replay_ends_holds_no_cycle(tmp_path: Path) -> None
         def assignment(self) -> set[TopicPartition]:
             return {tp}
 
+        asked = 0
+
         async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+            Consumer.asked += 1
             await asyncio.sleep(3600)  # a leader away, a slow broker
             return {}
 
@@ -444,7 +447,7 @@ def test_a_slow_lookup_of_the_replay_ends_holds_no_cycle(tmp_path: Path) -> None
         async with engine._lock:
             await engine._cycle({}, time.monotonic(), {})
         spent = time.monotonic() - started
-        await asyncio.sleep(0.01)  # the lookup runs beside the loop
+        await eventually_async(lambda: Consumer.asked, what="the lookup asking the broker, beside the loop")
         assert engine._looking_up_replays and task.replay_unknown
         for job in list(engine._bg):
             job.cancel()

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from app import faust_patches
+from tests.support import eventually_async
 
 
 async def _serve(app: Any) -> tuple[Any, int]:
@@ -143,7 +144,7 @@ def test_the_web_server_closes_silent_connections_and_refuses_past_its_limit(
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
                 writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
                 silent.append((reader, writer))
-            await asyncio.sleep(0.1)
+            await eventually_async(lambda: len(runner.server._connections) >= 3, what="three open connections")
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             raw = await asyncio.wait_for(reader.read(), 5)

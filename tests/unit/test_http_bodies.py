@@ -19,11 +19,14 @@ from aiohttp import web
 
 from app import metrics
 from app.web import api, guard
+from tests.support import eventually_async
 
 Check = Callable[[str, int], Awaitable[None]]
 
 #: The long-polls the test app's ``/orders/{id}`` handler has begun (ids), in order.
 POLLING: list[str] = []
+#: The running test app's runner (its server's open connections).
+RUNNER: list[web.AppRunner] = []
 
 
 def _serve(monkeypatch: pytest.MonkeyPatch, check: Check) -> None:
@@ -47,6 +50,7 @@ def _serve(monkeypatch: pytest.MonkeyPatch, check: Check) -> None:
         app.router.add_get("/orders/{order_id}", poll)  # HEAD too, as aiohttp adds it to a GET route
         runner = web.AppRunner(app, access_log=None)  # as faust's web driver runs it
         await runner.setup()
+        RUNNER[:] = [runner]
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         try:
@@ -82,7 +86,9 @@ def test_slow_bodies_hold_no_slot_and_get_a_408(monkeypatch: pytest.MonkeyPatch)
     async def check(host: str, port: int) -> None:
         # Five clients send one byte of a 100-byte body and stall (the cap is 2).
         slow = [asyncio.create_task(_request(host, port, _post("/echo", 100), b"{")) for _ in range(5)]
-        await asyncio.sleep(0.1)  # let them connect; they stall for the whole BODY_TIMEOUT (0.5 s)
+        # Every one connected (they stall for the whole BODY_TIMEOUT, 0.5 s) before the normal one.
+        server: Any = RUNNER[0].server
+        await eventually_async(lambda: len(server._connections) >= 5, 0.4, what="the five slow clients connected")
         status, answer = await _request(host, port, _post("/echo", 8), b'{"a": 1}')
         assert status == 200, answer
         assert not any(t.done() for t in slow)  # still stalled while a normal request is served
