@@ -63,8 +63,8 @@ def now_iso() -> str:
 
 
 def parse_ts(value: str) -> datetime:
-    """Parse an ISO-8601 timestamp (``Z`` or offset); naive means UTC."""
-    ts = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    """Parse an ISO-8601 timestamp (``Z``, ``z`` or offset); naive means UTC."""
+    ts = datetime.fromisoformat(value[:-1] + "+00:00" if value[-1:] in ("Z", "z") else value)
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 

@@ -336,11 +336,15 @@ def _bounded_number(text: str) -> int | float:
     return math.copysign(1e300, number)
 
 
+#: What :func:`read_json` returns for a request without a body (a JSON ``null`` is a body: a 422).
+NO_BODY: Any = object()
+
+
 async def _no_body(request: web.Request) -> None:
     """A command without a body: a body it has must still be JSON (415 if undeclared, else CSRF gets in; 400 if
     not), and nothing but ``{}``: a field it would drop (``{"signed_by": "me"}``) is a 422, as in every body."""
-    body = await read_json(request, empty=None)
-    if body is not None:
+    body = await read_json(request, empty=NO_BODY)
+    if body is not NO_BODY:
         parse(models.NoBody, body)
 
 
@@ -680,7 +684,8 @@ def _order_command(kind: str) -> Handler:
         if kind == "ship":
             payload.update(validation.ship_request(await read_json(request)))
         elif kind == "cancel":
-            payload.update(validation.cancel_request(await read_json(request, empty=None)), reason="customer_cancelled")
+            body = await read_json(request, empty=NO_BODY)  # none, or an object (JSON null is a 422)
+            payload.update({} if body is NO_BODY else validation.cancel_request(body), reason="customer_cancelled")
         else:
             await _no_body(request)
         state = order_state(_db(order_id), order_id) or await _settled_order(order_id)

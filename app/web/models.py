@@ -64,7 +64,7 @@ STATUSES = ("pending", "reserved", "paid", "confirmed", "shipped", "delivered", 
 _ASCII_INT = re.compile(r"[0-9]{1,10}")
 #: A number of seconds as a client library writes a float: ``5``, ``2.5``, ``0.30000000000000004``,
 #: ``1.192092896e-07`` (probe 25: the exponent form, valid for the documented ``number``, was a 422).
-_ASCII_NUMBER = re.compile(r"[0-9]{1,6}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
+_ASCII_NUMBER = re.compile(r"-?[0-9]{1,6}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")  # "-0" is 0; "-1" below 0
 
 
 class Model(BaseModel):
@@ -225,9 +225,10 @@ class CardPayment(Model):
     """The card; the number is exchanged for a token at the edge and goes no further."""
 
     card_number: str = Field(
-        pattern=r"^[0-9][0-9 -]{10,30}[0-9]$",
+        pattern=r"^[1-9]([ -]*[0-9]){11,18}$",
+        max_length=40,
         repr=False,
-        description="ASCII digits (spaces and dashes allowed), Luhn-valid",
+        description="12-19 ASCII digits, the first not 0 (spaces and dashes between them allowed), Luhn-valid",
         examples=["4242424242424242"],
     )
     expiry: Annotated[
@@ -263,7 +264,13 @@ class PlaceOrder(Model):
     user_id: Ident
     user_email: Email | None = None
     currency: Currency = DEFAULT_CURRENCY
-    items: list[OrderLine] = Field(min_length=1, max_length=MAX_ITEMS)
+    items: list[OrderLine] = Field(
+        min_length=1,
+        max_length=MAX_ITEMS,
+        description=f"1 to {MAX_ITEMS} lines. Lines of one product must name the same price and hold at most "
+        f"{MAX_QUANTITY} units together; the order's total is at most 1000000000.00; in a currency without minor "
+        "unit (JPY, KRW, ...) prices are whole amounts. Otherwise a 422 naming the line.",
+    )
     payment: CardPayment
 
     @model_validator(mode="after")
@@ -438,10 +445,14 @@ class OrderQuery(Query):
         ge=0,
         le=MAX_WAIT,
         allow_inf_nan=False,
-        description="seconds to long-poll until final (at most 6 decimals)",
+        description="seconds to long-poll until final, 0 to 30",
     )
+    # Not ``format: date-time`` (RFC 3339 only): SPEC takes ISO-8601, which a date alone or a
+    # time without an offset (read as UTC) are too.
     as_of: str | None = Field(
-        default=None, max_length=64, description="an ISO-8601 instant", json_schema_extra={"format": "date-time"}
+        default=None,
+        max_length=64,
+        description="an ISO-8601 date or date-time, e.g. 2026-12-05T07:30:00Z; without an offset it is UTC",
     )
 
     @field_validator("as_of")

@@ -96,9 +96,10 @@ def user_request(body: Any, *, partial: bool) -> dict[str, Any]:
 
 
 def cancel_request(body: Any) -> dict[str, str]:
-    """Validate a ``POST /orders/{id}/cancel`` body (``None``: none was sent): ``{"note": ...}`` or ``{}``."""
-    if body is None:
-        return {}
+    """Validate the body sent with a ``POST /orders/{id}/cancel``: ``{"note": ...}`` or ``{}``.
+
+    JSON ``null`` is a body too (a 422); the caller handles a request without one.
+    """
     reason = parse(models.CancelOrder, body).reason
     return {"note": reason} if reason else {}
 

@@ -364,7 +364,13 @@ def test_a_command_with_a_malformed_json_body_is_400_and_one_with_fields_422(clu
         resp = http("POST", f"{cluster.urls[0]}/orders/{order_id}/{kind}", raw=b"{{{", headers=ADMIN)
         assert resp.status == 400 and resp.body["error"] == "bad_json", (kind, resp)
         # A field the command does not take is a 422, not dropped; so is a body that is not an object.
-        for body, field in ((b'{"motive": "fraud"}', "motive"), (b'["x"]', "body"), (b'"x"', "body")):
+        # JSON null too: it is a body, not the absence of one (a probe's null cancelled the order).
+        for body, field in (
+            (b'{"motive": "fraud"}', "motive"),
+            (b'["x"]', "body"),
+            (b'"x"', "body"),
+            (b"null", "body"),
+        ):
             resp = http("POST", f"{cluster.urls[1]}/orders/{order_id}/{kind}", raw=body, headers=ADMIN)
             assert resp.status == 422 and resp.body["details"][0]["field"] == field, (kind, body, resp)
     assert cluster.get(f"/orders/{order_id}").body["status"] != "cancelled"

@@ -347,3 +347,40 @@ def test_every_link_names_an_operation_and_fills_its_path() -> None:
     for name, link in links.items():
         path = by_id[link["operationId"]]
         assert set(link["parameters"]) == set(re.findall(r"{(\w+)}", path)), name
+
+
+@pytest.mark.parametrize("digits", range(10, 23))
+@pytest.mark.parametrize("first", ["0", "4"])
+def test_the_document_says_which_card_numbers_are_taken(digits: int, first: str) -> None:
+    """Probe 26: Luhn-valid numbers of 20-22 digits or with a leading 0 matched the documented
+    pattern and were refused (only the Luhn check itself is the document's description alone)."""
+    from app.domain.cards import luhn_valid
+
+    number = first + "2" * (digits - 2)
+    number += next((d for d in "0123456789" if luhn_valid(number + d)), "0")
+    for written in (number, " ".join(number[i : i + 4] for i in range(0, len(number), 4))):
+        card = {**GOOD["payment"], "card_number": written}
+        assert _document_says("CardPayment", card) == _model_accepts("CardPayment", card), written
+
+
+@pytest.mark.parametrize(
+    ("query", "ok"),
+    [
+        ({"wait": "-0"}, True),  # 0: the document says minimum 0
+        ({"wait": "-1"}, False),
+        ({"as_of": "2026-12-05T07:30:00z"}, True),  # RFC 3339 allows a lower-case z
+        ({"as_of": "2026-12-05"}, True),  # ISO-8601, as SPEC says
+        ({"as_of": "yesterday"}, False),
+    ],
+)
+def test_order_query_values_as_documented(query: dict[str, str], ok: bool) -> None:
+    from pydantic import ValidationError
+
+    try:
+        models.OrderQuery.model_validate(query)
+        accepted = True
+    except ValidationError:
+        accepted = False
+    assert accepted == ok, query
+    (param,) = [p for p in openapi.build()["paths"]["/orders/{order_id}"]["get"]["parameters"] if p["name"] == "as_of"]
+    assert "format" not in param["schema"]  # not RFC 3339's date-time alone
