@@ -10,7 +10,9 @@ anyone can send these, and the log is not theirs to fill.
 
 from __future__ import annotations
 
+import ast
 import logging
+import re
 from http import HTTPStatus
 from typing import Any
 
@@ -54,6 +56,29 @@ def error_body(status: int) -> bytes:
     return json_error(code, message)
 
 
+#: RFC 9110's ``token``: what a method is made of.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def unknown_method(exc: BadHttpMethod) -> bool:
+    """Whether the parser refused a well-formed method it does not know (``FOO /x HTTP/1.1``: 501),
+    rather than a malformed request line (``G\0T``, a leading space, no target: 400).
+
+    aiohttp's C parser raises :class:`BadHttpMethod` for both; its message quotes the request
+    line as a bytes literal on its second line. Without one (another parser), as before: 501.
+    """
+    for line in str(getattr(exc, "message", "") or "").splitlines():
+        quoted = line.strip()
+        if quoted[:2] in ("b'", 'b"'):
+            try:
+                request_line = ast.literal_eval(quoted)
+            except (ValueError, SyntaxError):
+                return False
+            method, space, _ = request_line.partition(b" ")
+            return bool(space) and _TOKEN.fullmatch(method) is not None
+    return True
+
+
 def install() -> bool:
     """Wrap ``RequestHandler.handle_error`` (once); return whether this call installed it."""
     handler_class: Any = web_protocol.RequestHandler
@@ -63,8 +88,8 @@ def install() -> bool:
     def handle_error(
         self: Any, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
     ) -> web.StreamResponse:
-        if isinstance(exc, BadHttpMethod):
-            status = 501  # an unknown method (``FOO``) is not a malformed request
+        if isinstance(exc, BadHttpMethod) and unknown_method(exc):
+            status = 501  # an unknown method (``FOO``) is not a malformed request (``G\0T``, `` GET``: 400)
         elif isinstance(exc, ContentEncodingError):
             status = 415  # ``br`` or ``zstd``, which aiohttp decodes only with a library not installed
         if status >= 500 and status != 501:

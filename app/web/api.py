@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion10, hdrs, web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.streams import EofStream
 from aiohttp.web_protocol import RequestPayloadError
@@ -107,6 +107,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Turn every failure into a JSON error; never a traceback. Caps the requests in flight."""
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     started = time.perf_counter()
+    if request.version < HttpVersion10:
+        # aiohttp serves a request line without a version as HTTP/0.9 (with headers, which 0.9 has
+        # not): it is a malformed HTTP/1.x request line here, refused as the parser refuses one.
+        refused = error_response(400, "bad_request", "the request line needs a version: HTTP/1.0 or HTTP/1.1")
+        refused.force_close()
+        return refused
     try:
         await _read_body(request)
         _no_unknown_query(request, route)

@@ -86,6 +86,11 @@ def test_a_request_the_http_parser_refuses_gets_the_json_error_shape() -> None:
         runner, port = await _serve_empty_json()
         heads = [
             b"GET /\x00<script> HTTP/1.1\r\nHost: x\r\n\r\n",  # a malformed request line
+            # Malformed methods, not unknown ones (probe 26: they were 501s): no space after it,
+            # a leading space, a byte no token has.
+            b"GET\r\n\r\n",
+            b" GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"G\x00T / HTTP/1.1\r\nHost: x\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n{}",
             b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Encoding: br\r\nContent-Length: 2\r\n\r\n{}",  # no brotli here
@@ -108,6 +113,7 @@ def test_a_request_the_http_parser_refuses_gets_the_json_error_shape() -> None:
 
     *refused, brotli, unknown_method = asyncio.run(answers())
     assert brotli[0] == 415 and orjson.loads(brotli[2])["error"] == "unsupported_encoding", brotli
+    assert [status for status, _, _ in refused[1:4]] == [400, 400, 400], refused[1:4]
     for status, headers, body in refused:
         assert 400 <= status < 500, (status, body)
         assert b"content-type: application/json" in headers, headers

@@ -248,3 +248,18 @@ def test_one_traceparent_header_is_continued_and_two_are_none(parents: list[str]
             await runner.cleanup()
 
     asyncio.run(main())
+
+
+def test_a_request_line_without_a_version_is_a_400_not_http_0_9(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Probe 26: ``GET /health`` and nothing more was answered as HTTP/0.9, headers and data."""
+
+    async def check(host: str, port: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /only-get\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == b"400", answer
+        assert b'"error":"bad_request"' in body, answer
+
+    _serve(monkeypatch, check)
