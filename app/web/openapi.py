@@ -54,30 +54,29 @@ _BODY_ERRORS = (400, 408, 413, 415, 417, 422, 501, 503)
 _ADMIN_BODY_ERRORS = (400, 401, 408, 413, 415, 417, 422, 501, 503)
 
 
-def _order_links() -> dict[str, tuple[str, dict[str, str]]]:
-    """What a client (or a stateful fuzzer) may do next with the order an answer names."""
-    order = {"order_id": "$response.body#/order_id"}
-    return {
-        "GetOrder": ("get_orders_order_id", order),
-        "GetOrderEvents": ("get_orders_order_id_events", order),
-        "CancelOrder": ("post_orders_order_id_cancel", order),
-        "ShipOrder": ("post_orders_order_id_ship", order),
-        "DeliverOrder": ("post_orders_order_id_deliver", order),
-    }
+def _links(parameter: str, targets: dict[str, str]) -> dict[str, tuple[str, dict[str, str]]]:
+    """Links from an answer naming ``parameter`` in its body to ``{name: operationId}`` that take it in their
+    path: what a client (or a stateful fuzzer) may do next with the order, product or user it names."""
+    expression = {parameter: f"$response.body#/{parameter}"}
+    return {name: (operation, expression) for name, operation in targets.items()}
 
 
-def _product_links() -> dict[str, tuple[str, dict[str, str]]]:
-    product = {"product_id": "$response.body#/product_id"}
-    return {
-        "GetStock": ("get_inventory_product_id", product),
-        "SetStock": ("put_inventory_product_id", product),
-        "Restock": ("post_inventory_product_id_restock", product),
-    }
-
-
-def _user_links() -> dict[str, tuple[str, dict[str, str]]]:
-    user = {"user_id": "$response.body#/user_id"}
-    return {"GetUser": ("get_users_user_id", user), "UpdateUser": ("patch_users_user_id", user)}
+_ORDER_LINKS = _links(
+    "order_id",
+    {
+        "GetOrder": "get_orders_order_id",
+        "GetOrderEvents": "get_orders_order_id_events",
+        "CancelOrder": "post_orders_order_id_cancel",
+        "ShipOrder": "post_orders_order_id_ship",
+        "DeliverOrder": "post_orders_order_id_deliver",
+    },
+)
+_PRODUCT_LINKS = _links(
+    "product_id",
+    {"GetStock": "get_inventory_product_id", "SetStock": "put_inventory_product_id",
+     "Restock": "post_inventory_product_id_restock"},
+)  # fmt: skip
+_USER_LINKS = _links("user_id", {"GetUser": "get_users_user_id", "UpdateUser": "patch_users_user_id"})
 
 
 def _json_object(description: str) -> dict[str, Any]:
@@ -94,7 +93,7 @@ OPERATIONS = [
         body=m.PlaceOrder,
         errors=_BODY_ERRORS,
         headers={"Location": {"schema": {"type": "string"}}},
-        links=_order_links(),
+        links=_ORDER_LINKS,
     ),
     Op("get", "/orders", "A page of orders across the cluster", 200, m.OrderPage, query=m.ListOrders),
     Op(
@@ -108,19 +107,19 @@ OPERATIONS = [
     ),
     Op("get", "/orders/{order_id}/events", "The order's events in causal order", 200, m.OrderEvents, errors=(404, 503)),
     Op("post", "/orders/{order_id}/cancel", "Cancel while pending or reserved (optional body: the reason)", 202,
-       m.CommandAccepted, body=m.CancelOrder, errors=(*_BODY_ERRORS, 404, 409), links=_order_links()),
+       m.CommandAccepted, body=m.CancelOrder, errors=(*_BODY_ERRORS, 404, 409), links=_ORDER_LINKS),
     Op("post", "/orders/{order_id}/ship", "Ship a confirmed order (admin)", 202, m.CommandAccepted, body=m.ShipOrder,
-       admin=True, errors=(*_ADMIN_BODY_ERRORS, 404, 409), links=_order_links()),
+       admin=True, errors=(*_ADMIN_BODY_ERRORS, 404, 409), links=_ORDER_LINKS),
     Op("post", "/orders/{order_id}/deliver", "Deliver a shipped order (admin)", 202, m.CommandAccepted, admin=True,
        errors=(*_ADMIN_BODY_ERRORS, 404, 409)),
     Op("get", "/inventory", "A page of products across the cluster", 200, m.StockPage, query=m.ListStock),
     Op("get", "/inventory/{product_id}", "A product's stock (zeros when unknown)", 200, m.StockView, errors=(503,)),
     Op("put", "/inventory/{product_id}", "Set the units on hand (admin)", 202, m.StockAccepted, body=m.SetStock,
-       admin=True, errors=(*_ADMIN_BODY_ERRORS, 409), links=_product_links()),
+       admin=True, errors=(*_ADMIN_BODY_ERRORS, 409), links=_PRODUCT_LINKS),
     Op("post", "/inventory/{product_id}/restock", "Add units (admin); 409 past the bound on hand", 202,
-       m.StockAccepted, body=m.Restock, admin=True, errors=(*_ADMIN_BODY_ERRORS, 409), links=_product_links()),
+       m.StockAccepted, body=m.Restock, admin=True, errors=(*_ADMIN_BODY_ERRORS, 409), links=_PRODUCT_LINKS),
     Op("post", "/users", "Create a user (admin)", 202, m.UserView, body=m.CreateUser, admin=True,
-       errors=(*_ADMIN_BODY_ERRORS, 409), headers={"Location": {"schema": {"type": "string"}}}, links=_user_links()),
+       errors=(*_ADMIN_BODY_ERRORS, 409), headers={"Location": {"schema": {"type": "string"}}}, links=_USER_LINKS),
     Op("patch", "/users/{user_id}", "Change a user's email and/or name (admin)", 202, m.UserView, body=m.UpdateUser,
        admin=True, errors=(*_ADMIN_BODY_ERRORS, 404)),
     Op("get", "/users/{user_id}", "A user's profile", 200, m.UserView, errors=(404, 503)),
