@@ -225,10 +225,9 @@ class CardPayment(Model):
     """The card; the number is exchanged for a token at the edge and goes no further."""
 
     card_number: str = Field(
-        pattern=r"^[1-9]([ -]*[0-9]){11,18}$",
-        max_length=40,
+        pattern=r"^[1-9]([ -]?[0-9]){11,18}$",
         repr=False,
-        description="12-19 ASCII digits, the first not 0 (spaces and dashes between them allowed), Luhn-valid",
+        description="12-19 ASCII digits, the first not 0 (a space or a dash between two of them allowed), Luhn-valid",
         examples=["4242424242424242"],
     )
     expiry: Annotated[
@@ -447,12 +446,14 @@ class OrderQuery(Query):
         allow_inf_nan=False,
         description="seconds to long-poll until final, 0 to 30",
     )
-    # Not ``format: date-time`` (RFC 3339 only): SPEC takes ISO-8601, which a date alone or a
-    # time without an offset (read as UTC) are too.
+    # The document offers RFC 3339's date-time (what a generator of examples can make); the edge
+    # takes the other ISO-8601 forms SPEC allows too (a date, a time without an offset: UTC).
     as_of: str | None = Field(
         default=None,
         max_length=64,
-        description="an ISO-8601 date or date-time, e.g. 2026-12-05T07:30:00Z; without an offset it is UTC",
+        description="an ISO-8601 instant, e.g. 2026-12-05T07:30:00Z; a date alone or a date-time without an "
+        "offset is taken too (UTC)",
+        json_schema_extra={"format": "date-time"},
     )
 
     @field_validator("as_of")

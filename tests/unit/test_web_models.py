@@ -364,4 +364,4 @@ def test_order_query_values_as_documented(query: dict[str, str], ok: bool) -> No
         accepted = False
     assert accepted == ok, query
     (param,) = [p for p in openapi.build()["paths"]["/orders/{order_id}"]["get"]["parameters"] if p["name"] == "as_of"]
-    assert "format" not in param["schema"]  # not RFC 3339's date-time alone
+    assert param["schema"]["format"] == "date-time"  # what it offers (RFC 3339) is a part of what it takes
