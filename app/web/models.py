@@ -120,8 +120,15 @@ REFUSED_CHARS = (
 #: ... and lone surrogates, which only a caller inside the process can pass (JSON text cannot
 #: carry one: its escape is a 400), so the document does not name them.
 _REFUSED = re.compile(f"[{REFUSED_CHARS}\ud800-\udfff]")
-#: Text as the document describes it: no refused character, and not only whitespace.
-TEXT_PATTERN = rf"^[^{REFUSED_CHARS}]*[^\s{REFUSED_CHARS}][^{REFUSED_CHARS}]*$"
+#: The whitespace a text is trimmed of, as one class: Unicode's White_Space (what ``\s`` means to
+#: the document's readers, Python's and ECMAScript's regular expressions alike).
+SPACES = r"\t\n\u000b\u000c\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+_SPACES = "".join(chr(c) for c in [9, 10, 11, 12, 13, 32, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B)]) + (
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+#: Text as the document describes it: any whitespace around it (trimmed), and inside no refused
+#: character and not only whitespace.
+TEXT_PATTERN = rf"^[{SPACES}]*[^{SPACES}{REFUSED_CHARS}]([^{REFUSED_CHARS}]*[^{SPACES}{REFUSED_CHARS}])?[{SPACES}]*$"
 
 
 def _visible(value: str) -> str:
@@ -132,8 +139,8 @@ def _visible(value: str) -> str:
 
 
 def _text(value: str) -> str:
-    """Visible and not blank; without its surrounding whitespace."""
-    stripped = _visible(value).strip()
+    """Without its surrounding whitespace (a tab or a newline too): visible and not blank."""
+    stripped = _visible(value.strip(_SPACES))
     if not stripped:
         raise PydanticCustomError("blank", "must not be blank")
     return stripped
@@ -225,9 +232,10 @@ class CardPayment(Model):
     """The card; the number is exchanged for a token at the edge and goes no further."""
 
     card_number: str = Field(
-        pattern=r"^[1-9]([ -]?[0-9]){11,18}$",
+        pattern=r"^[1-9]([ -]{0,3}[0-9]){11,18}$",
         repr=False,
-        description="12-19 ASCII digits, the first not 0 (a space or a dash between two of them allowed), Luhn-valid",
+        description="12-19 ASCII digits, the first not 0 (up to three spaces or dashes between two of them, "
+        "as people type them), Luhn-valid",
         examples=["4242424242424242"],
     )
     expiry: Annotated[

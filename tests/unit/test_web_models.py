@@ -233,6 +233,8 @@ def _model_accepts(model: str, body: Any) -> bool:
             for text in (
                 "DHL",
                 "  DHL  ",
+                "\tDHL\r\n",  # trimmed, as before (the review: a trailing newline was refused)
+                "D\nHL",
                 "   ",
                 "\t",
                 "a\x1bb",
@@ -339,7 +341,8 @@ def test_the_document_says_which_card_numbers_are_taken(digits: int, first: str)
 
     number = first + "2" * (digits - 2)
     number += next((d for d in "0123456789" if luhn_valid(number + d)), "0")
-    for written in (number, " ".join(number[i : i + 4] for i in range(0, len(number), 4))):
+    groups = [number[i : i + 4] for i in range(0, len(number), 4)]
+    for written in (number, " ".join(groups), "  ".join(groups), " - ".join(groups), " -  ".join(groups)):
         card = {**GOOD["payment"], "card_number": written}
         assert _document_says("CardPayment", card) == _model_accepts("CardPayment", card), written
 
