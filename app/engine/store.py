@@ -37,9 +37,10 @@ INDEX = "~ix/"
 
 #: Seconds a commit may stay only in a memtable (there is no write-ahead log) before the
 #: memtable is flushed to disk: the default of the ``store_flush_after`` setting. Bounds what a
-#: SIGKILL makes recovery replay, and keeps the checkpoint on disk far younger than the changelog's tombstone retention
-#: (``delete.retention.ms``, 24 h by default): replaying from an older checkpoint than that
-#: could miss a delete the log cleaner has since dropped, and bring the key back.
+#: SIGKILL makes recovery replay, and keeps the checkpoint on disk far younger than the
+#: changelog's tombstone retention (``delete.retention.ms``, 24 h by default): replaying from
+#: an older checkpoint than that could miss a delete the log cleaner has since dropped, and
+#: bring the key back.
 FLUSH_AFTER = 60.0
 
 #: Records whose JSON reaches this many bytes are stored and sent compressed (smaller ones, e.g.

@@ -120,12 +120,15 @@ REFUSED_CHARS = (
 #: ... and lone surrogates, which only a caller inside the process can pass (JSON text cannot
 #: carry one: its escape is a 400), so the document does not name them.
 _REFUSED = re.compile(f"[{REFUSED_CHARS}\ud800-\udfff]")
-#: The whitespace a text is trimmed of, as one class: Unicode's White_Space (what ``\s`` means to
-#: the document's readers, Python's and ECMAScript's regular expressions alike).
-SPACES = r"\t\n\u000b\u000c\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-_SPACES = "".join(chr(c) for c in [9, 10, 11, 12, 13, 32, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B)]) + (
-    "\u2028\u2029\u202f\u205f\u3000"
+#: The whitespace a text is trimmed of: Unicode's White_Space (what ``\s`` means to the
+#: document's readers, Python's and ECMAScript's regular expressions alike) ...
+_SPACES = (
+    "\t\n\u000b\u000c\r \u0085\u00a0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + "\u2028\u2029\u202f\u205f\u3000"
 )
+#: ... and the same characters as the inside of a regular-expression class, for the patterns.
+SPACES = "".join(f"\\u{ord(c):04x}" for c in _SPACES)
 #: Text as the document describes it: any whitespace around it (trimmed), and inside no refused
 #: character and not only whitespace.
 TEXT_PATTERN = rf"^[{SPACES}]*[^{SPACES}{REFUSED_CHARS}]([^{REFUSED_CHARS}]*[^{SPACES}{REFUSED_CHARS}])?[{SPACES}]*$"
