@@ -63,8 +63,17 @@ def now_iso() -> str:
 
 
 def parse_ts(value: str) -> datetime:
-    """Parse an ISO-8601 timestamp (``Z``, ``z`` or offset); naive means UTC."""
-    ts = datetime.fromisoformat(value[:-1] + "+00:00" if value[-1:] in ("Z", "z") else value)
+    """Parse an ISO-8601 timestamp (``Z``, ``z`` or offset); naive means UTC.
+
+    Every event's timestamp is checked with it: Python 3.11 reads ``...Z`` itself, so only what
+    it refuses (a lower-case ``z``, a date alone with ``Z``) is read again with ``+00:00``.
+    """
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        if value[-1:] not in ("Z", "z"):
+            raise
+        ts = datetime.fromisoformat(value[:-1] + "+00:00")
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 

@@ -116,3 +116,24 @@ def test_parse_ts_reads_utc_offsets_and_naive_times_as_utc(text: str) -> None:
 def test_derived_ids_are_stable_and_distinct() -> None:
     assert derived_id("e-1", 0) == derived_id("e-1", 0)
     assert len({derived_id("e-1", 0), derived_id("e-1", 1), derived_id("e-2", 0)}) == 3
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2026-12-05T07:30:00Z", "2026-12-05T07:30:00z", "2026-12-05t07:30:00.5Z", "2026-12-05Z", "2026-12-05T07:30:00"],
+)
+def test_parse_ts_reads_z_of_either_case_and_naive_as_utc(text: str) -> None:
+    from datetime import UTC
+
+    from schemas.envelope import parse_ts
+
+    ts = parse_ts(text)
+    assert ts.utcoffset() is not None and ts.astimezone(UTC).date().isoformat() == "2026-12-05"
+
+
+@pytest.mark.parametrize("text", ["", "Z", "z", "2026-12-05T07:30:00ZZ", "2026-12-05T07:30:00Z ", "yesterday"])
+def test_parse_ts_refuses_what_is_not_an_instant(text: str) -> None:
+    from schemas.envelope import parse_ts
+
+    with pytest.raises(ValueError):
+        parse_ts(text)
