@@ -185,6 +185,11 @@ class _EventsCompat:
 EVENTS = _EventsCompat()
 
 
+#: What :func:`render` writes: the classic text exposition format (prometheus-client's own
+#: ``CONTENT_TYPE_LATEST`` now names 1.0.0, which Prometheus 2 servers do not know).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
 def render() -> bytes:
     """Return all metrics in the Prometheus text format."""
     return generate_latest(REGISTRY)

@@ -895,7 +895,7 @@ class Engine:
                 self.counters[(stage, str(original.get("type")), "dead_lettered")] += 1
                 self._dead_letter(task, logical, record, error, stage=stage, env=original)
             else:
-                await self._handle_local(task, logical, env, headers)
+                await self._handle_local(task, logical, env, headers, offset)
             if task.resets != resets:
                 return self._overtaken(task)
             held = task.held.get(tp) if tp is not None else None
@@ -981,9 +981,13 @@ class Engine:
             step.handled.append(env["id"])
 
     async def _handle_local(
-        self, task: Task, logical: str, env: dict[str, Any], headers: list[tuple[str, bytes]]
+        self, task: Task, logical: str, env: dict[str, Any], headers: list[tuple[str, bytes]], origin: int = -1
     ) -> None:
-        """A local input (an effect's result, a timer's command): handled like a message of ``logical``."""
+        """A local input (an effect's result, a timer's command): handled like a message of ``logical``.
+
+        ``origin``: the offset of the input that started the effect, which its log lines carry
+        (a timer's command has none: -1).
+        """
         step = task.step
         type_ = env["type"]
         for route in self.routes.get(logical, ()):
@@ -992,7 +996,7 @@ class Engine:
             step.begin(route.stage, logical, -1, env)
             try:
                 with (
-                    logs.event_context(stage=route.stage, partition=task.partition, offset=-1, env=env),
+                    logs.event_context(stage=route.stage, partition=task.partition, offset=origin, env=env),
                     tracing.stage_span(route.stage, env, headers, partition=task.partition),
                 ):
                     result = route.handler(step, env)

@@ -89,8 +89,13 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error_response(status: int, code: str, message: str, details: list[Any] | None = None) -> web.Response:
-    """Answer with the SPEC's error shape (invisible characters of an echoed id shown as escapes)."""
+    """Answer with the SPEC's error shape (invisible characters of an echoed id shown as escapes).
+
+    A 503 says when to retry; a 401 names the scheme it takes (RFC 9110 §11.6.1: ``WWW-Authenticate``).
+    """
     headers = {"Retry-After": routing.RETRY_AFTER} if status == 503 else None
+    if status == 401:
+        headers = {"WWW-Authenticate": 'Bearer realm="orderstream admin"'}
     return json_response({"error": code, "message": shown(message), "details": details or []}, status, headers)
 
 
@@ -1079,8 +1084,8 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 
 async def metrics_page(request: web.Request) -> web.Response:
-    """``GET /metrics`` in the Prometheus text format."""
-    return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
+    """``GET /metrics`` in the Prometheus text format, named with its version as scrapers negotiate it."""
+    return web.Response(body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 def register(web_app: web.Application) -> None:

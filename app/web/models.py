@@ -272,7 +272,7 @@ class PlaceOrder(Model):
     """``POST /orders``."""
 
     user_id: Ident
-    user_email: Email | None = None
+    user_email: Email  # required (SPEC's body); a directory email, when known, is where the confirmation goes
     currency: Currency = DEFAULT_CURRENCY
     items: list[OrderLine] = Field(
         min_length=1,

@@ -76,6 +76,7 @@ def test_operational_endpoints(cluster2: Cluster) -> None:
     assert cluster2.get("/ready", 1).status == 200
     metrics = http("GET", cluster2.urls[0] + "/metrics")
     assert metrics.status == 200
+    assert metrics.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"  # probe 27
     assert "orderstream_events_processed_total" in metrics.raw.decode()
     page = http("GET", cluster2.urls[1] + "/")
     assert page.status == 200
@@ -139,7 +140,10 @@ async def _app_topics(bootstrap: str, app_id: str) -> list[str]:
 def test_admin_endpoints_need_the_token(make_cluster) -> None:  # type: ignore[no-untyped-def]
     cluster = make_cluster(1, env={"ORDERSTREAM_ADMIN_TOKEN": "s3cret"})
     product = uid("p")
-    assert cluster.put(f"/inventory/{product}", {"on_hand": 5}).status == 401
+    refused = cluster.put(f"/inventory/{product}", {"on_hand": 5})
+    assert refused.status == 401
+    # RFC 9110 §11.6.1: a 401 names the scheme it takes (probe 27: it had no WWW-Authenticate).
+    assert refused.headers.get("WWW-Authenticate", "").startswith("Bearer ")
     assert cluster.post(f"/inventory/{product}/restock", {"quantity": 5}).status == 401
     assert cluster.post("/dlq/redrive", {}).status == 401
     auth = {"Authorization": "Bearer s3cret"}

@@ -44,6 +44,9 @@ def test_every_log_line_of_an_order_is_json_and_carries_its_order_id(make_cluste
         if "stage" in record:  # logged while a stage handled one of the order's events
             assert record["order_id"] == order_id
             assert {"event_id", "event_type", "stage", "partition", "offset", "correlation_id"} <= set(record)
+            # A gateway result is no Kafka record: its line carries the offset of the
+            # payment.charge that started the call (probe 27: it was -1).
+            assert record["offset"] >= 0, record
     # Down to the last line of a clean stop: an aiohttp client session left open was reported on
     # stderr as it was collected ("Exception ignored in ... ClientSession.__del__", a traceback; probe 18).
     assert cluster.get("/analytics/summary").status == 200  # gathered over the worker-to-worker session

@@ -12,6 +12,7 @@ from app.web.validation import Invalid, order_request, parse
 
 GOOD: dict[str, Any] = {
     "user_id": "u1",
+    "user_email": "u1@example.com",
     "items": [{"product_id": "p1", "quantity": 1, "price": "12.50"}],
     "payment": {"method": "card", "card_number": "4242424242424242", "expiry": "12/34", "cvv": "123"},
 }
