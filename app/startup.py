@@ -222,7 +222,14 @@ class OrderstreamWorker(faust.Worker):
         from app.main import engine
 
         engine.every(1.0, lambda _: reclaim_datadirs())
-        super().execute_from_commandline()
+        try:
+            super().execute_from_commandline()
+        except SystemExit as done:
+            if engine.gave_up and not done.code:
+                # Stopped because its partitions could not be kept (a full disk): a failure to a
+                # supervisor that restarts on one, not the clean exit a SIGTERM from outside is.
+                raise SystemExit(1) from None
+            raise
 
     def _setup_logging(self) -> None:
         """Route every logger through ``app.logs`` instead of mode's colour handler and spinner."""

@@ -730,6 +730,7 @@ class Engine:
             for p, db in list(self.dbs.items()):
                 try:
                     db.flush_if_due(now, self.flush_after)
+                    db.check_background()
                 except StoreError as exc:
                     self.report_damage(p, exc)
             self._log_stats(now)
@@ -1535,6 +1536,11 @@ class Engine:
         reason = f"{problem}; this worker stops so that the group hands its partitions to the other workers"
         log.critical("%s", reason)
         self._give_up(reason)
+
+    @property
+    def gave_up(self) -> bool:
+        """Whether this worker stopped itself because a partition's database kept failing."""
+        return self._gave_up
 
     def _replace_db(self, task: Task, why: str) -> None:
         """Open the task's database anew: the same files when the process ran out of descriptors,

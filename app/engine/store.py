@@ -160,6 +160,8 @@ class PartitionDB:
         self.db.set_write_options(unlogged)
         #: ``time.monotonic()`` of the oldest write not yet flushed (None: all on disk).
         self.unflushed_since: float | None = None
+        #: Background errors RocksDB has counted since it opened that :meth:`check_background` has seen.
+        self._background_errors = 0
 
     # --- reads (committed state) ----------------------------------------------------
 
@@ -288,6 +290,27 @@ class PartitionDB:
         self._flush(wait=False)  # RocksDB switches memtables between two batches: whole commits
         self.unflushed_since = None
         return True
+
+    def check_background(self) -> None:
+        """Raise :class:`StoreError` if a background flush or compaction has failed and RocksDB still holds it.
+
+        Such a failure (a full disk) is written only to RocksDB's own LOG, and RocksDB then
+        refuses every write with it; a quiet partition would not write again for a long time
+        (probe 27: 76 s of a full disk, the worker ready meanwhile). An empty write brings the
+        error back with its reason, so it is handled like a failed commit's. One RocksDB has
+        recovered from by itself is only logged.
+        """
+        try:
+            errors = int(self.db.property_int_value("rocksdb.background-errors") or 0)
+        except Exception:  # noqa: BLE001 - a statistic that cannot be read says nothing either way
+            return
+        if errors <= self._background_errors:
+            return
+        self._background_errors = errors
+        self._write(WriteBatch(raw_mode=True))  # raises StoreError with RocksDB's reason while it holds the error
+        log.warning(
+            "partition %s: a RocksDB background job failed and RocksDB recovered (its LOG says why)", self.partition
+        )
 
     def wipe_store(self, store: str) -> None:
         """Delete every record, derived entry and the checkpoint of ``store``."""

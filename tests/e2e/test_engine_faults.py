@@ -404,6 +404,35 @@ def test_a_worker_whose_disk_fills_gives_its_partitions_up_and_no_order_is_stuck
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
+def test_a_flush_that_fails_on_a_full_disk_is_noticed_without_another_write(broker_url: str, tmp_path: Path) -> None:
+    """A quiet worker's timed flush fails on a full disk: it is reported within seconds, not at the
+    next write (probe 27: a minute and more of a worker ready on a full disk, silent), and past
+    ``store_give_up`` the worker stops so that its partitions move."""
+    disk = tmp_path / "a"
+    if not _mount_small_disk(disk, "64m"):
+        pytest.skip("needs root to mount a small tmpfs as a worker's disk")
+    env = {"ORDERSTREAM_STORE_GIVE_UP": "5", "ORDERSTREAM_STORE_FLUSH_AFTER": "3"}
+    worker = Worker(app_id=uid("flush"), broker=broker_url, datadir=disk, env=env)
+    cluster = Cluster([worker.start()])
+    try:
+        cluster.wait_ready()
+        product = uid("p")
+        cluster.set_stock(product, 10)
+        order_id = cluster.place(order_body([(product, 1, "2.00")]))
+        assert cluster.final(order_id)["status"] == "confirmed"
+        _fill(disk)  # then nothing more is sent: only the timed flush writes
+        eventually(
+            lambda: worker.proc is not None and worker.proc.poll() is not None, 60, 0.5, what="the worker stopped"
+        )
+        log_text = worker.log_text()
+        assert "No space left on device" in log_text
+        assert "this worker stops so that the group hands its partitions to the other workers" in log_text
+        assert worker.proc is not None and worker.proc.returncode == 1  # a failure to its supervisor
+    finally:
+        cluster.stop()
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
 @pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])
 def test_a_worker_paused_while_idle_gets_its_partitions_back_serves_them_and_repeats_nothing(
     broker_url: str, tmp_path: Path, guarantee: str
