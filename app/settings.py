@@ -62,15 +62,16 @@ class Settings:
         default=30.0,
         metadata=_doc(
             "Seconds a partition's RocksDB may fail to open or restore (a full or read-only disk) before the "
-            "worker stops, as on SIGTERM, so that the group hands its partitions to the other workers."
+            "worker stops, as on SIGTERM but with exit status 1, so that the group hands its partitions to the "
+            "other workers."
         ),
     )
     store_flush_after: float = field(
         default=60.0,
         metadata=_doc(
             "Seconds a commit may stay only in RocksDB's memtable (there is no write-ahead log: the changelogs "
-            "are the log) before it is flushed to disk: bounds what recovery replays after a SIGKILL; a full "
-            "disk shows at that flush at the latest."
+            "are the log) before it is flushed to disk: bounds what recovery replays after a SIGKILL. A flush "
+            "that fails (a full disk) is reported within a second, as a failed commit is."
         ),
     )
     stop_timeout: float = field(
