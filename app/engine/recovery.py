@@ -25,6 +25,8 @@ from app.engine.store import LAYOUT, PartitionDB, checkpoint, decode_record
 from app.engine.topic_ids import topic_ids
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from app.engine.runtime import Engine, Task
 
 log = logging.getLogger("orderstream.recovery")
@@ -101,6 +103,7 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
     ids = await topic_ids(consumer._client, sorted({tp.topic for tp in tps}))
     engine.topic_ids.update(ids)  # the commits' checkpoints name them from now on
     todo: dict[TopicPartition, int] = {}
+    copies: dict[int, Path | None] = {}  # id(database) -> the copy kept before its first discard
 
     def checkpoint_at(tp: TopicPartition, offset: int) -> dict[str, Any]:
         return checkpoint(offset, engine.cluster_id, tp.topic, ids.get(tp.topic), tp.partition)
@@ -118,8 +121,21 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
             partition=tp.partition,
         )
         if reason:
-            log.warning(
-                "discarding local %s partition %s and rebuilding it from %s: %s", store, tp.partition, tp.topic, reason
+            kept = ""
+            if db.has_records(store):
+                # The records may be the last copy of this state (its changelog deleted and created
+                # again): one copy of the database, whatever else this recovery discards from it.
+                if id(db) not in copies:
+                    copies[id(db)] = db.keep_copy()
+                if copies[id(db)] is not None:
+                    kept = f"; a copy of the database as it was is kept in {copies[id(db)]}"
+            log.error(
+                "discarding local %s partition %s and rebuilding it from %s: %s%s",
+                store,
+                tp.partition,
+                tp.topic,
+                reason,
+                kept,
             )
             db.wipe_store(store)
             cp = None

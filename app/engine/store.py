@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import orjson
 import zstandard
-from rocksdict import BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import BlockBasedOptions, Checkpoint, Options, Rdict, WriteBatch, WriteOptions
 
 log = logging.getLogger("orderstream.store")
 
@@ -311,6 +311,22 @@ class PartitionDB:
         log.warning(
             "partition %s: a RocksDB background job failed and RocksDB recovered (its LOG says why)", self.partition
         )
+
+    def keep_copy(self) -> Path | None:
+        """Copy the database beside itself (``<name>.discarded-<unix time>``) before state is thrown away.
+
+        A RocksDB checkpoint: hard links to its files, so cheap, and openable as it was. Kept for
+        the operator (the worker never removes it); ``None``, with one log line, if it cannot be made.
+        """
+        aside = self.path.with_name(f"{self.path.name}.discarded-{time.time():.3f}")
+        try:
+            Checkpoint(self.db).create_checkpoint(str(aside))
+        except Exception as exc:  # noqa: BLE001 - the copy is a courtesy: recovery goes on without it
+            log.error(
+                "partition %s: could not keep a copy of %s before discarding it: %s", self.partition, self.path, exc
+            )
+            return None
+        return aside
 
     def wipe_store(self, store: str) -> None:
         """Delete every record, derived entry and the checkpoint of ``store``."""

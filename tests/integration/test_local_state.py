@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from app.engine.store import PartitionDB
 from scripts import kafka_local
 from tests.support import Cluster, Worker, eventually, http, order_body, uid
 
@@ -99,6 +101,18 @@ def test_a_recreated_changelog_discards_its_store(broker_url: str, kafka_bootstr
         assert "changelog was created again" in worker.log_text()  # its topic id (before: "ahead of its changelog")
     finally:
         worker.stop()
+    # The discarded records may be the only copy left (probe 27: wiped, gone): a copy of each
+    # database they were in is kept beside it, named in the log line, and holds every order.
+    kept = re.findall(r"a copy of the database as it was is kept in (\S+)", worker.log_text())
+    assert kept
+    found: set[str] = set()
+    for path in kept:
+        copy = PartitionDB(Path(path), 0)
+        try:
+            found |= {key.split("/")[1] for key, _ in copy.scan("order_records", "log/")}
+        finally:
+            copy.close()
+    assert set(ids) <= found
 
 
 def test_a_recreated_changelog_that_grew_past_the_checkpoint_discards_its_store(
