@@ -363,12 +363,14 @@ RESOURCE_ERRORS = (
     "Cannot allocate memory",
     "Disk quota exceeded",
     "Read-only file system",
+    "Permission denied",  # a directory made unreadable by hand: kept and opened again, not set aside (probe 27)
 )
 
 
 def out_of_resources(error: BaseException | str) -> bool:
-    """Whether a RocksDB error is the process running out of descriptors, disk or memory, or a disk
-    remounted read-only (nothing wrong with the files: set aside, they would be lost)."""
+    """Whether a RocksDB error is the process running out of descriptors, disk or memory, a disk
+    remounted read-only or files it may not open (nothing wrong with the files: set aside, they
+    would be lost)."""
     text = str(error)
     return any(reason in text for reason in RESOURCE_ERRORS)
 
@@ -407,7 +409,9 @@ def open_or_discard(path: Path, partition: int, indexer: Indexer | None = None) 
     kept beside it (``<name>.corrupt-<unix time>``) for a post-mortem.
 
     A database another live process holds open (its RocksDB ``LOCK``) is not damaged: that
-    is :class:`InUseError`, and nothing is moved.
+    is :class:`InUseError`, and nothing is moved. Nor is one the machine keeps from opening
+    (:func:`out_of_resources`: a full disk, files it may not read): that is a
+    :class:`StoreError`, and the files stay where they are.
     """
     try:
         return PartitionDB(path, partition, indexer)
@@ -416,6 +420,8 @@ def open_or_discard(path: Path, partition: int, indexer: Indexer | None = None) 
             raise InUseError(
                 partition, f"its database {path} is in use by another process: give each worker its own --datadir"
             ) from exc
+        if out_of_resources(exc):
+            raise StoreError(partition, f"RocksDB could not open {path}: {exc}") from exc
         set_aside(path, partition, f"cannot be opened ({exc})")
         return PartitionDB(path, partition, indexer)
 

@@ -22,6 +22,7 @@ from tests.support import offline_engine
         ),
         ("RocksDB could not flush: IO error: No space left on device", True),
         ("IO error: While open a file for appending: /data/p0/000012.log: Read-only file system", True),
+        ("IO error: While opening a file for sequentially reading: /data/p0.rocksdb/CURRENT: Permission denied", True),
         ("RocksDB could not read b'orders/x': Corruption: block checksum mismatch", False),
         ("IO error: No such file or directory: While open a file for random read: 000009.sst", False),
     ],

@@ -348,3 +348,22 @@ def test_a_database_another_process_holds_is_in_use_not_damaged(tmp_path: Path) 
         holder.wait()
     open_or_discard(path, 0).close()  # free again: opens as it is
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p0.rocksdb"]
+
+
+def test_a_database_the_machine_keeps_from_opening_is_kept_where_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A directory made unreadable by hand, or a full disk, at start-up: the files are sound. They
+    # were moved aside as damaged and the partition restored from its changelogs (probe 27).
+    from app.engine import store
+
+    path = tmp_path / "p0.rocksdb"
+    store.PartitionDB(path, 0).close()
+
+    def refused(*_: object, **__: object) -> None:
+        raise Exception(f"IO error: While opening a file for sequentially reading: {path}/CURRENT: Permission denied")
+
+    monkeypatch.setattr(store, "PartitionDB", refused)
+    with pytest.raises(store.StoreError, match="Permission denied"):
+        store.open_or_discard(path, 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p0.rocksdb"]  # nothing set aside
