@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("orderstream.recovery")
 
+#: How :func:`verdict` starts a reason that says the changelog no longer holds the local state.
+CHANGELOG_LOST = ("its changelog was created again", "it is ahead of its changelog", "its changelog no longer holds")
+
 #: What folding a value of the wrong shape raises (anything else, a full memory, is not the record's fault).
 UNFOLDABLE = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 
@@ -122,9 +125,11 @@ async def _restore(engine: Engine, consumer: AIOKafkaConsumer, tasks: list[Task]
         )
         if reason:
             kept = ""
-            if db.has_records(store):
-                # The records may be the last copy of this state (its changelog deleted and created
-                # again): one copy of the database, whatever else this recovery discards from it.
+            if reason.startswith(CHANGELOG_LOST) and db.has_records(store):
+                # The changelog lost what these records hold (deleted and created again, truncated,
+                # past retention): they may be the last copy of this state. One copy of the
+                # database, whatever else this recovery discards from it. (Another cluster, app or
+                # layout: the state is still where it came from, and nothing is copied.)
                 if id(db) not in copies:
                     copies[id(db)] = db.keep_copy()
                 if copies[id(db)] is not None:

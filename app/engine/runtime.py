@@ -1539,7 +1539,8 @@ class Engine:
 
     @property
     def gave_up(self) -> bool:
-        """Whether this worker stopped itself because a partition's database kept failing."""
+        """Whether this worker stopped itself: a partition's database kept failing or could not be
+        opened, a restore kept failing, or its data directory is another live worker's."""
         return self._gave_up
 
     def _replace_db(self, task: Task, why: str) -> None:

@@ -297,8 +297,8 @@ class PartitionDB:
         Such a failure (a full disk) is written only to RocksDB's own LOG, and RocksDB then
         refuses every write with it; a quiet partition would not write again for a long time
         (probe 27: 76 s of a full disk, the worker ready meanwhile). An empty write brings the
-        error back with its reason, so it is handled like a failed commit's. One RocksDB has
-        recovered from by itself is only logged.
+        error back with its reason, so it is handled like a failed commit's. One that does not
+        stop writes (a compaction's) is only logged.
         """
         try:
             errors = int(self.db.property_int_value("rocksdb.background-errors") or 0)
@@ -309,7 +309,8 @@ class PartitionDB:
         self._background_errors = errors
         self._write(WriteBatch(raw_mode=True))  # raises StoreError with RocksDB's reason while it holds the error
         log.warning(
-            "partition %s: a RocksDB background job failed and RocksDB recovered (its LOG says why)", self.partition
+            "partition %s: a RocksDB background job failed and writes are still taken (its LOG says why)",
+            self.partition,
         )
 
     def keep_copy(self) -> Path | None:

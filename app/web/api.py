@@ -150,7 +150,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         log.error("%s %s: %s", request.method, request.rel_url.path, exc)
         engine.report_damage(exc.partition, exc)
         why = (
-            "this worker is short of disk, memory or file descriptors"
+            "this worker is short of disk, memory or file descriptors, or may not open its files"
             if out_of_resources(exc)
             else "this worker cannot read its copy of the data"
         )

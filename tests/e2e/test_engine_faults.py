@@ -411,7 +411,7 @@ def test_a_flush_that_fails_on_a_full_disk_is_noticed_without_another_write(brok
     disk = tmp_path / "a"
     if not _mount_small_disk(disk, "64m"):
         pytest.skip("needs root to mount a small tmpfs as a worker's disk")
-    env = {"ORDERSTREAM_STORE_GIVE_UP": "5", "ORDERSTREAM_STORE_FLUSH_AFTER": "3"}
+    env = {"ORDERSTREAM_STORE_GIVE_UP": "5", "ORDERSTREAM_STORE_FLUSH_AFTER": "8"}  # the flush after the disk is full
     worker = Worker(app_id=uid("flush"), broker=broker_url, datadir=disk, env=env)
     cluster = Cluster([worker.start()])
     try:

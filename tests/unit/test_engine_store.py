@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from app.engine.step import Step
-from app.engine.store import IndexReader, PartitionDB
+from app.engine.store import IndexReader, PartitionDB, StoreError, out_of_resources
 from tests.support import ROOT
 
 
@@ -367,3 +367,75 @@ def test_a_database_the_machine_keeps_from_opening_is_kept_where_it_is(
     with pytest.raises(store.StoreError, match="Permission denied"):
         store.open_or_discard(path, 0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p0.rocksdb"]  # nothing set aside
+
+
+class _HeldError:
+    """A RocksDB stand-in that counts ``errors`` background errors and answers writes as told."""
+
+    def __init__(self, real: Any, errors: int, refuse: str | None) -> None:
+        self.real, self.errors, self.refuse, self.writes = real, errors, refuse, 0
+
+    def property_int_value(self, name: str) -> int:
+        assert name == "rocksdb.background-errors"
+        return self.errors
+
+    def write(self, batch: Any) -> None:
+        self.writes += 1
+        if self.refuse:
+            raise Exception(self.refuse)  # as rocksdict raises RocksDB's status
+        self.real.write(batch)
+
+
+def test_a_background_error_rocksdb_holds_is_raised_with_its_reason(tmp_path: Path) -> None:
+    # A flush that failed on a full disk is only in RocksDB's LOG; a quiet partition would not
+    # write again to hear of it (probe 27). The count rose: an empty write brings the reason back.
+    db = PartitionDB(tmp_path / "p0", 0)
+    real = db.db
+    db.db = _HeldError(real, 0, "IO error: No space left on device: While appending to file: 000008.sst")  # type: ignore[assignment]
+    db.check_background()  # no error counted: nothing written
+    assert db.db.writes == 0  # type: ignore[attr-defined]
+    db.db.errors = 1  # type: ignore[attr-defined]
+    with pytest.raises(StoreError, match="No space left on device") as raised:
+        db.check_background()
+    assert out_of_resources(raised.value)  # handled as a full disk: reopened in place, not set aside
+    real.close()
+
+
+def test_a_background_error_rocksdb_no_longer_holds_is_only_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db = PartitionDB(tmp_path / "p0", 0)
+    real = db.db
+    db.db = _HeldError(real, 1, None)  # type: ignore[assignment]
+    db.check_background()
+    db.check_background()  # the same count: not asked again
+    assert db.db.writes == 1  # type: ignore[attr-defined]
+    assert [r.levelname for r in caplog.records if "background job failed" in r.getMessage()] == ["WARNING"]
+    real.close()
+
+
+def test_a_copy_that_cannot_be_made_is_reported_and_does_not_stop_the_discard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from app.engine import store
+
+    def full(_: Any) -> Any:
+        raise Exception("IO error: No space left on device")
+
+    db = PartitionDB(tmp_path / "p0", 0)
+    monkeypatch.setattr(store, "Checkpoint", full)
+    assert db.keep_copy() is None
+    assert any("could not keep a copy" in r.getMessage() for r in caplog.records)
+    db.close()
+
+
+def test_a_kept_copy_opens_with_the_records_as_they_were(tmp_path: Path) -> None:
+    db = PartitionDB(tmp_path / "p0", 0)
+    db.apply({"order_records": {"log/o1/000000": ({"events": []}, b'{"events":[]}')}}, {})
+    copy = db.keep_copy()
+    db.wipe_store("order_records")
+    db.close()
+    assert copy is not None and copy.name.startswith("p0.discarded-")
+    kept = PartitionDB(copy, 0)
+    assert [k for k, _ in kept.scan("order_records", "log/")] == ["log/o1/000000"]
+    kept.close()
