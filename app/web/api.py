@@ -93,10 +93,16 @@ def error_response(status: int, code: str, message: str, details: list[Any] | No
 
     A 503 says when to retry; a 401 names the scheme it takes (RFC 9110 §11.6.1: ``WWW-Authenticate``).
     """
-    headers = {"Retry-After": routing.RETRY_AFTER} if status == 503 else None
-    if status == 401:
-        headers = {"WWW-Authenticate": 'Bearer realm="orderstream admin"'}
-    return json_response({"error": code, "message": shown(message), "details": details or []}, status, headers)
+    return json_response(
+        {"error": code, "message": shown(message), "details": details or []}, status, _ERROR_HEADERS.get(status)
+    )
+
+
+#: The headers an error status comes with.
+_ERROR_HEADERS = {
+    401: {"WWW-Authenticate": 'Bearer realm="orderstream admin"'},
+    503: {"Retry-After": routing.RETRY_AFTER},
+}
 
 
 def shown(text: str) -> str:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -346,14 +347,21 @@ async def _ends(bootstrap: str, topic: str) -> dict[int, int]:
         await consumer.stop()
 
 
-def _mount_small_disk(path: Path, size: str) -> bool:
-    """Mount a tmpfs of ``size`` on ``path`` (as root on Linux); ``False`` where that is not allowed."""
+@contextlib.contextmanager
+def _small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``path`` (as root on Linux) while the block runs; the test is
+    skipped where mounting is not allowed."""
     path.mkdir(parents=True, exist_ok=True)
     try:
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
     except OSError:
-        return False
-    return done.returncode == 0
+        done = None
+    if done is None or done.returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs as a worker's disk")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def _fill(path: Path) -> None:
@@ -370,67 +378,62 @@ def test_a_worker_whose_disk_fills_gives_its_partitions_up_and_no_order_is_stuck
     """A full disk stalls every write of a worker: past ``store_give_up`` it stops, its partitions
     move to the other worker, and every order, placed before or after, reaches a final state."""
     app_id = uid("full")
-    disk = tmp_path / "a"
-    if not _mount_small_disk(disk, "64m"):
-        pytest.skip("needs root to mount a small tmpfs as a worker's disk")
-    env = {"ORDERSTREAM_STORE_GIVE_UP": "5", "ORDERSTREAM_STORE_FLUSH_AFTER": "5"}
-    full = Worker(app_id=app_id, broker=broker_url, datadir=disk, env=env)
-    other = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "b", env=env)
-    cluster = Cluster([full.start(), other.start()])
-    try:
-        cluster.wait_ready()
-        product = uid("p")
-        cluster.set_stock(product, 1000)
-        before = [cluster.place(order_body([(product, 1, "2.00")]), i=n % 2) for n in range(10)]
-        assert {cluster.final(o, i=1)["status"] for o in before} == {"confirmed"}
-        _fill(disk)
-        after: list[str] = []
+    with _small_disk(tmp_path / "a", "64m") as disk:
+        env = {"ORDERSTREAM_STORE_GIVE_UP": "5", "ORDERSTREAM_STORE_FLUSH_AFTER": "5"}
+        full = Worker(app_id=app_id, broker=broker_url, datadir=disk, env=env)
+        other = Worker(app_id=app_id, broker=broker_url, datadir=tmp_path / "b", env=env)
+        cluster = Cluster([full.start(), other.start()])
+        try:
+            cluster.wait_ready()
+            product = uid("p")
+            cluster.set_stock(product, 1000)
+            before = [cluster.place(order_body([(product, 1, "2.00")]), i=n % 2) for n in range(10)]
+            assert {cluster.final(o, i=1)["status"] for o in before} == {"confirmed"}
+            _fill(disk)
+            after: list[str] = []
 
-        def stopped() -> bool:
-            # A trickle of orders: RocksDB fails once it must write its memtable out (5 s after
-            # the first unflushed write here: store_flush_after), then every write of the worker fails.
-            after.append(cluster.place(order_body([(product, 1, "2.00")]), i=1))
-            return full.proc is not None and full.proc.poll() is not None
+            def stopped() -> bool:
+                # A trickle of orders: RocksDB fails once it must write its memtable out (5 s after
+                # the first unflushed write here: store_flush_after), then every write of the worker fails.
+                after.append(cluster.place(order_body([(product, 1, "2.00")]), i=1))
+                return full.proc is not None and full.proc.poll() is not None
 
-        eventually(stopped, 180, 0.5, what="the worker with the full disk stopped")
-        assert "this worker stops so that the group hands its partitions to the other workers" in full.log_text()
-        survivor = Cluster([other])
-        assert {survivor.final(o, timeout=120)["status"] for o in before + after} == {"confirmed"}
-        stock = survivor.get(f"/inventory/{product}").body
-        sold = len(before) + len(after)
-        assert (stock["sold"], stock["reserved"], stock["on_hand"]) == (sold, 0, 1000 - sold)
-    finally:
-        cluster.stop()
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+            eventually(stopped, 180, 0.5, what="the worker with the full disk stopped")
+            assert "this worker stops so that the group hands its partitions to the other workers" in full.log_text()
+            survivor = Cluster([other])
+            assert {survivor.final(o, timeout=120)["status"] for o in before + after} == {"confirmed"}
+            stock = survivor.get(f"/inventory/{product}").body
+            sold = len(before) + len(after)
+            assert (stock["sold"], stock["reserved"], stock["on_hand"]) == (sold, 0, 1000 - sold)
+        finally:
+            cluster.stop()
 
 
 def test_a_flush_that_fails_on_a_full_disk_is_noticed_without_another_write(broker_url: str, tmp_path: Path) -> None:
     """A quiet worker's timed flush fails on a full disk: it is reported within seconds, not at the
     next write (probe 27: a minute and more of a worker ready on a full disk, silent), and past
     ``store_give_up`` the worker stops so that its partitions move."""
-    disk = tmp_path / "a"
-    if not _mount_small_disk(disk, "64m"):
-        pytest.skip("needs root to mount a small tmpfs as a worker's disk")
-    env = {"ORDERSTREAM_STORE_GIVE_UP": "5", "ORDERSTREAM_STORE_FLUSH_AFTER": "8"}  # the flush after the disk is full
-    worker = Worker(app_id=uid("flush"), broker=broker_url, datadir=disk, env=env)
-    cluster = Cluster([worker.start()])
-    try:
-        cluster.wait_ready()
-        product = uid("p")
-        cluster.set_stock(product, 10)
-        order_id = cluster.place(order_body([(product, 1, "2.00")]))
-        assert cluster.final(order_id)["status"] == "confirmed"
-        _fill(disk)  # then nothing more is sent: only the timed flush writes
-        eventually(
-            lambda: worker.proc is not None and worker.proc.poll() is not None, 60, 0.5, what="the worker stopped"
-        )
-        log_text = worker.log_text()
-        assert "No space left on device" in log_text
-        assert "this worker stops so that the group hands its partitions to the other workers" in log_text
-        assert worker.proc is not None and worker.proc.returncode == 1  # a failure to its supervisor
-    finally:
-        cluster.stop()
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    with _small_disk(tmp_path / "a", "64m") as disk:
+        # The timed flush comes after the disk is full.
+        env = {"ORDERSTREAM_STORE_GIVE_UP": "5", "ORDERSTREAM_STORE_FLUSH_AFTER": "8"}
+        worker = Worker(app_id=uid("flush"), broker=broker_url, datadir=disk, env=env)
+        cluster = Cluster([worker.start()])
+        try:
+            cluster.wait_ready()
+            product = uid("p")
+            cluster.set_stock(product, 10)
+            order_id = cluster.place(order_body([(product, 1, "2.00")]))
+            assert cluster.final(order_id)["status"] == "confirmed"
+            _fill(disk)  # then nothing more is sent: only the timed flush writes
+            eventually(
+                lambda: worker.proc is not None and worker.proc.poll() is not None, 60, 0.5, what="the worker stopped"
+            )
+            log_text = worker.log_text()
+            assert "No space left on device" in log_text
+            assert "this worker stops so that the group hands its partitions to the other workers" in log_text
+            assert worker.proc is not None and worker.proc.returncode == 1  # a failure to its supervisor
+        finally:
+            cluster.stop()
 
 
 @pytest.mark.parametrize("guarantee", ["exactly_once", "at_least_once"])

@@ -414,7 +414,7 @@ def test_a_background_error_rocksdb_no_longer_holds_is_only_logged_once(
     real.close()
 
 
-def test_a_copy_that_cannot_be_made_is_reported_and_does_not_stop_the_discard(
+def test_a_copy_that_cannot_be_made_is_reported_not_raised(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     from app.engine import store
